@@ -1,0 +1,1 @@
+"""The chat core shared by every stage: settings, protocol, channels, broker, presence, app."""

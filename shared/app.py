@@ -1,0 +1,127 @@
+"""The Quart app factory and the chat routes every stage serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Quart, Response, current_app, jsonify, render_template, request, websocket
+from werkzeug.exceptions import HTTPException
+
+from shared import logs, protocol
+from shared.node import ChatNode
+from shared.socket import PhoenixSocket
+
+MAX_BODY_BYTES = 64 * 1024
+CLOSE_SEND_TIMEOUT = 2.0  # a client too slow to take the close frame is simply cut off
+
+bp = Blueprint("chat", __name__)
+log = logs.get("app")
+
+
+def node() -> ChatNode:
+    return current_app.extensions["chat"]
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Browsers always send Origin; other clients (CLIs, tests) may not, as Phoenix allows."""
+    if origin is None:
+        return True
+    if "*" in allowed:
+        return True
+    if allowed:
+        return origin.rstrip("/") in allowed
+    return urlsplit(origin).netloc == host
+
+
+def error(status: int, message: str) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+@bp.get("/")
+async def index() -> str:
+    chat = node()
+    return await render_template(
+        "index.html", node=chat.name, nodes=chat.nodes(), redis=chat.broker.status
+    )
+
+
+@bp.get("/healthz")
+async def healthz() -> Response:
+    return jsonify({"status": "ok", "node": node().name})
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    chat = node()
+    response = jsonify({"ready": chat.ready, "draining": chat.draining, "redis": chat.broker.status})
+    response.status_code = 200 if chat.ready else 503
+    return response
+
+
+@bp.get("/metrics")
+async def metrics() -> Response:
+    chat = node()
+    chat.metrics.cluster_nodes.set(len(chat.nodes()))
+    chat.metrics.redis_up.set(1 if chat.broker.available else 0)
+    return Response(chat.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get("/api/nodes")
+async def api_nodes() -> Response:
+    chat = node()
+    return jsonify({"self": chat.name, "nodes": chat.nodes()})
+
+
+@bp.websocket("/socket/websocket")
+async def socket_websocket() -> Response | None:
+    chat = node()
+    if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host"), chat.settings.allowed_origins):
+        log.info("websocket refused: origin not allowed", extra={"fields": {"origin": websocket.headers.get("Origin")}})
+        return error(403, "origin not allowed")
+    vsn = websocket.args.get("vsn", "2.0.0")
+    if not vsn.startswith("2."):
+        return error(400, f"unsupported protocol version {vsn[:16]!r}; this server speaks vsn=2.0.0")
+    if chat.draining:
+        return error(503, "node is draining")
+    await websocket.accept()
+    sock = PhoenixSocket(chat.hub)
+    chat.attach(sock)
+    try:
+        code = await sock.run(websocket.receive, websocket.send)
+    except Exception:
+        log.exception("socket crashed")
+        code = 1011
+    finally:
+        chat.detach(sock)
+    # Quart would close with 1000 on return, which tells phoenix.js 1.7 not to reconnect.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_SEND_TIMEOUT):
+            await websocket.close(code)
+    return None
+
+
+def create_app(chat: ChatNode) -> Quart:
+    app = Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
+    app.extensions["chat"] = chat
+    app.register_blueprint(bp)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.while_serving
+    async def lifetime() -> AsyncIterator[None]:
+        await chat.start()
+        logs.event(log, "node ready", port=chat.settings.port, host=chat.settings.host)
+        yield
+        await chat.stop()
+        logs.event(log, "node stopped")
+
+    return app

@@ -1,0 +1,100 @@
+"""The broker: where messages are stored and how they reach every node.
+
+A small interface in the manner of encode/broadcaster, chosen by URL: the in-memory
+broker below serves one process (stage 1); stage 2 puts Redis behind the same
+interface. The same test scenarios run against every implementation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from shared import protocol
+from shared.history import IdClock, RoomHistory
+from shared.messages import ChatMessage, Draft
+
+
+class BrokerUnavailable(RuntimeError):
+    """The backing store cannot be reached; the client is told `unavailable`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A broadcast frame, encoded once, for every local member of `topic`.
+
+    `message_id` is set for stored messages so that a socket still replaying history
+    can tell which live messages it has already sent.
+    """
+
+    topic: str
+    frame: str
+    message_id: str | None = None
+
+
+Deliver = Callable[[Delivery], None]
+
+
+class Broker(Protocol):
+    @property
+    def status(self) -> str:
+        """One word or phrase for the page's `redis:` line."""
+
+    @property
+    def available(self) -> bool:
+        """False while the backing store is unreachable."""
+
+    async def start(self, deliver: Deliver) -> None:
+        """Begin handing every broadcast of the cluster to `deliver`."""
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
+        """Store `draft` and broadcast it as `new:msg` in one step; raises BrokerUnavailable."""
+
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> None:
+        """Send an event to every member without storing it; raises BrokerUnavailable."""
+
+    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+        """Stored messages newer than `after` (all kept ones when None), oldest first."""
+
+
+class MemoryBroker:
+    """One process, no persistence: history lives as long as the node does."""
+
+    status = "none (in-memory core, single node)"
+    available = True
+
+    def __init__(self, history_size: int) -> None:
+        self._history_size = history_size
+        self._rooms: dict[str, RoomHistory] = {}
+        self._clock = IdClock()
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        self._deliver = None
+
+    async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
+        now_ms = int(time.time() * 1000)
+        message = ChatMessage(self._clock.next(now_ms), draft.user, draft.body, node, now_ms)
+        room = self._rooms.setdefault(topic, RoomHistory(self._history_size))
+        room.append(message)
+        self._send(Delivery(topic, protocol.broadcast(topic, "new:msg", message.payload()), message.id))
+        return message
+
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> None:
+        self._send(Delivery(topic, protocol.broadcast(topic, event, payload)))
+
+    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+        room = self._rooms.get(topic)
+        return room.after(after) if room else []
+
+    def _send(self, delivery: Delivery) -> None:
+        if self._deliver is not None:
+            self._deliver(delivery)
+

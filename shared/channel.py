@@ -1,0 +1,136 @@
+"""The room channel: ChatLv's `RoomChannel`, one instance per joined socket and topic.
+
+    join("rooms:lobby", ...)   -> ok, broadcast user:entered, push join
+    join("rooms:" <> _, ...)   -> error unauthorized
+    handle_in("new:msg", ...)  -> broadcast new:msg, reply ok %{msg: body}
+
+plus what the original did not have: presence, history replay and catch-up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from shared import logs, presence, protocol
+from shared.broker import BrokerUnavailable, Delivery
+from shared.history import parse_id
+from shared.messages import ChatMessage, InvalidMessage, validate_draft, validate_user
+
+if TYPE_CHECKING:
+    from shared.socket import PhoenixSocket
+
+LOBBY = "rooms:lobby"
+log = logs.get("channel")
+
+
+class JoinRefused(Exception):
+    """str() is the `reason` of the error reply."""
+
+
+def authorize(topic: str) -> None:
+    if topic == LOBBY:
+        return
+    if topic.startswith("rooms:"):
+        raise JoinRefused("unauthorized")
+    raise JoinRefused("unmatched topic")
+
+
+def join_params(payload: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The join's `user` (None when not given) and `last_seen_id`."""
+    user = payload.get("user")
+    if user is not None:
+        try:
+            user = validate_user(user)
+        except InvalidMessage as error:
+            raise JoinRefused(str(error)) from None
+    last_seen_id = payload.get("last_seen_id")
+    if last_seen_id is not None:
+        try:
+            parse_id(last_seen_id)
+        except ValueError:
+            raise JoinRefused("last_seen_id must be a message id such as 1700000000000-0") from None
+    return user, last_seen_id
+
+
+class RoomChannel:
+    def __init__(self, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
+        self.socket = socket
+        self.hub = socket.hub
+        self.topic = topic
+        self.join_ref = join_ref
+        self.user = user
+        self.presence_ref = presence.new_ref()
+        # Until the join is answered every broadcast waits here; after that, until history
+        # is replayed, only stored messages wait, so none is sent twice or out of order.
+        self._held: list[Delivery] | None = []
+        self._answered = False
+
+    def push(self, event: str, payload: dict[str, Any]) -> None:
+        self.socket.send(protocol.encode(self.join_ref, None, self.topic, event, payload))
+
+    def deliver(self, delivery: Delivery) -> None:
+        if self._held is not None and (delivery.message_id is not None or not self._answered):
+            self._held.append(delivery)
+        else:
+            self.socket.send(delivery.frame)
+
+    async def join(self, frame: protocol.Frame, last_seen_id: str | None) -> None:
+        """Subscribe, replay history after `last_seen_id`, then go live without gaps."""
+        self.hub.add(self.topic, self)
+        try:
+            history = await self.hub.broker.history(self.topic, last_seen_id)
+        except BrokerUnavailable:
+            self.hub.remove(self.topic, self)
+            raise JoinRefused("unavailable") from None
+        self.socket.send(protocol.reply(frame, "ok"))
+        self._answered = True
+        for delivery in self._held or []:
+            if delivery.message_id is None:
+                self.socket.send(delivery.frame)
+        self._held = [d for d in self._held or [] if d.message_id is not None]
+        await self._broadcast("user:entered", {"user": self.user})
+        self.push("join", {"status": "connected"})
+        self.push("presence_state", self.hub.presence(self.topic).state())
+        meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
+        await self.hub.track(self.topic, self.user or "anonymous", meta)
+        last = last_seen_id
+        for message in history:
+            self.push("new:msg", message.payload())
+            last = message.id
+        held, self._held = self._held or [], None
+        newest = parse_id(last) if last else (-1, -1)
+        for delivery in held:
+            if parse_id(delivery.message_id) > newest:  # type: ignore[arg-type]
+                self.socket.send(delivery.frame)
+
+    async def handle_in(self, frame: protocol.Frame) -> None:
+        if frame.event != "new:msg":
+            self.socket.send(protocol.reply(frame, "error", {"reason": f"unknown event {frame.event[:64]!r}"}))
+            return
+        try:
+            draft = validate_draft(frame.payload)
+        except InvalidMessage as error:
+            self.hub.metrics.messages_rejected.labels("invalid").inc()
+            self.socket.send(protocol.reply(frame, "error", {"reason": str(error)}))
+            return
+        try:
+            message: ChatMessage = await self.hub.broker.publish(self.topic, draft, self.hub.node)
+        except BrokerUnavailable:
+            self.hub.metrics.messages_rejected.labels("unavailable").inc()
+            self.socket.send(protocol.reply(frame, "error", {"reason": "unavailable"}))
+            return
+        self.hub.metrics.messages_in.inc()
+        self.user = draft.user
+        self.socket.send(protocol.reply(frame, "ok", {"msg": message.body, "id": message.id}))
+
+    async def leave(self) -> None:
+        """Stop receiving and drop this socket's presence."""
+        self.hub.remove(self.topic, self)
+        await self.hub.untrack(self.topic, self.presence_ref)
+
+    async def _broadcast(self, event: str, payload: dict[str, Any]) -> None:
+        try:
+            await self.hub.broker.broadcast(self.topic, event, payload)
+        except BrokerUnavailable:
+            log.warning("broadcast dropped: broker unavailable", extra={"fields": {"event": event}})

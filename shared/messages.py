@@ -1,0 +1,59 @@
+"""Chat messages: what a client may send, and what the room stores and broadcasts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_USER_CHARS = 32
+MAX_BODY_CHARS = 2000
+ANONYMOUS = "anonymous"
+
+
+class InvalidMessage(ValueError):
+    """str() is the `reason` sent back to the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated `new:msg` from a client, before the broker gives it an id."""
+
+    user: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    id: str
+    user: str
+    body: str
+    node: str
+    ts: int  # milliseconds since the epoch, taken when the broker stored it
+
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_user(value: Any) -> str:
+    """A user name from a join or a message: a string of at most 32 characters."""
+    if not isinstance(value, str):
+        raise InvalidMessage("user must be a string")
+    user = value.strip()
+    if len(user) > MAX_USER_CHARS:
+        raise InvalidMessage(f"user must be at most {MAX_USER_CHARS} characters")
+    return user or ANONYMOUS
+
+
+def validate_draft(payload: dict[str, Any]) -> Draft:
+    if "user" not in payload:
+        raise InvalidMessage("user is required")
+    user = validate_user(payload["user"])
+    body = payload.get("body")
+    if not isinstance(body, str):
+        raise InvalidMessage("body must be a string")
+    body = body.strip()
+    if not body:
+        raise InvalidMessage("body must not be empty")
+    if len(body) > MAX_BODY_CHARS:
+        raise InvalidMessage(f"body must be at most {MAX_BODY_CHARS} characters")
+    return Draft(user, body)

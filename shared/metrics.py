@@ -1,0 +1,25 @@
+"""Prometheus metrics of one node, in a registry of its own so several apps can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections = Gauge("chat_connections", "Open WebSocket connections", registry=r)
+        self.joins = Counter("chat_joins", "Successful channel joins", registry=r)
+        self.messages_in = Counter("chat_messages_in", "new:msg pushes accepted from clients", registry=r)
+        self.messages_rejected = Counter(
+            "chat_messages_rejected", "Client pushes refused", ["reason"], registry=r
+        )
+        self.messages_out = Counter("chat_messages_out", "Broadcasts fanned out to local sockets", registry=r)
+        self.deliveries = Counter("chat_deliveries", "Frames queued to local sockets by broadcasts", registry=r)
+        self.drops = Counter("chat_drops", "Sockets disconnected for not keeping up", registry=r)
+        self.cluster_nodes = Gauge("chat_cluster_nodes", "Nodes this node is connected to, itself included", registry=r)
+        self.redis_up = Gauge("chat_redis_up", "1 while the configured Redis is reachable", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

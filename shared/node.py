@@ -1,0 +1,94 @@
+"""A running chat node: the pieces one process holds, and its lifetime.
+
+Stage 1 uses it as is; stage 2 subclasses it to add the cluster (peers, registry,
+node API) without touching the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from shared import logs, protocol
+from shared.broker import Broker, MemoryBroker
+from shared.hub import Hub
+from shared.metrics import Metrics
+from shared.settings import Settings
+from shared.socket import PhoenixSocket
+
+log = logs.get("node")
+DRAIN_TIMEOUT = 10.0  # seconds to wait for sockets to flush and close on drain
+
+
+class ChatNode:
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.broker: Broker = broker or MemoryBroker(settings.history_size)
+        self.hub = Hub(settings, self.broker, self.metrics)
+        self.sockets: set[PhoenixSocket] = set()
+        self.draining = False
+        self._no_sockets = asyncio.Event()
+        self._no_sockets.set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def name(self) -> str:
+        return self.settings.node_name
+
+    def nodes(self) -> list[str]:
+        """This node first, then the nodes it is connected to (`Node.list([:this, :visible])`)."""
+        return [self.name]
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.broker.available
+
+    async def start(self) -> None:
+        await self.broker.start(self.hub.deliver)
+        self.metrics.cluster_nodes.set(len(self.nodes()))
+        self.spawn(self.hub.ping_forever())
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.broker.stop()
+
+    def spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+        """Run a background loop for the node's lifetime; a crash is logged, not swallowed."""
+        task = asyncio.create_task(coroutine)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    def attach(self, sock: PhoenixSocket) -> None:
+        self.sockets.add(sock)
+        self._no_sockets.clear()
+        self.metrics.connections.inc()
+
+    def detach(self, sock: PhoenixSocket) -> None:
+        self.sockets.discard(sock)
+        self.metrics.connections.dec()
+        if not self.sockets:
+            self._no_sockets.set()
+
+    async def drain(self, timeout: float = DRAIN_TIMEOUT) -> int:
+        """Refuse new sockets, report not ready, and close open ones with 1001 so clients go elsewhere."""
+        self.draining = True
+        sockets = list(self.sockets)
+        for sock in sockets:
+            sock.close(protocol.CLOSE_GOING_AWAY)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._no_sockets.wait()
+        if sockets:
+            log.info("drained", extra={"fields": {"sockets": len(sockets), "left": len(self.sockets)}})
+        return len(sockets)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task crashed", exc_info=task.exception())

@@ -1,0 +1,69 @@
+"""Serve a node with Hypercorn until SIGTERM or Ctrl-C, then drain and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from shared import logs
+from shared.app import create_app
+from shared.node import ChatNode
+from shared.protocol import MAX_FRAME_BYTES
+from shared.settings import ConfigError, Settings
+
+log = logs.get("server")
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.websocket_max_message_size = MAX_FRAME_BYTES  # Hypercorn closes with 1009 past it
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # our handler and format
+    config.graceful_timeout = 5
+    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    config.keep_alive_timeout = 5
+    return config
+
+
+async def serve_node(chat: ChatNode) -> None:
+    app = create_app(chat)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        logs.event(log, "shutting down: draining sockets")
+        await chat.drain()
+
+    await serve(app, hypercorn_config(chat.settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+
+def main(make_node: Callable[[Settings], ChatNode], env: dict[str, str], **stage_defaults: object) -> None:
+    """The `python -m stageN` entry point: settings, logs, uvloop where available, serve."""
+    try:
+        settings = Settings.from_env(env, **stage_defaults)
+    except ConfigError as error:
+        sys.stderr.write(f"config error: {error}\n")
+        raise SystemExit(2) from None
+    logs.configure(settings.node_name)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve_node(make_node(settings)))
+    except OSError as error:
+        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
+        raise SystemExit(1) from None
