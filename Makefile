@@ -7,7 +7,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 4000
 
-.PHONY: help stage1 test lint
+# Stage 2 options: how many nodes (a@localhost, b@localhost, ...), the port of node a
+# (the others follow), how they find each other (manual | redis | gossip), and the
+# port of the embedded redis-server (not used when REDIS_URL is set).
+NODES ?= 3
+BASE_PORT ?= 4000
+DISCOVERY ?= redis
+REDIS_PORT ?= 6379
+
+.PHONY: help stage1 stage2 test lint
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +33,9 @@ tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.js
 
 stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 	PORT=$(PORT) $(BIN)/python -m stage1_dev
+
+stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOVERY=manual|redis|gossip)
+	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT)
 
 test: $(VENV)/.installed tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
 	$(BIN)/python -m pytest

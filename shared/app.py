@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from quart import Blueprint, Quart, Response, current_app, jsonify, render_template, request, websocket
+from quart import Blueprint, Quart, Response, current_app, jsonify, render_template, websocket
 from werkzeug.exceptions import HTTPException
 
-from shared import logs, protocol
+from shared import logs
 from shared.node import ChatNode
 from shared.socket import PhoenixSocket
 
@@ -111,6 +111,8 @@ def create_app(chat: ChatNode) -> Quart:
     app.json.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
     app.extensions["chat"] = chat
     app.register_blueprint(bp)
+    for blueprint in chat.blueprints:
+        app.register_blueprint(blueprint)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

@@ -93,7 +93,7 @@ class RoomChannel:
         self.push("join", {"status": "connected"})
         self.push("presence_state", self.hub.presence(self.topic).state())
         meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
-        await self.hub.track(self.topic, self.user or "anonymous", meta)
+        self.hub.track(self.topic, self.user or "anonymous", meta)
         last = last_seen_id
         for message in history:
             self.push("new:msg", message.payload())
@@ -124,10 +124,10 @@ class RoomChannel:
         self.user = draft.user
         self.socket.send(protocol.reply(frame, "ok", {"msg": message.body, "id": message.id}))
 
-    async def leave(self) -> None:
+    def leave(self) -> None:
         """Stop receiving and drop this socket's presence."""
         self.hub.remove(self.topic, self)
-        await self.hub.untrack(self.topic, self.presence_ref)
+        self.hub.untrack(self.topic, self.presence_ref)
 
     async def _broadcast(self, event: str, payload: dict[str, Any]) -> None:
         try:

@@ -8,16 +8,15 @@ awaits, so a slow socket can never hold up the others.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared import logs, presence, protocol
-from shared.broker import Broker, BrokerUnavailable, Delivery
+from shared import presence, protocol
+from shared.broker import Broker, Delivery
 from shared.metrics import Metrics
 
 if TYPE_CHECKING:
     from shared.settings import Settings
-
-log = logs.get("hub")
 
 
 class Member(Protocol):
@@ -33,6 +32,8 @@ class Hub:
         self.metrics = metrics
         self.members: dict[str, set[Member]] = {}
         self.presences: dict[str, presence.Presence] = {}
+        # Stage 2 sets this to send this node's presence changes to its peers.
+        self.replicate: Callable[[str, list[presence.Entry], list[presence.Entry]], None] | None = None
 
     @property
     def node(self) -> str:
@@ -63,21 +64,49 @@ class Hub:
     def presence(self, topic: str) -> presence.Presence:
         return self.presences.setdefault(topic, presence.Presence())
 
-    async def track(self, topic: str, key: str, meta: dict[str, Any]) -> presence.Entry:
+    def track(self, topic: str, key: str, meta: dict[str, Any]) -> None:
         entry = self.presence(topic).track(self.node, key, meta)
-        await self._announce(topic, presence.diff(joins=[entry]))
-        return entry
+        self._presence_changed(topic, [entry], [])
 
-    async def untrack(self, topic: str, ref: str) -> None:
+    def untrack(self, topic: str, ref: str) -> None:
         entry = self.presence(topic).untrack(ref)
         if entry is not None:
-            await self._announce(topic, presence.diff(leaves=[entry]))
+            self._presence_changed(topic, [], [entry])
 
-    async def _announce(self, topic: str, diff: dict[str, Any]) -> None:
-        try:
-            await self.broker.broadcast(topic, "presence_diff", diff)
-        except BrokerUnavailable:
-            log.warning("presence change not announced: broker unavailable", extra={"fields": {"topic": topic}})
+    def apply_remote(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
+        """A peer's presence change: update our copy and tell our sockets, without echoing it."""
+        room = self.presence(topic)
+        leaves = [gone for entry in leaves if (gone := room.untrack(entry.meta["phx_ref"])) is not None]
+        for entry in joins:
+            room.track(entry.node, entry.key, entry.meta)
+        if joins or leaves:
+            self._send_diff(topic, joins, leaves)
+
+    def sync_node(self, topic: str, node: str, entries: list[presence.Entry]) -> None:
+        """Replace everything we hold of `node` in `topic` with its own full list."""
+        room = self.presence(topic)
+        old = {entry.meta["phx_ref"]: entry for entry in room.of_node(node)}
+        new = {entry.meta["phx_ref"]: entry for entry in entries}
+        leaves = [entry for ref, entry in old.items() if ref not in new and room.untrack(ref)]
+        joins = [room.track(node, entry.key, entry.meta) for ref, entry in new.items() if ref not in old]
+        if joins or leaves:
+            self._send_diff(topic, joins, leaves)
+
+    def drop_node(self, node: str) -> None:
+        """A node went away: every presence it tracked leaves, on every topic."""
+        for topic, room in self.presences.items():
+            gone = room.drop_node(node)
+            if gone:
+                self._send_diff(topic, [], gone)
+
+    def _presence_changed(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
+        self._send_diff(topic, joins, leaves)
+        if self.replicate is not None:
+            self.replicate(topic, joins, leaves)
+
+    def _send_diff(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
+        # Each node sends diffs to its own sockets, as Phoenix.Presence does per node.
+        self.deliver(Delivery(topic, protocol.broadcast(topic, "presence_diff", presence.diff(joins, leaves))))
 
     # The original's demo timer ------------------------------------------------------
 

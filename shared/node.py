@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from quart import Blueprint
+
 from shared import logs, protocol
 from shared.broker import Broker, MemoryBroker
 from shared.hub import Hub
@@ -21,6 +23,9 @@ DRAIN_TIMEOUT = 10.0  # seconds to wait for sockets to flush and close on drain
 
 
 class ChatNode:
+    # Blueprints a stage adds to the app (stage 2: the node API).
+    blueprints: tuple[Blueprint, ...] = ()
+
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()

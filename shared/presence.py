@@ -29,7 +29,7 @@ def new_ref() -> str:
     return secrets.token_urlsafe(9)
 
 
-def diff(joins: list[Entry] = (), leaves: list[Entry] = ()) -> dict[str, State]:  # type: ignore[assignment]
+def diff(joins: list[Entry], leaves: list[Entry]) -> dict[str, State]:
     return {"joins": _group(joins), "leaves": _group(leaves)}
 
 

@@ -48,10 +48,22 @@ async def serve_node(chat: ChatNode) -> None:
     await serve(app, hypercorn_config(chat.settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
-def main(make_node: Callable[[Settings], ChatNode], env: dict[str, str], **stage_defaults: object) -> None:
+def load_settings(env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> Settings:
+    """Settings for a stage: stage 1 runs alone in memory, stages 2 and 3 need Redis."""
+    settings = Settings.from_env(env, **stage_defaults)
+    if clustered and settings.redis_url is None:
+        raise ConfigError("REDIS_URL", "required for a clustered node, e.g. redis://127.0.0.1:6379/0")
+    if not clustered and settings.redis_url is not None:
+        raise ConfigError("REDIS_URL", "stage 1 keeps everything in memory; unset it or run python -m stage2_cluster")
+    if not clustered and settings.discovery != "none":
+        raise ConfigError("DISCOVERY", "stage 1 is a single node; unset it or run python -m stage2_cluster")
+    return settings
+
+
+def main(make_node: Callable[[Settings], ChatNode], env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> None:
     """The `python -m stageN` entry point: settings, logs, uvloop where available, serve."""
     try:
-        settings = Settings.from_env(env, **stage_defaults)
+        settings = load_settings(env, clustered=clustered, **stage_defaults)
     except ConfigError as error:
         sys.stderr.write(f"config error: {error}\n")
         raise SystemExit(2) from None

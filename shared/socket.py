@@ -28,7 +28,7 @@ log = logs.get("socket")
 class TokenBucket:
     """`rate` tokens a second, at most `burst` saved up."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
@@ -128,7 +128,7 @@ class PhoenixSocket:
         elif frame.join_ref != channel.join_ref:
             return  # a frame for an earlier join of this topic: ignored, as Phoenix does
         elif frame.event == protocol.LEAVE:
-            await self._leave(channel)
+            self._leave(channel)
             self.send(protocol.reply(frame, "ok"))
             self.send(protocol.encode(channel.join_ref, channel.join_ref, channel.topic, protocol.CLOSE, {}))
         else:
@@ -137,7 +137,7 @@ class PhoenixSocket:
     async def _join(self, frame: protocol.Frame, existing: RoomChannel | None) -> None:
         if existing is not None:
             # A duplicate join replaces the old one, which is closed first.
-            await self._leave(existing)
+            self._leave(existing)
             self.send(protocol.encode(existing.join_ref, existing.join_ref, existing.topic, protocol.CLOSE, {}))
         try:
             authorize(frame.topic)
@@ -151,10 +151,10 @@ class PhoenixSocket:
             return
         self.hub.metrics.joins.inc()
 
-    async def _leave(self, channel: RoomChannel) -> None:
+    def _leave(self, channel: RoomChannel) -> None:
         if self.channels.get(channel.topic) is channel:
             del self.channels[channel.topic]
-        await channel.leave()
+        channel.leave()
 
     # Lifetime --------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class PhoenixSocket:
             reader.cancel()
             writer.cancel()
             for channel in list(self.channels.values()):
-                await self._leave(channel)
+                self._leave(channel)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

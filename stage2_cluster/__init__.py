@@ -1,0 +1,1 @@
+"""Stage 2: named nodes sharing Redis, connected by hand (`Node.connect`) or by discovery."""

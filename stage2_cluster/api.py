@@ -1,0 +1,99 @@
+"""The node API: `Node.list`, `Node.connect`, `Node.disconnect` and drain over HTTP.
+
+`/api/...` is for people and `chatctl`, and needs `Authorization: Bearer <cookie>`
+(except the read-only node list). `/cluster/...` is the node-to-node handshake; it
+needs no header because each step carries a proof of the cookie (handshake.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from shared import logs
+from shared.app import error, node
+from shared.settings import NODE_NAME_RE
+from stage2_cluster.cluster import ConnectError
+
+bp = Blueprint("cluster", __name__)
+log = logs.get("api")
+ADDRESS_MAX = 300
+
+
+def needs_cookie(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    @wraps(view)
+    async def guarded(*args: Any, **kwargs: Any) -> Response:
+        cookie = node().settings.cluster_cookie or ""
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.encode(), cookie.encode()):
+            logs.event(log, "node API refused: missing or wrong cookie", level=30, path=request.path)
+            return error(401, "missing or wrong cluster cookie (Authorization: Bearer <CLUSTER_COOKIE>)")
+        return await view(*args, **kwargs)
+
+    return guarded
+
+
+async def json_body() -> dict[str, Any]:
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ConnectError(400, "body must be a JSON object")
+    return body
+
+
+def view_of_nodes() -> Response:
+    chat = node()
+    return jsonify({"self": chat.name, "nodes": chat.nodes()})
+
+
+@bp.errorhandler(ConnectError)
+async def connect_error(exc: ConnectError) -> Response:
+    return error(exc.status, str(exc))
+
+
+@bp.post("/api/nodes/connect")
+@needs_cookie
+async def connect() -> Response:
+    body = await json_body()
+    name, address = body.get("node"), body.get("address")
+    if not isinstance(name, str) or not NODE_NAME_RE.fullmatch(name):
+        raise ConnectError(400, 'body needs "node": "name@host"')
+    if address is not None and (not isinstance(address, str) or not 3 <= len(address) <= ADDRESS_MAX or ":" not in address):
+        raise ConnectError(400, '"address" must be "host:port"')
+    await node().cluster.connect(name, address)
+    return view_of_nodes()
+
+
+@bp.delete("/api/nodes/<name>")
+@needs_cookie
+async def disconnect(name: str) -> Response:
+    if not await node().cluster.disconnect(name):
+        raise ConnectError(404, f"not connected to {name[:100]}")
+    return view_of_nodes()
+
+
+@bp.post("/api/drain")
+@needs_cookie
+async def drain() -> Response:
+    closed = await node().drain()
+    return jsonify({"draining": True, "closed_sockets": closed})
+
+
+@bp.post("/cluster/hello")
+async def hello() -> Response:
+    return jsonify(node().cluster.on_hello(await json_body()))
+
+
+@bp.post("/cluster/confirm")
+async def confirm() -> Response:
+    return jsonify(await node().cluster.on_confirm(await json_body()))
+
+
+@bp.post("/cluster/goodbye")
+async def goodbye() -> Response:
+    await node().cluster.on_goodbye(await json_body())
+    return jsonify({"ok": True})

@@ -1,0 +1,215 @@
+"""The Redis broker: history in Redis Streams, live delivery over per-node Pub/Sub channels.
+
+Every node subscribes to one channel of its own, `chat:node:<name>`. Publishing a
+message is one Lua script: XADD to the room's stream, then PUBLISH the encoded frame
+to the channel of every node this node is connected to. Because the script runs
+atomically, every node receives a room's messages in stream order: one total order
+per room, the same on every node. Nodes that are not connected never see each
+other's live messages, as with Phoenix PubSub over distributed Erlang.
+
+The same channels carry the cluster's own traffic (heartbeats, presence, handshake
+notices) as control messages, handed to `on_control`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared import logs, protocol
+from shared.broker import BrokerUnavailable, Deliver, Delivery
+from shared.messages import ChatMessage, Draft
+
+log = logs.get("redis")
+
+COMMAND_TIMEOUT = 2.0  # a paused Redis must turn into "unavailable", not a hung push
+WATCHDOG_INTERVAL = 1.0  # PING the subscription this often...
+WATCHDOG_DEADLINE = 3.0  # ...and call it dead when nothing came back for this long
+BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+# Wire format on a node channel: "<kind> <rest>". m = stored message, b = broadcast,
+# anything else is cluster control traffic.
+PUBLISH_SCRIPT = """
+local t = redis.call('TIME')
+local ts = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
+                      'user', ARGV[2], 'body', ARGV[3], 'node', ARGV[4], 'ts', ts)
+local line = 'm ' .. ARGV[5] .. ' ' .. id .. ' ' .. ARGV[6] .. id .. ARGV[7] .. ts .. '}]'
+for i = 8, #ARGV do
+  redis.call('PUBLISH', ARGV[i], line)
+end
+return {id, ts}
+"""
+
+
+def node_channel(node: str) -> str:
+    return f"chat:node:{node}"
+
+
+def stream_key(topic: str) -> str:
+    return f"chat:room:{topic}"
+
+
+def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
+    """The encoded new:msg frame around the two values only Redis knows (id and ts)."""
+    head = protocol.encode(None, None, topic, "new:msg", {"id": ""})
+    prefix = head[: -len('"}]')]  # ...{"id":"
+    fields = orjson.dumps({"user": draft.user, "body": draft.body, "node": node}).decode()
+    middle = '",' + fields[1:-1] + ',"ts":'
+    return prefix, middle
+
+
+class RedisBroker:
+    def __init__(self, url: str, node: str, history_size: int) -> None:
+        self.url = url
+        self.node = node
+        self.history_size = history_size
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT, decode_responses=True
+        )
+        self._script = self.client.register_script(PUBLISH_SCRIPT)
+        self._deliver: Deliver | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._healthy = False
+        self.targets: Callable[[], list[str]] = lambda: [self.node]
+        self.on_control: Callable[[str, str], None] = lambda kind, data: None
+        self.on_health: Callable[[bool], None] = lambda healthy: None
+
+    # Broker interface --------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._healthy
+
+    @property
+    def status(self) -> str:
+        where = self.client.connection_pool.connection_kwargs
+        address = f"{where.get('host', '')}:{where.get('port', '')}" if "host" in where else where.get("path", "")
+        return f"connected ({address})" if self._healthy else f"unreachable ({address}), retrying"
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._task = asyncio.create_task(self._subscribe_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+
+    async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
+        prefix, middle = _frame_parts(topic, draft, node)
+        channels = [node_channel(name) for name in self.targets()]
+        args = [self.history_size, draft.user, draft.body, node, topic, prefix, middle, *channels]
+        try:
+            message_id, ts = await self._script(keys=[stream_key(topic)], args=args)
+        except (RedisError, OSError) as error:
+            raise BrokerUnavailable(str(error)) from None
+        return ChatMessage(message_id, draft.user, draft.body, node, int(ts))
+
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> None:
+        # Our own sockets get it at once, in order with what the caller pushes next, as
+        # Phoenix.PubSub dispatches locally before forwarding to other nodes.
+        frame = protocol.broadcast(topic, event, payload)
+        self._deliver_to_hub(Delivery(topic, frame))
+        peers = [name for name in self.targets() if name != self.node]
+        if peers:
+            await self.send(peers, f"b {topic} {frame}")
+
+    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+        start = "-" if after is None else f"({after}"
+        try:
+            entries = await self.client.xrange(stream_key(topic), min=start, max="+")
+        except (RedisError, OSError) as error:
+            raise BrokerUnavailable(str(error)) from None
+        return [
+            ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
+            for entry_id, fields in entries
+        ]
+
+    # Cluster transport -------------------------------------------------------------
+
+    async def send(self, nodes: list[str], line: str) -> None:
+        """Publish one line to the channels of `nodes`, in one round trip."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in nodes:
+                    pipe.publish(node_channel(name), line)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise BrokerUnavailable(str(error)) from None
+
+    # The subscription --------------------------------------------------------------
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy != self._healthy:
+            self._healthy = healthy
+            logs.event(log, "redis reachable" if healthy else "redis unreachable", url=self.url)
+            self.on_health(healthy)
+
+    async def _subscribe_forever(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._subscribe_once()
+                attempt = 0
+            except (RedisError, OSError, TimeoutError) as error:
+                logs.event(log, "subscription lost", level=30, error=str(error) or type(error).__name__)
+            self._set_health(False)
+            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: nodes don't retry in lockstep
+
+    async def _subscribe_once(self) -> None:
+        # redis-py's health_check_interval only pings when we read; a peer that stops
+        # answering (SIGSTOP, a dropped link) keeps the socket open and get_message just
+        # returns None. So we PING ourselves and give up when no reply comes back.
+        pubsub = self.client.pubsub()
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await pubsub.subscribe(node_channel(self.node))
+                await self.client.ping()
+            self._set_health(True)
+            last_heard = time.monotonic()
+            next_ping = last_heard + WATCHDOG_INTERVAL
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=WATCHDOG_INTERVAL)
+                now = time.monotonic()
+                if message is not None:
+                    last_heard = now
+                    if message["type"] == "message":
+                        self._dispatch(message["data"])
+                if now >= next_ping:
+                    next_ping = now + WATCHDOG_INTERVAL
+                    async with asyncio.timeout(COMMAND_TIMEOUT):
+                        await pubsub.ping()
+                if now - last_heard > WATCHDOG_DEADLINE:
+                    raise TimeoutError("no reply from redis on the subscription")
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await pubsub.aclose()
+
+    def _dispatch(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        if kind == "m":
+            topic, message_id, frame = rest.split(" ", 2)
+            self._deliver_to_hub(Delivery(topic, frame, message_id))
+        elif kind == "b":
+            topic, frame = rest.split(" ", 1)
+            self._deliver_to_hub(Delivery(topic, frame))
+        else:
+            self.on_control(kind, rest)
+
+    def _deliver_to_hub(self, delivery: Delivery) -> None:
+        if self._deliver is not None:
+            self._deliver(delivery)

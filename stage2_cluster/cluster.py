@@ -1,0 +1,351 @@
+"""Cluster membership: who this node is connected to, and keeping that true.
+
+The lesson of the original's stage 2, in Python:
+
+- the registry in Redis plays epmd: node name -> HTTP address (`chat:registry`);
+- `connect()` is `Node.connect/1`: a cookie handshake over HTTP (handshake.py), then
+  both sides add each other and connect to each other's peers, as Erlang does;
+- each node sends a heartbeat to its peers every second over its Redis channel; a peer
+  silent for NODE_DOWN_AFTER seconds is dropped with its users' presences
+  (net_ticktime);
+- presence changes go to peers as control messages, so every node holds the whole
+  room's presence, like Phoenix.Tracker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from shared import logs
+from shared.broker import BrokerUnavailable
+from shared.presence import Entry
+from shared.settings import NODE_NAME_RE
+from stage2_cluster import handshake
+
+if TYPE_CHECKING:
+    from stage2_cluster.node import ClusterNode
+
+log = logs.get("cluster")
+
+REGISTRY = "chat:registry"
+HEARTBEAT_INTERVAL = 1.0
+HTTP_TIMEOUT = 3.0
+GOODBYE_WINDOW = 30.0  # seconds a signed goodbye stays acceptable
+
+
+class ConnectError(Exception):
+    """Connecting failed; `status` is the HTTP status the node API answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def alive_key(node: str) -> str:
+    return f"chat:alive:{node}"
+
+
+@dataclass
+class Peer:
+    name: str
+    address: str
+    last_heard: float = field(default_factory=time.monotonic)
+
+
+class Cluster:
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.settings = node.settings
+        self.name = node.settings.node_name
+        self.cookie: str = node.settings.cluster_cookie or ""
+        self.broker = node.redis
+        self.peers: dict[str, Peer] = {}
+        self.challenges = handshake.Challenges()
+        self._goodbyes: dict[str, float] = {}  # nonce -> expiry, so a goodbye cannot be replayed
+        self._connecting: dict[str, asyncio.Task[None]] = {}
+        self._healthy_since: float | None = None
+        self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
+        self.broker.targets = self.targets
+        self.broker.on_control = self.on_control
+        self.broker.on_health = self._on_health
+        node.hub.replicate = self.replicate_presence
+
+    @property
+    def address(self) -> str:
+        """The HTTP address peers reach this node at."""
+        host = self.settings.host
+        if host in ("0.0.0.0", "::"):
+            host = self.settings.pod_ip or "127.0.0.1"
+        return f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+
+    def targets(self) -> list[str]:
+        return [self.name, *self.peers]
+
+    def nodes(self) -> list[str]:
+        return [self.name, *sorted(self.peers)]
+
+    # Lifetime ----------------------------------------------------------------------
+
+    async def heartbeat_forever(self) -> None:
+        """Announce ourselves in the registry, beat to peers, drop the silent ones."""
+        while True:
+            with contextlib.suppress(BrokerUnavailable):
+                await self._register()
+                if self.peers:
+                    await self.broker.send(list(self.peers), f"h {self.name}")
+            self._drop_silent()
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _register(self) -> None:
+        ttl_ms = int(self.settings.node_down_after * 1000)
+        try:
+            async with self.broker.client.pipeline(transaction=False) as pipe:
+                pipe.hset(REGISTRY, self.name, self.address)
+                pipe.set(alive_key(self.name), self.address, px=ttl_ms)
+                await pipe.execute()
+        except Exception as error:  # redis-py raises several kinds; all mean "not now"
+            raise BrokerUnavailable(str(error)) from None
+
+    async def close(self) -> None:
+        for task in self._connecting.values():
+            task.cancel()
+        for name in list(self.peers):
+            await self.disconnect(name, reason="shutting down")
+        with contextlib.suppress(Exception):
+            await self.broker.client.delete(alive_key(self.name))
+        await self.http.aclose()
+
+    def _on_health(self, healthy: bool) -> None:
+        # While our own Redis link is down we hear no one, which says nothing about them.
+        self._healthy_since = time.monotonic() if healthy else None
+
+    def _drop_silent(self) -> None:
+        now = time.monotonic()
+        if self._healthy_since is None or now - self._healthy_since < self.settings.node_down_after:
+            return
+        for peer in list(self.peers.values()):
+            if now - peer.last_heard > self.settings.node_down_after:
+                self._remove(peer.name, "no heartbeat", silence_s=round(now - peer.last_heard, 2))
+
+    # Connecting --------------------------------------------------------------------
+
+    async def lookup(self, name: str) -> str | None:
+        """epmd's job: a node name to the address it serves on."""
+        try:
+            return await self.broker.client.hget(REGISTRY, name)
+        except Exception as error:
+            raise ConnectError(503, f"registry unavailable: {error}") from None
+
+    async def connect(self, name: str, address: str | None = None, *, transitive: bool = True) -> None:
+        """Node.connect/1: handshake with `name`, then with its peers."""
+        if name == self.name or name in self.peers:
+            return
+        address = address or await self.lookup(name)
+        if address is None:
+            raise ConnectError(404, f"unknown node {name}: not in the registry and no address given")
+        peer_list = await self._handshake(name, address)
+        if transitive:
+            # Wait for the peer's peers too, so the caller's view of the cluster is whole.
+            await asyncio.gather(*self._connect_all(peer_list), return_exceptions=True)
+
+    async def _handshake(self, name: str, address: str) -> list[dict[str, str]]:
+        mine = handshake.new_challenge()
+        try:
+            hello = await self._post(address, "/cluster/hello", {"node": self.name, "address": self.address, "challenge": mine})
+            if hello.get("node") != name:
+                raise ConnectError(502, f"{address} is {hello.get('node')!r}, not {name}")
+            if not handshake.valid(self.cookie, hello.get("proof"), "hello", name, self.name, self.address, mine):
+                raise ConnectError(502, f"{name} does not share our cluster cookie")
+            theirs = hello.get("challenge", "")
+            answer = handshake.proof(self.cookie, "confirm", self.name, name, str(theirs))
+            confirm = await self._post(
+                address,
+                "/cluster/confirm",
+                {"node": self.name, "challenge": theirs, "proof": answer, "peers": self._peer_list()},
+            )
+        except httpx.HTTPError as error:
+            raise ConnectError(502, f"{name} at {address} unreachable: {type(error).__name__}") from None
+        await self._add(name, address)
+        peers = confirm.get("peers", [])
+        return peers if isinstance(peers, list) else []
+
+    async def _post(self, address: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post(f"http://{address}{path}", json=body)
+        if response.status_code != 200:
+            reason = response.json().get("error", response.text) if response.content else response.reason_phrase
+            raise ConnectError(502, f"handshake refused by {address}: {reason}")
+        data = response.json()
+        return data if isinstance(data, dict) else {}
+
+    def _connect_all(self, peers: list[dict[str, str]]) -> list[asyncio.Task[None]]:
+        tasks = []
+        for item in peers:
+            name, address = item.get("node"), item.get("address")
+            if isinstance(name, str) and isinstance(address, str) and NODE_NAME_RE.fullmatch(name):
+                task = self.connect_soon(name, address)
+                if task is not None:
+                    tasks.append(task)
+        return tasks
+
+    def connect_soon(self, name: str, address: str | None = None) -> asyncio.Task[None] | None:
+        """Connect in the background (discovery, transitive connects); failures are logged."""
+        if name == self.name or name in self.peers:
+            return None
+        if name in self._connecting:
+            return self._connecting[name]
+
+        async def attempt() -> None:
+            try:
+                await self.connect(name, address)
+            except ConnectError as error:
+                logs.event(log, "connect failed", level=30, peer=name, reason=str(error))
+            finally:
+                self._connecting.pop(name, None)
+
+        task = self._connecting[name] = asyncio.create_task(attempt())
+        return task
+
+    def _peer_list(self) -> list[dict[str, str]]:
+        return [{"node": peer.name, "address": peer.address} for peer in self.peers.values()]
+
+    # The other side of the handshake (called by the /cluster routes) ----------------
+
+    def on_hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        name, address, challenge = body.get("node"), body.get("address"), body.get("challenge")
+        if not (isinstance(name, str) and NODE_NAME_RE.fullmatch(name)):
+            raise ConnectError(400, "hello needs node: name@host")
+        if not isinstance(address, str) or not isinstance(challenge, str) or not 16 <= len(challenge) <= 128:
+            raise ConnectError(400, "hello needs address and challenge strings")
+        mine = self.challenges.issue(name, address)
+        return {
+            "node": self.name,
+            "challenge": mine,
+            "proof": handshake.proof(self.cookie, "hello", self.name, name, address, challenge),
+        }
+
+    async def on_confirm(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("node")
+        if not isinstance(name, str):
+            raise ConnectError(400, "confirm needs node")
+        challenge = body.get("challenge")
+        address = self.challenges.redeem(challenge, name)
+        if address is None or not handshake.valid(self.cookie, body.get("proof"), "confirm", name, self.name, str(challenge)):
+            logs.event(log, "handshake refused", level=30, peer=name)
+            raise ConnectError(403, "handshake failed: wrong cookie, unknown or reused challenge")
+        peers = self._peer_list()
+        await self._add(name, address)
+        theirs = body.get("peers")
+        if isinstance(theirs, list):
+            self._connect_all(theirs)  # in the background: the caller waits for our answer
+        return {"node": self.name, "peers": peers}
+
+    async def on_goodbye(self, body: dict[str, Any]) -> None:
+        name, stamp, nonce = body.get("node"), body.get("ts"), body.get("nonce")
+        now = time.time()
+        self._goodbyes = {n: t for n, t in self._goodbyes.items() if t > now}
+        if (
+            not isinstance(name, str)
+            or not isinstance(stamp, (int, float))
+            or not isinstance(nonce, str)
+            or abs(now - stamp) > GOODBYE_WINDOW
+            or nonce in self._goodbyes
+            or not handshake.valid(self.cookie, body.get("proof"), "goodbye", name, self.name, str(stamp), nonce)
+        ):
+            raise ConnectError(403, "goodbye refused: bad signature, stale or replayed")
+        self._goodbyes[nonce] = now + 2 * GOODBYE_WINDOW
+        self._remove(name, "peer disconnected us")
+
+    # Membership --------------------------------------------------------------------
+
+    async def _add(self, name: str, address: str) -> None:
+        if name in self.peers:
+            self.peers[name].address = address
+            return
+        self.peers[name] = Peer(name, address)
+        self.node.metrics.cluster_nodes.set(len(self.peers) + 1)
+        logs.event(log, "node connected", peer=name, address=address, nodes=len(self.peers) + 1)
+        await self._send_sync(name, want_reply=True)
+
+    def _remove(self, name: str, reason: str, **fields: object) -> None:
+        if self.peers.pop(name, None) is None:
+            return
+        self.node.metrics.cluster_nodes.set(len(self.peers) + 1)
+        self.node.hub.drop_node(name)
+        logs.event(log, "node disconnected", peer=name, reason=reason, nodes=len(self.peers) + 1, **fields)
+
+    async def disconnect(self, name: str, reason: str = "disconnected by request") -> bool:
+        """Node.disconnect/1: drop `name` here and tell it to drop us."""
+        peer = self.peers.get(name)
+        if peer is None:
+            return False
+        self._remove(name, reason)
+        stamp, nonce = time.time(), secrets.token_hex(8)
+        body = {
+            "node": self.name,
+            "ts": stamp,
+            "nonce": nonce,
+            "proof": handshake.proof(self.cookie, "goodbye", self.name, name, str(stamp), nonce),
+        }
+        try:
+            await self._post(peer.address, "/cluster/goodbye", body)
+        except (httpx.HTTPError, ConnectError) as error:
+            # It will drop us anyway when our heartbeats stop reaching it.
+            logs.event(log, "goodbye not delivered", level=30, peer=name, reason=str(error))
+        return True
+
+    # Control traffic on our Redis channel --------------------------------------------
+
+    def on_control(self, kind: str, data: str) -> None:
+        if kind == "h":
+            peer = self.peers.get(data)
+            if peer is not None:
+                peer.last_heard = time.monotonic()
+            return
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        sender = message.get("node")
+        if sender not in self.peers:
+            return  # only connected nodes may change what we know
+        self.peers[sender].last_heard = time.monotonic()
+        if kind == "p":
+            self.node.hub.apply_remote(message["topic"], _entries(sender, message["joins"]), _entries(sender, message["leaves"]))
+        elif kind == "s":
+            for topic, items in message["topics"].items():
+                self.node.hub.sync_node(topic, sender, _entries(sender, items))
+            if message.get("want_reply"):
+                asyncio.get_running_loop().create_task(self._send_sync(sender, want_reply=False))
+
+    def replicate_presence(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
+        if not self.peers:
+            return
+        line = "p " + orjson.dumps({"node": self.name, "topic": topic, "joins": _items(joins), "leaves": _items(leaves)}).decode()
+        asyncio.get_running_loop().create_task(self._send_quietly(list(self.peers), line))
+
+    async def _send_sync(self, name: str, *, want_reply: bool) -> None:
+        topics = {topic: _items(room.of_node(self.name)) for topic, room in self.node.hub.presences.items()}
+        line = "s " + orjson.dumps({"node": self.name, "topics": topics, "want_reply": want_reply}).decode()
+        await self._send_quietly([name], line)
+
+    async def _send_quietly(self, nodes: list[str], line: str) -> None:
+        try:
+            await self.broker.send(nodes, line)
+        except BrokerUnavailable:
+            logs.event(log, "cluster message not sent: redis unavailable", level=30)
+
+
+def _items(entries: list[Entry]) -> list[list[Any]]:
+    return [[entry.key, entry.meta] for entry in entries]
+
+
+def _entries(node: str, items: list[list[Any]]) -> list[Entry]:
+    return [Entry(node, key, meta) for key, meta in items]

