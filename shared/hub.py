@@ -25,6 +25,29 @@ class Member(Protocol):
     def deliver(self, delivery: Delivery) -> None: ...
 
 
+PRESENCE_BATCH_SECONDS = 0.05
+
+
+class PresenceBatch:
+    """Presence changes of one topic waiting to go out together; a join and a leave
+    of the same presence within the window cancel out."""
+
+    def __init__(self) -> None:
+        self.joins: dict[str, presence.Entry] = {}  # phx_ref -> entry, learned from peers
+        self.leaves: dict[str, presence.Entry] = {}
+        self.local_joins: dict[str, presence.Entry] = {}  # tracked here: also sent to peers
+        self.local_leaves: dict[str, presence.Entry] = {}
+
+    def add(self, joins: list[presence.Entry], leaves: list[presence.Entry], *, local: bool) -> None:
+        joined, left = (self.local_joins, self.local_leaves) if local else (self.joins, self.leaves)
+        for entry in joins:
+            joined[entry.meta["phx_ref"]] = entry
+        for entry in leaves:
+            ref = entry.meta["phx_ref"]
+            if joined.pop(ref, None) is None:
+                left[ref] = entry
+
+
 class Hub:
     def __init__(self, settings: Settings, broker: Broker, metrics: Metrics) -> None:
         self.settings = settings
@@ -33,6 +56,7 @@ class Hub:
         self.members: dict[str, set[Member]] = {}
         self.presences: dict[str, presence.Presence] = {}
         # Stage 2 sets this to send this node's presence changes to its peers.
+        self._batches: dict[str, PresenceBatch] = {}
         self.replicate: Callable[[str, list[presence.Entry], list[presence.Entry]], None] | None = None
 
     @property
@@ -100,13 +124,28 @@ class Hub:
                 self._send_diff(topic, [], gone)
 
     def _presence_changed(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
-        self._send_diff(topic, joins, leaves)
-        if self.replicate is not None:
-            self.replicate(topic, joins, leaves)
+        self._batch(topic).add(joins, leaves, local=True)
 
     def _send_diff(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
-        # Each node sends diffs to its own sockets, as Phoenix.Presence does per node.
-        self.deliver(Delivery(topic, protocol.broadcast(topic, "presence_diff", presence.diff(joins, leaves))))
+        self._batch(topic).add(joins, leaves, local=False)
+
+    def _batch(self, topic: str) -> PresenceBatch:
+        # A join storm of N users would otherwise send N diffs to each of N sockets;
+        # changes within one window go out as one diff, as Phoenix.Tracker batches deltas.
+        batch = self._batches.get(topic)
+        if batch is None:
+            batch = self._batches[topic] = PresenceBatch()
+            asyncio.get_running_loop().call_later(PRESENCE_BATCH_SECONDS, self._flush, topic)
+        return batch
+
+    def _flush(self, topic: str) -> None:
+        batch = self._batches.pop(topic)
+        everything = batch.joins | batch.local_joins, batch.leaves | batch.local_leaves
+        if everything[0] or everything[1]:
+            diff = presence.diff(list(everything[0].values()), list(everything[1].values()))
+            self.deliver(Delivery(topic, protocol.broadcast(topic, "presence_diff", diff)))
+        if self.replicate is not None and (batch.local_joins or batch.local_leaves):
+            self.replicate(topic, list(batch.local_joins.values()), list(batch.local_leaves.values()))
 
     # The original's demo timer ------------------------------------------------------
 

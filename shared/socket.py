@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from shared.hub import Hub
 
 IDLE_TIMEOUT = 60.0  # seconds without any frame; phoenix.js heartbeats every 30 s
-OUTBOX_LIMIT = 1024  # frames queued for one socket before it counts as too slow
+OUTBOX_LIMIT = 1024 * 1024  # bytes queued for one socket before it counts as too slow
 
 log = logs.get("socket")
 
@@ -50,6 +50,7 @@ class PhoenixSocket:
         self.hub = hub
         self.channels: dict[str, RoomChannel] = {}
         self.outbox: deque[str] = deque()
+        self.outbox_bytes = 0  # characters, in fact: frames are mostly ASCII and this is a bound, not a meter
         self.outbox_limit = outbox_limit
         self.idle_timeout = idle_timeout
         self.bucket = TokenBucket(*hub.settings.rate_limit)
@@ -63,7 +64,8 @@ class PhoenixSocket:
         """Queue a frame; a socket whose queue passes the bound is dropped, never waited for."""
         if self._done is not None and self._done.done():
             return
-        if len(self.outbox) >= self.outbox_limit:
+        self.outbox_bytes += len(frame)
+        if self.outbox_bytes > self.outbox_limit:
             self.hub.metrics.drops.inc()
             log.warning("socket dropped: outgoing buffer full", extra={"fields": {"queued": len(self.outbox)}})
             self._finish(protocol.CLOSE_POLICY)
@@ -84,7 +86,9 @@ class PhoenixSocket:
         outbox = self.outbox
         while True:
             while outbox:
-                await send(outbox.popleft())
+                frame = outbox.popleft()
+                self.outbox_bytes -= len(frame)
+                await send(frame)
             if self._closing is not None:
                 self._finish(self._closing)
                 return
