@@ -116,7 +116,11 @@ def create_app(chat: ChatNode) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return error(exc.code or 500, exc.description or exc.name)
+        response = error(exc.code or 500, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. the Allow header a 405 must carry
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.while_serving
     async def lifetime() -> AsyncIterator[None]:

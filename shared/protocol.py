@@ -44,7 +44,11 @@ class Frame:
 
 def decode(data: str | bytes) -> Frame:
     """Parse one text frame, or raise ProtocolError naming what is wrong."""
-    if len(data) > MAX_FRAME_BYTES:
+    size = len(data)
+    if isinstance(data, str) and size * 4 > MAX_FRAME_BYTES:
+        # The limit is in bytes as on the wire; Hypercorn's own check counts a text frame's characters.
+        size = len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
         raise ProtocolError("frame too large", CLOSE_TOO_BIG)
     try:
         value = orjson.loads(data)

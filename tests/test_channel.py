@@ -1,0 +1,790 @@
+"""PhoenixSocket and RoomChannel driven directly, without a server.
+
+Two ways in: `socket.handle(text)` then reading `socket.outbox` (the in-memory broker
+delivers synchronously, so after `handle` returns every frame it caused is queued,
+which makes "nothing was delivered" checkable), and `socket.run()` over in-memory
+queues (the way the Quart route serves it) for close codes and timed behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import shared.socket
+from shared.broker import Broker, BrokerUnavailable, MemoryBroker
+from shared.hub import Hub
+from shared.messages import ChatMessage, Draft
+from shared.metrics import Metrics
+from shared.protocol import MAX_FRAME_BYTES
+from shared.settings import Settings
+from shared.socket import PhoenixSocket
+
+LOBBY = "rooms:lobby"
+NODE = "nonode@nohost"
+DEADLINE = 5.0  # seconds; every wait in this file ends by then
+OK: dict[str, Any] = {"status": "ok", "response": {}}
+
+
+async def make_hub(broker: Broker | None = None, **settings: Any) -> Hub:
+    config = Settings(**{"ping_interval": 0, **settings})
+    broker = broker or MemoryBroker(config.history_size)
+    hub = Hub(config, broker, Metrics())
+    await broker.start(hub.deliver)
+    return hub
+
+
+def text(join_ref: str | None, ref: str | None, topic: str, event: str, payload: dict[str, Any] | None = None) -> str:
+    return json.dumps([join_ref, ref, topic, event, {} if payload is None else payload])
+
+
+def take(sock: PhoenixSocket, *, presence_diffs: bool = False) -> list[list[Any]]:
+    """Every frame queued for `sock`, decoded, oldest first; empties the outbox.
+
+    Presence diffs go out on a timer and are left out unless asked for."""
+    frames = [json.loads(frame) for frame in sock.outbox]
+    sock.outbox.clear()
+    sock.outbox_bytes = 0
+    return [f for f in frames if presence_diffs or f[3] != "presence_diff"]
+
+
+async def joined(hub: Hub, user: str | None = "alice", join_ref: str = "1") -> PhoenixSocket:
+    sock = PhoenixSocket(hub)
+    payload = {} if user is None else {"user": user}
+    await sock.handle(text(join_ref, join_ref, LOBBY, "phx_join", payload))
+    frames = take(sock)
+    assert frames[0] == [join_ref, join_ref, LOBBY, "phx_reply", OK]
+    return sock
+
+
+async def publish(hub: Hub, body: str, user: str = "bob") -> ChatMessage:
+    return await hub.broker.publish(LOBBY, Draft(user, body), hub.node)
+
+
+async def stored(hub: Hub) -> list[ChatMessage]:
+    return await hub.broker.history(LOBBY, None)
+
+
+def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
+    return [f[4] for f in sock_frames if f[3] == "new:msg"]
+
+
+class Client:
+    """A socket served by `run()` over in-memory queues, as the Quart route serves it."""
+
+    def __init__(self, hub: Hub, **kwargs: Any) -> None:
+        self.socket = PhoenixSocket(hub, **kwargs)
+        self.to_server: asyncio.Queue[str | bytes] = asyncio.Queue()
+        self.from_server: asyncio.Queue[list[Any]] = asyncio.Queue()
+        self.task: asyncio.Task[int] | None = None
+
+    async def __aenter__(self) -> Client:
+        self.task = asyncio.create_task(self.socket.run(self.to_server.get, self._send))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        if not self.task.done():
+            self.task.cancel()
+        async with asyncio.timeout(DEADLINE):
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _send(self, frame: str) -> None:
+        await self.from_server.put(json.loads(frame))
+
+    async def send(self, *frame: Any) -> None:
+        await self.to_server.put(text(*frame))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.to_server.put(data)
+
+    async def recv(self, *, skip: tuple[str, ...] = ("presence_diff",)) -> list[Any]:
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                frame = await self.from_server.get()
+                if frame[3] not in skip:
+                    return frame
+
+    async def recv_event(self, event: str, match: Callable[[dict[str, Any]], bool] = lambda payload: True) -> list[Any]:
+        """The next `event` frame whose payload `match`es, skipping everything before it."""
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                frame = await self.from_server.get()
+                if frame[3] == event and match(frame[4]):
+                    return frame
+
+    async def join(self, user: str, join_ref: str = "1") -> None:
+        await self.send(join_ref, join_ref, LOBBY, "phx_join", {"user": user})
+        assert await self.recv() == [join_ref, join_ref, LOBBY, "phx_reply", OK]
+
+    async def close_code(self) -> int:
+        assert self.task is not None
+        async with asyncio.timeout(DEADLINE):
+            return await self.task
+
+
+# Join ------------------------------------------------------------------------------------
+
+
+async def test_join_sends_reply_entered_join_presence_state_then_history_oldest_first_then_presence_diff() -> None:
+    hub = await make_hub()
+    first = await publish(hub, "one")
+    second = await publish(hub, "two")
+
+    async with Client(hub) as alice:
+        await alice.send("1", "1", LOBBY, "phx_join", {"user": "alice"})
+        frames = [await alice.recv(skip=()) for _ in range(7)]
+
+    assert frames[:6] == [
+        ["1", "1", LOBBY, "phx_reply", OK],
+        [None, None, LOBBY, "user:entered", {"user": "alice"}],
+        ["1", None, LOBBY, "join", {"status": "connected"}],
+        ["1", None, LOBBY, "presence_state", {}],
+        ["1", None, LOBBY, "new:msg", first.payload()],
+        ["1", None, LOBBY, "new:msg", second.payload()],
+    ]
+    join_ref, ref, topic, event, diff = frames[6]
+    assert [join_ref, ref, topic, event] == [None, None, LOBBY, "presence_diff"]
+    assert diff["leaves"] == {}
+    assert list(diff["joins"]) == ["alice"]
+    [meta] = diff["joins"]["alice"]["metas"]
+    assert isinstance(meta["phx_ref"], str) and meta["phx_ref"]
+    assert meta["node"] == NODE
+
+
+async def test_join_without_user_broadcasts_user_entered_null() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join"))
+
+    assert take(sock)[1] == [None, None, LOBBY, "user:entered", {"user": None}]
+
+
+async def test_user_entered_is_broadcast_to_members_already_in_the_room() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+
+    await joined(hub, "bob")
+
+    assert take(alice) == [[None, None, LOBBY, "user:entered", {"user": "bob"}]]
+
+
+async def test_presence_state_lists_the_members_already_in_the_room() -> None:
+    hub = await make_hub()
+    await joined(hub, "alice")
+    bob = PhoenixSocket(hub)
+
+    await bob.handle(text("1", "1", LOBBY, "phx_join", {"user": "bob"}))
+
+    [state] = [f[4] for f in take(bob) if f[3] == "presence_state"]
+    assert list(state) == ["alice"]
+    assert [meta["node"] for meta in state["alice"]["metas"]] == [NODE]
+
+
+async def test_members_see_a_presence_diff_when_someone_joins_and_leaves() -> None:
+    hub = await make_hub()
+    async with Client(hub) as alice, Client(hub) as bob:
+        await alice.join("alice")
+        await alice.recv_event("presence_diff", lambda diff: "alice" in diff["joins"])
+        await bob.join("bob")
+
+        joined_diff = (await alice.recv_event("presence_diff"))[4]
+        await bob.send("1", "2", LOBBY, "phx_leave")
+        left_diff = (await alice.recv_event("presence_diff"))[4]
+
+    assert list(joined_diff["joins"]) == ["bob"] and joined_diff["leaves"] == {}
+    assert left_diff["joins"] == {} and list(left_diff["leaves"]) == ["bob"]
+    assert left_diff["leaves"]["bob"] == joined_diff["joins"]["bob"]
+
+
+async def test_join_of_another_room_is_unauthorized() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", "rooms:secret", "phx_join", {"user": "alice"}))
+
+    assert take(sock) == [
+        ["1", "1", "rooms:secret", "phx_reply", {"status": "error", "response": {"reason": "unauthorized"}}]
+    ]
+    assert sock.channels == {}
+    assert "rooms:secret" not in hub.members
+
+
+async def test_join_of_an_unknown_topic_is_unmatched() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", "foo", "phx_join"))
+
+    assert take(sock) == [
+        ["1", "1", "foo", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}]
+    ]
+    assert sock.channels == {}
+
+
+async def test_push_on_an_unjoined_topic_is_unmatched() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "hi"}))
+
+    assert take(sock) == [
+        ["1", "2", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}]
+    ]
+    assert await stored(hub) == []
+
+
+@pytest.mark.parametrize("user", ["u" * 33, 42, ["alice"]])
+async def test_join_with_an_invalid_user_is_refused(user: Any) -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": user}))
+
+    [reply] = take(sock)
+    assert reply[:4] == ["1", "1", LOBBY, "phx_reply"]
+    assert reply[4]["status"] == "error"
+    assert "user" in reply[4]["response"]["reason"]
+    assert LOBBY not in hub.members
+
+
+# new:msg ---------------------------------------------------------------------------------
+
+
+async def test_new_msg_is_broadcast_to_every_member_including_the_sender_and_replied_with_body_and_id() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+    bob = await joined(hub, "bob")
+    take(alice)
+
+    await alice.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "  hello  "}))
+
+    [message] = await stored(hub)
+    assert (message.user, message.body, message.node) == ("alice", "hello", NODE)
+    broadcast = [
+        None,
+        None,
+        LOBBY,
+        "new:msg",
+        {"id": message.id, "user": "alice", "body": "hello", "node": NODE, "ts": message.ts},
+    ]
+    reply = ["1", "2", LOBBY, "phx_reply", {"status": "ok", "response": {"msg": "hello", "id": message.id}}]
+    sender_frames = take(alice)
+    assert len(sender_frames) == 2
+    assert broadcast in sender_frames
+    assert reply in sender_frames
+    assert take(bob) == [broadcast]
+
+
+INVALID_MESSAGES = {
+    "missing-user": {"body": "hi"},
+    "missing-body": {"user": "alice"},
+    "non-string-user": {"user": 7, "body": "hi"},
+    "null-user": {"user": None, "body": "hi"},
+    "non-string-body": {"user": "alice", "body": ["hi"]},
+    "too-long-user": {"user": "u" * 33, "body": "hi"},
+    "too-long-body": {"user": "alice", "body": "b" * 2001},
+    "empty-body": {"user": "alice", "body": ""},
+    "whitespace-body": {"user": "alice", "body": " \n\t "},
+}
+
+
+@pytest.mark.parametrize("payload", INVALID_MESSAGES.values(), ids=INVALID_MESSAGES.keys())
+async def test_invalid_new_msg_replies_error_and_is_neither_stored_nor_broadcast(payload: dict[str, Any]) -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+    bob = await joined(hub, "bob")
+    take(alice)
+
+    await alice.handle(text("1", "2", LOBBY, "new:msg", payload))
+
+    [reply] = take(alice)
+    assert reply[:4] == ["1", "2", LOBBY, "phx_reply"]
+    assert reply[4]["status"] == "error"
+    assert isinstance(reply[4]["response"]["reason"], str) and reply[4]["response"]["reason"]
+    assert await stored(hub) == []
+    assert take(bob) == []
+
+
+async def test_unknown_event_on_a_joined_topic_replies_error() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+
+    await alice.handle(text("1", "2", LOBBY, "shout", {"body": "hi"}))
+
+    [reply] = take(alice)
+    assert reply[:4] == ["1", "2", LOBBY, "phx_reply"]
+    assert reply[4]["status"] == "error"
+    assert await stored(hub) == []
+
+
+# Heartbeat, leave, rejoin ----------------------------------------------------------------
+
+
+async def test_heartbeat_replies_ok() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text(None, "9", "phoenix", "heartbeat"))
+
+    assert take(sock) == [[None, "9", "phoenix", "phx_reply", OK]]
+
+
+async def test_leave_replies_ok_then_phx_close() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+
+    await alice.handle(text("1", "5", LOBBY, "phx_leave"))
+
+    assert take(alice) == [["1", "5", LOBBY, "phx_reply", OK], ["1", "1", LOBBY, "phx_close", {}]]
+
+
+async def test_after_leave_the_socket_gets_no_room_messages_and_its_presence_is_gone() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+    bob = await joined(hub, "bob")
+    await alice.handle(text("1", "5", LOBBY, "phx_leave"))
+    take(alice)
+
+    await bob.handle(text("1", "2", LOBBY, "new:msg", {"user": "bob", "body": "still there?"}))
+
+    assert take(alice) == []
+    assert list(hub.presence(LOBBY).state()) == ["bob"]
+
+
+async def test_push_after_leave_is_unmatched() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice")
+    await alice.handle(text("1", "5", LOBBY, "phx_leave"))
+    take(alice)
+
+    await alice.handle(text("1", "6", LOBBY, "new:msg", {"user": "alice", "body": "hi"}))
+
+    assert take(alice) == [
+        ["1", "6", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}]
+    ]
+
+
+async def test_duplicate_join_closes_the_old_join_first_then_joins_again() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice", join_ref="1")
+
+    await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
+
+    frames = take(alice)
+    assert frames[0] == ["1", "1", LOBBY, "phx_close", {}]
+    assert frames[1] == ["3", "3", LOBBY, "phx_reply", OK]
+    assert ["3", None, LOBBY, "join", {"status": "connected"}] in frames
+    assert len(hub.presence(LOBBY)) == 1
+
+
+async def test_after_a_duplicate_join_messages_arrive_once_on_the_new_join() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice", join_ref="1")
+    await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
+    take(alice)
+
+    await alice.handle(text("3", "4", LOBBY, "new:msg", {"user": "alice", "body": "again"}))
+
+    frames = take(alice)
+    assert len(new_msg(frames)) == 1
+    assert [
+        "3",
+        "4",
+        LOBBY,
+        "phx_reply",
+        {"status": "ok", "response": {"msg": "again", "id": new_msg(frames)[0]["id"]}},
+    ] in frames
+
+
+async def test_push_with_a_stale_join_ref_is_ignored() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice", join_ref="1")
+    await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
+    take(alice)
+
+    await alice.handle(text("1", "4", LOBBY, "new:msg", {"user": "alice", "body": "from the old join"}))
+
+    assert take(alice) == []
+    assert await stored(hub) == []
+
+
+async def test_leave_with_a_stale_join_ref_is_ignored() -> None:
+    hub = await make_hub()
+    alice = await joined(hub, "alice", join_ref="1")
+    await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
+    take(alice)
+
+    await alice.handle(text("1", "4", LOBBY, "phx_leave"))
+
+    assert take(alice) == []
+    assert alice.channels[LOBBY].join_ref == "3"
+    assert LOBBY in hub.members
+
+
+# History and catch-up --------------------------------------------------------------------
+
+
+async def test_join_with_last_seen_id_replays_only_newer_messages() -> None:
+    hub = await make_hub()
+    first = await publish(hub, "one")
+    second = await publish(hub, "two")
+    third = await publish(hub, "three")
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": first.id}))
+
+    assert new_msg(take(sock)) == [second.payload(), third.payload()]
+
+
+async def test_join_with_the_newest_id_as_last_seen_id_replays_nothing() -> None:
+    hub = await make_hub()
+    await publish(hub, "one")
+    newest = await publish(hub, "two")
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": newest.id}))
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
+    assert new_msg(frames) == []
+
+
+@pytest.mark.parametrize("last_seen_id", ["yesterday", "1-2-3", "", 1700000000000, ["1-0"]])
+async def test_join_with_an_invalid_last_seen_id_is_refused(last_seen_id: Any) -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": last_seen_id}))
+
+    [reply] = take(sock)
+    assert reply[:4] == ["1", "1", LOBBY, "phx_reply"]
+    assert reply[4]["status"] == "error"
+    assert "last_seen_id" in reply[4]["response"]["reason"]
+    assert sock.channels == {}
+    assert LOBBY not in hub.members
+
+
+async def test_join_replays_at_most_history_size_messages() -> None:
+    hub = await make_hub(history_size=3)
+    messages = [await publish(hub, f"message {n}") for n in range(5)]
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+
+    assert new_msg(take(sock)) == [m.payload() for m in messages[2:]]
+
+
+class GatedBroker(MemoryBroker):
+    """history() stops at a gate the test opens, either before or after reading the history."""
+
+    def __init__(self, history_size: int, *, read_before_gate: bool) -> None:
+        super().__init__(history_size)
+        self.read_before_gate = read_before_gate
+        self.waiting = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+        kept = await super().history(topic, after) if self.read_before_gate else None
+        self.waiting.set()
+        await self.gate.wait()
+        return kept if kept is not None else await super().history(topic, after)
+
+
+@pytest.mark.parametrize(
+    "read_before_gate", [True, False], ids=["not-in-the-replayed-history", "also-in-the-replayed-history"]
+)
+async def test_message_published_while_a_joiner_replays_history_is_delivered_once_and_in_order(
+    read_before_gate: bool,
+) -> None:
+    broker = GatedBroker(100, read_before_gate=read_before_gate)
+    hub = await make_hub(broker)
+    first = await publish(hub, "one")
+    second = await publish(hub, "two")
+    sock = PhoenixSocket(hub)
+
+    join = asyncio.create_task(sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"})))
+    async with asyncio.timeout(DEADLINE):
+        await broker.waiting.wait()
+    third = await publish(hub, "three")
+    broker.gate.set()
+    async with asyncio.timeout(DEADLINE):
+        await join
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
+    assert [m["id"] for m in new_msg(frames)] == [first.id, second.id, third.id]
+
+
+async def test_broadcast_arriving_before_the_join_reply_is_sent_after_it() -> None:
+    broker = GatedBroker(100, read_before_gate=False)
+    hub = await make_hub(broker)
+    sock = PhoenixSocket(hub)
+
+    join = asyncio.create_task(sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"})))
+    async with asyncio.timeout(DEADLINE):
+        await broker.waiting.wait()
+    await broker.broadcast(LOBBY, "user:entered", {"user": "carol"})
+    broker.gate.set()
+    async with asyncio.timeout(DEADLINE):
+        await join
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
+    assert frames.count([None, None, LOBBY, "user:entered", {"user": "carol"}]) == 1
+
+
+# Broker unavailable ----------------------------------------------------------------------
+
+
+class SwitchableBroker(MemoryBroker):
+    """A MemoryBroker that can be switched off, as a Redis broker is while Redis is down."""
+
+    def __init__(self, history_size: int) -> None:
+        super().__init__(history_size)
+        self.down = False
+
+    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+        if self.down:
+            raise BrokerUnavailable("down")
+        return await super().history(topic, after)
+
+    async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
+        if self.down:
+            raise BrokerUnavailable("down")
+        return await super().publish(topic, draft, node)
+
+
+async def test_join_while_the_broker_is_unavailable_replies_error_unavailable() -> None:
+    broker = SwitchableBroker(100)
+    hub = await make_hub(broker)
+    broker.down = True
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+
+    assert take(sock) == [["1", "1", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unavailable"}}]]
+    assert LOBBY not in hub.members
+
+
+async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_broadcast() -> None:
+    broker = SwitchableBroker(100)
+    hub = await make_hub(broker)
+    alice = await joined(hub, "alice")
+    bob = await joined(hub, "bob")
+    take(alice)
+    broker.down = True
+
+    await alice.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "hi"}))
+
+    assert take(alice) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unavailable"}}]]
+    assert take(bob) == []
+    broker.down = False
+    assert await stored(hub) == []
+
+
+# Rate limit ------------------------------------------------------------------------------
+
+
+class FrozenTime:
+    """Stands in for the `time` module inside shared.socket only; `monotonic()` moves when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
+    """The socket module's clock, stopped: "quick" pushes are quick however slow the machine."""
+    clock = FrozenTime()
+    monkeypatch.setattr(shared.socket, "time", clock)
+    return clock
+
+
+async def rate_limited_socket(hub: Hub) -> PhoenixSocket:
+    """A joined socket that has used 20 pushes (the join and 19 messages), all accepted."""
+    sock = PhoenixSocket(hub)
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+    for n in range(2, 21):
+        await sock.handle(text("1", str(n), LOBBY, "new:msg", {"user": "alice", "body": f"message {n}"}))
+    replies = [f for f in take(sock) if f[3] == "phx_reply"]
+    assert [r[4]["status"] for r in replies] == ["ok"] * 20
+    return sock
+
+
+async def test_the_21st_quick_push_replies_rate_limited_and_is_not_stored(frozen_clock: FrozenTime) -> None:
+    hub = await make_hub(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(hub)
+
+    await sock.handle(text("1", "21", LOBBY, "new:msg", {"user": "alice", "body": "one too many"}))
+
+    assert take(sock) == [["1", "21", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "rate_limited"}}]]
+    assert len(await stored(hub)) == 19
+
+
+async def test_heartbeats_are_not_rate_limited(frozen_clock: FrozenTime) -> None:
+    hub = await make_hub(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(hub)
+
+    for n in range(50):
+        await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
+
+    assert take(sock) == [[None, f"hb{n}", "phoenix", "phx_reply", OK] for n in range(50)]
+
+
+async def test_heartbeats_do_not_use_up_the_burst(frozen_clock: FrozenTime) -> None:
+    hub = await make_hub(rate_limit=(10.0, 20))
+    sock = PhoenixSocket(hub)
+    for n in range(50):
+        await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+
+    assert take(sock)[50] == ["1", "1", LOBBY, "phx_reply", OK]
+
+
+async def test_the_bucket_refills_at_the_rate_per_second(frozen_clock: FrozenTime) -> None:
+    hub = await make_hub(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(hub)
+
+    frozen_clock.now += 1.0
+    for n in range(21, 32):
+        await sock.handle(text("1", str(n), LOBBY, "new:msg", {"user": "alice", "body": f"message {n}"}))
+
+    statuses = [f[4]["response"].get("reason", f[4]["status"]) for f in take(sock) if f[3] == "phx_reply"]
+    assert statuses == ["ok"] * 10 + ["rate_limited"]
+
+
+# Socket lifetime: close codes, slow consumers, idle timeout ------------------------------
+
+
+async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_every_message() -> None:
+    hub = await make_hub()
+    slow = PhoenixSocket(hub, outbox_limit=4096)
+    await slow.handle(text("1", "1", LOBBY, "phx_join", {"user": "slow"}))
+    never = asyncio.Event()
+
+    async def stuck_send(frame: str) -> None:
+        await never.wait()  # a client that stopped reading
+
+    slow_in: asyncio.Queue[str] = asyncio.Queue()
+    slow_run = asyncio.create_task(slow.run(slow_in.get, stuck_send))
+    async with Client(hub) as fast:
+        await fast.join("fast")
+        sent = [await publish(hub, f"{n} " + "x" * 300) for n in range(40)]
+
+        async with asyncio.timeout(DEADLINE):
+            code = await slow_run
+        received = [await fast.recv_event("new:msg") for _ in sent]
+
+        assert code == 1008
+        assert [f[4]["id"] for f in received] == [m.id for m in sent]
+        assert hub.metrics.registry.get_sample_value("chat_drops_total") == 1
+        assert slow.channels == {}
+        assert {ch.socket for ch in hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
+
+
+async def test_idle_socket_is_closed_with_1001() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub, idle_timeout=0.05)
+    silence = asyncio.Event()
+
+    async def receive() -> str:
+        await silence.wait()
+        raise AssertionError("never sends")
+
+    async def send(frame: str) -> None:
+        pass
+
+    async with asyncio.timeout(DEADLINE):
+        code = await sock.run(receive, send)
+
+    assert code == 1001
+
+
+async def test_binary_frame_closes_with_1007() -> None:
+    hub = await make_hub()
+    async with Client(hub) as client:
+        await client.send_raw(b'["1","1","rooms:lobby","phx_join",{}]')
+
+        assert await client.close_code() == 1007
+
+
+async def test_unparseable_frame_closes_with_1007() -> None:
+    hub = await make_hub()
+    async with Client(hub) as client:
+        await client.send_raw("hello?")
+
+        assert await client.close_code() == 1007
+
+
+async def test_frame_over_64_kib_closes_with_1009() -> None:
+    hub = await make_hub()
+    async with Client(hub) as client:
+        await client.send_raw(text("1", "1", LOBBY, "phx_join", {"pad": "x" * MAX_FRAME_BYTES}))
+
+        assert await client.close_code() == 1009
+
+
+async def test_close_flushes_queued_frames_then_returns_the_code() -> None:
+    hub = await make_hub()
+    async with Client(hub) as client:
+        await client.send(None, "1", "phoenix", "heartbeat")
+        assert await client.recv() == [None, "1", "phoenix", "phx_reply", OK]
+        client.socket.send(text(None, None, LOBBY, "last", {}))
+
+        client.socket.close(1001)
+
+        assert await client.close_code() == 1001
+        assert await client.recv() == [None, None, LOBBY, "last", {}]
+
+
+async def test_a_socket_that_ends_leaves_its_room_and_its_presence_leaves() -> None:
+    hub = await make_hub()
+    async with Client(hub) as alice, Client(hub) as bob:
+        await alice.join("alice")
+        await bob.join("bob")
+        await alice.recv_event("presence_diff", lambda diff: "bob" in diff["joins"])
+
+        await bob.send_raw("garbage")
+        assert await bob.close_code() == 1007
+        diff = (await alice.recv_event("presence_diff", lambda diff: bool(diff["leaves"])))[4]
+
+        assert list(diff["leaves"]) == ["bob"]
+        assert {ch.socket for ch in hub.members[LOBBY]} == {alice.socket}  # type: ignore[attr-defined]
+        assert list(hub.presence(LOBBY).state()) == ["alice"]
+
+
+# The original's demo timer ---------------------------------------------------------------
+
+
+async def test_joined_socket_receives_the_system_ping() -> None:
+    hub = await make_hub(ping_interval=0.01)
+    async with Client(hub) as alice:
+        await alice.join("alice")
+        pinger = asyncio.create_task(hub.ping_forever())
+        try:
+            ping = await alice.recv_event("new:msg")
+        finally:
+            pinger.cancel()
+
+    assert ping == [None, None, LOBBY, "new:msg", {"user": "SYSTEM", "body": "ping"}]
+
+
+async def test_ping_interval_zero_turns_the_ping_off() -> None:
+    hub = await make_hub(ping_interval=0)
+
+    async with asyncio.timeout(DEADLINE):
+        assert await hub.ping_forever() is None

@@ -1,0 +1,90 @@
+"""Presence state and diffs in exactly the shapes Phoenix.Presence (and phoenix.js) use."""
+
+from __future__ import annotations
+
+from shared.presence import Entry, Presence, diff, new_ref
+
+
+def meta(ref: str, **extra: object) -> dict[str, object]:
+    return {"phx_ref": ref, **extra}
+
+
+def test_empty_presence_state_is_an_empty_object() -> None:
+    assert Presence().state() == {}
+
+
+def test_state_groups_metas_by_key() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1", online_at=1))
+    room.track("b@localhost", "alice", meta("r2", online_at=2))
+    room.track("a@localhost", "bob", meta("r3", online_at=3))
+
+    assert room.state() == {
+        "alice": {"metas": [{"phx_ref": "r1", "online_at": 1}, {"phx_ref": "r2", "online_at": 2}]},
+        "bob": {"metas": [{"phx_ref": "r3", "online_at": 3}]},
+    }
+
+
+def test_diff_has_joins_and_leaves_in_state_format() -> None:
+    joined = Entry("a@localhost", "alice", meta("r1"))
+    left = Entry("a@localhost", "bob", meta("r2"))
+
+    assert diff([joined], [left]) == {
+        "joins": {"alice": {"metas": [{"phx_ref": "r1"}]}},
+        "leaves": {"bob": {"metas": [{"phx_ref": "r2"}]}},
+    }
+
+
+def test_empty_diff_has_both_keys() -> None:
+    assert diff([], []) == {"joins": {}, "leaves": {}}
+
+
+def test_untrack_removes_one_presence_and_returns_it() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1"))
+    room.track("a@localhost", "alice", meta("r2"))
+
+    gone = room.untrack("r1")
+
+    assert gone == Entry("a@localhost", "alice", {"phx_ref": "r1"})
+    assert room.state() == {"alice": {"metas": [{"phx_ref": "r2"}]}}
+
+
+def test_untrack_of_an_unknown_ref_returns_none() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1"))
+
+    assert room.untrack("nope") is None
+    assert len(room) == 1
+
+
+def test_drop_node_removes_every_entry_of_that_node_only() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1"))
+    room.track("b@localhost", "alice", meta("r2"))
+    room.track("b@localhost", "bob", meta("r3"))
+    room.track("a@localhost", "carol", meta("r4"))
+
+    gone = room.drop_node("b@localhost")
+
+    assert sorted(entry.meta["phx_ref"] for entry in gone) == ["r2", "r3"]
+    assert room.of_node("b@localhost") == []
+    assert room.state() == {
+        "alice": {"metas": [{"phx_ref": "r1"}]},
+        "carol": {"metas": [{"phx_ref": "r4"}]},
+    }
+
+
+def test_of_node_lists_the_entries_a_node_tracks() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1"))
+    room.track("b@localhost", "bob", meta("r2"))
+
+    assert room.of_node("b@localhost") == [Entry("b@localhost", "bob", {"phx_ref": "r2"})]
+
+
+def test_new_refs_are_unique_strings() -> None:
+    refs = {new_ref() for _ in range(1000)}
+
+    assert len(refs) == 1000
+    assert all(isinstance(ref, str) and ref for ref in refs)

@@ -1,0 +1,228 @@
+"""Settings.from_env: defaults, typed values, and one clear error naming each bad variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shared.server import load_settings
+from shared.settings import ConfigError, Settings
+from tests.support import ROOT
+
+COOKIE = "0123456789abcdef-cookie"
+
+# Every variable the settings read; the real-process test removes them from the inherited environment.
+CONFIG_VARS = (
+    "PORT",
+    "HOST",
+    "NODE_NAME",
+    "REDIS_URL",
+    "CLUSTER_COOKIE",
+    "DISCOVERY",
+    "DNS_SERVICE",
+    "NODE_BASENAME",
+    "POD_IP",
+    "DNS_POLL_INTERVAL",
+    "DNS_NAMESERVER",
+    "PING_INTERVAL",
+    "HISTORY_SIZE",
+    "ALLOWED_ORIGINS",
+    "RATE_LIMIT",
+    "NODE_DOWN_AFTER",
+    "GOSSIP_SECRET",
+)
+
+
+def test_empty_environment_gives_the_documented_defaults() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.port == 4000
+    assert settings.host == "127.0.0.1"
+    assert settings.node_name == "nonode@nohost"
+    assert settings.redis_url is None
+    assert settings.cluster_cookie is None
+    assert settings.discovery == "none"
+    assert settings.dns_service == "chat-nodes"
+    assert settings.node_basename == "chat"
+    assert settings.pod_ip is None
+    assert settings.dns_poll_interval == 5
+    assert settings.dns_nameserver is None
+    assert settings.ping_interval == 5
+    assert settings.history_size == 100
+    assert settings.allowed_origins == ()
+    assert settings.rate_limit == (10.0, 20)
+    assert settings.gossip_secret is None
+    assert settings.clustered is False
+
+
+def test_stage_defaults_apply_when_the_variable_is_unset() -> None:
+    settings = Settings.from_env({}, node_name="a@localhost", discovery="none")
+
+    assert settings.node_name == "a@localhost"
+
+
+def test_blank_variable_means_the_default() -> None:
+    settings = Settings.from_env({"PORT": "  ", "HISTORY_SIZE": ""})
+
+    assert settings.port == 4000
+    assert settings.history_size == 100
+
+
+def test_variables_are_parsed_into_typed_values() -> None:
+    settings = Settings.from_env(
+        {
+            "PORT": " 4001 ",
+            "HOST": "0.0.0.0",
+            "NODE_NAME": "b@localhost",
+            "DNS_SERVICE": "chat-nodes.default.svc.cluster.local",
+            "NODE_BASENAME": "chatlab",
+            "POD_IP": "10.0.0.7",
+            "DNS_POLL_INTERVAL": "0.5",
+            "DNS_NAMESERVER": "127.0.0.1:5353",
+            "PING_INTERVAL": "0",
+            "HISTORY_SIZE": "7",
+            "ALLOWED_ORIGINS": "http://localhost:4000, https://chat.example/",
+            "RATE_LIMIT": "2.5/7",
+            "NODE_DOWN_AFTER": "3",
+        }
+    )
+
+    assert settings.port == 4001
+    assert settings.host == "0.0.0.0"
+    assert settings.node_name == "b@localhost"
+    assert settings.dns_service == "chat-nodes.default.svc.cluster.local"
+    assert settings.node_basename == "chatlab"
+    assert settings.pod_ip == "10.0.0.7"
+    assert settings.dns_poll_interval == 0.5
+    assert settings.dns_nameserver == ("127.0.0.1", 5353)
+    assert settings.ping_interval == 0
+    assert settings.history_size == 7
+    assert settings.allowed_origins == ("http://localhost:4000", "https://chat.example")
+    assert settings.rate_limit == (2.5, 7)
+    assert settings.node_down_after == 3
+
+
+def test_allowed_origins_accepts_a_star() -> None:
+    assert Settings.from_env({"ALLOWED_ORIGINS": "*"}).allowed_origins == ("*",)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "0"),
+        ("PORT", "65536"),
+        ("PORT", "-1"),
+        ("PORT", "80.5"),
+        ("HOST", "bad host"),
+        ("HOST", "host/with/slash"),
+        ("NODE_NAME", "bad"),
+        ("NODE_NAME", "a@"),
+        ("NODE_NAME", "a b@localhost"),
+        ("REDIS_URL", "http://x"),
+        ("REDIS_URL", "redis://"),
+        ("DISCOVERY", "bogus"),
+        ("DNS_SERVICE", "chat nodes"),
+        ("DNS_SERVICE", "chat/nodes"),
+        ("NODE_BASENAME", "chat app"),
+        ("POD_IP", "10.0.0"),
+        ("DNS_POLL_INTERVAL", "0"),
+        ("DNS_POLL_INTERVAL", "often"),
+        ("DNS_NAMESERVER", "resolver.local:53"),
+        ("DNS_NAMESERVER", "127.0.0.1:99999"),
+        ("PING_INTERVAL", "-1"),
+        ("PING_INTERVAL", "soon"),
+        ("PING_INTERVAL", "nan"),
+        ("HISTORY_SIZE", "-1"),
+        ("HISTORY_SIZE", "1.5"),
+        ("HISTORY_SIZE", "many"),
+        ("ALLOWED_ORIGINS", "ftp://x"),
+        ("ALLOWED_ORIGINS", "http://localhost:4000,example.com"),
+        ("ALLOWED_ORIGINS", "http://x/path"),
+        ("RATE_LIMIT", "x"),
+        ("RATE_LIMIT", "10"),
+        ("RATE_LIMIT", "0/20"),
+        ("RATE_LIMIT", "10/0"),
+        ("NODE_DOWN_AFTER", "0"),
+        ("GOSSIP_SECRET", "short"),
+    ],
+)
+def test_bad_value_raises_config_error_naming_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({var: value})
+
+    assert raised.value.var == var
+    message = str(raised.value)
+    assert message.startswith(f"{var}: ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("env", [{"REDIS_URL": "redis://127.0.0.1:6379/0"}, {"DISCOVERY": "manual"}])
+def test_clustered_node_without_cookie_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+
+    assert raised.value.var == "CLUSTER_COOKIE"
+    assert str(raised.value).startswith("CLUSTER_COOKIE: ")
+
+
+@pytest.mark.parametrize("cookie", ["short", "x" * 15, "0123456789abcdef\x07"])
+def test_clustered_node_with_short_or_unprintable_cookie_is_refused(cookie: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": cookie})
+
+    assert raised.value.var == "CLUSTER_COOKIE"
+
+
+def test_clustered_node_with_a_long_cookie_starts_and_hides_the_cookie_from_repr() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE})
+
+    assert settings.clustered is True
+    assert settings.cluster_cookie == COOKIE
+    assert COOKIE not in repr(settings)
+
+
+def test_stage1_refuses_a_redis_url() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE}, clustered=False)
+
+    assert raised.value.var == "REDIS_URL"
+
+
+def test_stage1_refuses_discovery() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"DISCOVERY": "manual", "CLUSTER_COOKIE": COOKIE}, clustered=False)
+
+    assert raised.value.var == "DISCOVERY"
+
+
+def test_clustered_stage_requires_a_redis_url() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"DISCOVERY": "manual", "CLUSTER_COOKIE": COOKIE}, clustered=True)
+
+    assert raised.value.var == "REDIS_URL"
+
+
+@pytest.mark.parametrize(("var", "value"), [("PORT", "abc"), ("HISTORY_SIZE", "-1")])
+def test_node_process_with_bad_config_exits_nonzero_with_one_line_naming_the_variable(var: str, value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    env[var] = value
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stage1_dev"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert var in lines[0]
+    assert value in lines[0]
