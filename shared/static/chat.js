@@ -1,13 +1,14 @@
 // ChatLab page client: a small Phoenix Channels V2 client and the chat UI.
 // Frames are [join_ref, ref, topic, event, payload]. User text only ever goes into
-// textContent, never into HTML.
+// textContent or an attribute's value, never into HTML.
 "use strict";
 
 (function () {
   const TOPIC = "rooms:lobby";
   const HEARTBEAT_MS = 30000;
-  const REJOIN_MS = [1000, 2000, 5000, 10000];
+  const RECONNECT_MS = [500, 1000, 2000, 5000, 10000];
   const STATUS_POLL_MS = 3000;
+  const GROUP_MS = 5 * 60 * 1000;  // one user's messages this close together share one header
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -23,20 +24,48 @@
     return m.scrollHeight - m.scrollTop - m.clientHeight < 40;
   }
 
-  function addLine(className, parts) {
+  function span(cls, text) {
+    const el = document.createElement("span");
+    if (cls) el.className = cls;
+    el.textContent = text;
+    return el;
+  }
+
+  function addLine(li) {
     const stick = atBottom();
-    const li = document.createElement("li");
-    li.className = className;
-    for (const [cls, text] of parts) {
-      const span = document.createElement("span");
-      if (cls) span.className = cls;
-      span.textContent = text;
-      li.appendChild(span);
-    }
     ui.messages.appendChild(li);
     if (stick) ui.messages.scrollTop = ui.messages.scrollHeight;
     return li;
   }
+
+  function notice(className, ...parts) {
+    const li = document.createElement("li");
+    li.className = className;
+    li.append(...parts);
+    return addLine(li);
+  }
+
+  // A colour per name, the same in every browser, so a person is easy to spot. Hues
+  // from a short list stay apart; a hue computed from the name often lands next door.
+  const HUES = [250, 205, 160, 25, 330, 190, 0, 40, 285, 140];
+  function hue(name) {
+    let h = 0;
+    for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return String(HUES[h % HUES.length]);
+  }
+
+  function avatar(name) {
+    const el = document.createElement("span");
+    el.className = "avatar";
+    el.setAttribute("aria-hidden", "true");
+    // CSS draws the initial from the attribute, so it is not part of the line's text.
+    const initial = name.match(/[\p{L}\p{N}]/u);
+    el.dataset.initial = initial ? initial[0].toUpperCase() : "?";
+    el.style.setProperty("--hue", hue(name));
+    return el;
+  }
+
+  function clock(date) { return date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }); }
 
   let lastPing = null;
   function showMessage(msg) {
@@ -46,21 +75,40 @@
         lastPing.count += 1;
         lastPing.lastChild.textContent = " ×" + lastPing.count;
       } else {
-        lastPing = addLine("system", [["user", "[SYSTEM]"], ["", msg.body], ["meta", ""]]);
+        lastPing = notice("system", span("user", "[SYSTEM]"), " ", span("", msg.body), span("meta", ""));
         lastPing.count = 1;
       }
       return;
     }
-    const mine = msg.user === currentUser();
-    const when = msg.ts ? new Date(msg.ts).toLocaleTimeString() : "";
-    addLine(mine ? "mine" : "", [["user", "[" + msg.user + "]"], ["body", msg.body], ["meta", when + (msg.node ? " · " + msg.node : "")]]);
+    const user = msg.user || "anonymous";
+    const when = msg.ts ? new Date(msg.ts) : null;
+    const prev = ui.messages.lastElementChild;
+    const li = document.createElement("li");
+    li.className = "msg";
+    if (user === currentUser()) li.classList.add("mine");
+    // A run of messages reads as one block: only its first line says who and when.
+    if (prev && prev.sender === user && when && prev.sentAt && when - prev.sentAt < GROUP_MS) li.classList.add("cont");
+    li.sender = user;
+    li.sentAt = when;
+    li.style.setProperty("--hue", hue(user));
+
+    const body = span("body", msg.body);
+    body.dir = "auto";  // Arabic or Hebrew runs right to left inside its own bubble
+    const meta = [when ? clock(when) : "", msg.node || ""].filter(Boolean).join(" · ");
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    bubble.title = [when ? when.toLocaleString() : "", msg.node || ""].filter(Boolean).join(" · ");
+    bubble.append(span("user", "[" + user + "]"), " ", body, " ", span("meta", meta));
+    li.append(avatar(user), bubble);
+    addLine(li);
   }
 
-  function showEvent(text) { addLine("event", [["", text]]); }
+  function showEvent(text, className = "event") { notice(className, span("", text)); }
 
   function setConnection(state, text) {
     ui.connection.dataset.state = state;
     ui.connection.textContent = text;
+    document.body.dataset.connection = state;
   }
 
   // --- Presence (Phoenix's presence_state / presence_diff) --------------------------
@@ -86,14 +134,11 @@
     const keys = Object.keys(presences).sort();
     for (const key of keys) {
       const li = document.createElement("li");
-      li.textContent = key;
+      if (joinedAs !== null && key === joinedAs) li.className = "me";
+      li.title = key;  // the whole name, when a long one is cut short
+      li.append(avatar(key), span("name", key));
       const n = presences[key].metas.length;
-      if (n > 1) {
-        const c = document.createElement("span");
-        c.className = "count";
-        c.textContent = "×" + n;
-        li.appendChild(c);
-      }
+      if (n > 1) li.append(span("count", "×" + n));
       ui.presence.appendChild(li);
     }
     ui.online.textContent = String(keys.length);
@@ -102,6 +147,7 @@
   // --- The socket -------------------------------------------------------------------
 
   let ws = null, ref = 0, joinRef = null, heartbeat = null, attempts = 0;
+  let joinedAs = null;  // the name the current join carries; presence is keyed by it
   let lastSeenId = null;
   const seen = new Set();
   const pending = new Map();
@@ -109,6 +155,7 @@
   function currentUser() { return ui.username.value.trim() || "anonymous"; }
   function idKey(id) { const [ms, seq] = id.split("-"); return [Number(ms), Number(seq)]; }
   function newer(a, b) { const x = idKey(a), y = idKey(b); return x[0] > y[0] || (x[0] === y[0] && x[1] > y[1]); }
+  function isOpen() { return ws !== null && ws.readyState === WebSocket.OPEN; }
 
   function send(topic, event, payload, onReply, useJoinRef = true) {
     const r = String(++ref);
@@ -128,19 +175,25 @@
       pending.clear();
       joinRef = null;
       setConnection("offline", "reconnecting…");
-      const delay = REJOIN_MS[Math.min(attempts++, REJOIN_MS.length - 1)];
+      // Jitter, so the clients of a restarted node do not all come back in the same instant.
+      const delay = RECONNECT_MS[Math.min(attempts++, RECONNECT_MS.length - 1)] * (0.75 + Math.random() / 2);
       setTimeout(connect, delay);
     };
   }
 
   function join() {
-    const params = { user: ui.username.value.trim() || null };
+    // A retry timer may fire while the socket is down; the next open joins anyway.
+    if (!isOpen()) return;
+    const user = ui.username.value.trim() || null;
+    const params = { user };
     if (lastSeenId) params.last_seen_id = lastSeenId;
     joinRef = String(ref + 1);
+    joinedAs = user;
     send(TOPIC, "phx_join", params, (status, response) => {
       if (status === "ok") { setConnection("online", "online"); return; }
+      joinRef = null;
       setConnection("offline", "join refused: " + (response.reason || status));
-      setTimeout(() => { if (ws.readyState === WebSocket.OPEN) join(); }, 2000);
+      setTimeout(join, 2000);
     });
   }
 
@@ -168,19 +221,33 @@
     }
   }
 
+  // --- The composer -----------------------------------------------------------------
+
   ui.composer.addEventListener("submit", (event) => event.preventDefault());
   ui.input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || event.isComposing) return;
     event.preventDefault();
     const body = ui.input.value.trim();
-    if (!body || !ws || ws.readyState !== WebSocket.OPEN || !joinRef) return;
+    if (!body || !isOpen() || !joinRef) return;
     send(TOPIC, "new:msg", { user: ui.username.value.trim(), body }, (status, response) => {
-      if (status !== "ok") showEvent("not sent: " + (response.reason || status));
+      if (status === "ok") return;
+      showEvent("not sent: " + (response.reason || status), "error");
+      if (!ui.input.value) ui.input.value = body;  // give the text back rather than lose it
     });
     ui.input.value = "";
   });
+
   ui.username.value = localStorage.getItem("chatlab.username") || "";
-  ui.username.addEventListener("change", () => localStorage.setItem("chatlab.username", ui.username.value.trim()));
+  // Enter in the name field moves on to the message; leaving the field commits the name.
+  ui.username.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.isComposing) { event.preventDefault(); ui.input.focus(); }
+  });
+  ui.username.addEventListener("change", () => {
+    localStorage.setItem("chatlab.username", ui.username.value.trim());
+    // The online list is keyed by the name given when joining, so a new name joins
+    // again; the server replaces the old join and replays nothing already seen.
+    if (joinRef && (ui.username.value.trim() || null) !== joinedAs) join();
+  });
 
   // --- The navbar's live lines ------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""Helpers for the page tests: where Chromium is, and opening chat pages in it.
+
+The browser is the one installed on the machine (`chromium` on PATH, or $CHROMIUM);
+Playwright only drives it. Every page gets its own browser context, so two pages are
+two independent users with their own localStorage, and every context is closed when
+the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, expect
+
+from tests.support import NodeProcess
+
+VIEWPORT = {"width": 1200, "height": 720}
+TIMEOUT_MS = 10_000
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# Every wait has a deadline; a page under a loaded CI machine may need more than the default 5 s.
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not path:
+        # A failure, not a skip: the page tests are part of the suite.
+        raise RuntimeError("no Chromium found: install the chromium package or set CHROMIUM to its path")
+    return path
+
+
+class Stage1Node(NodeProcess):
+    """`python -m stage1_dev` whose log pipe is closed once the process has ended, so no
+    ResourceWarning (an error under `filterwarnings = error`) surfaces in a later test."""
+
+    def _collect(self) -> None:
+        assert self.proc and self.proc.stdout
+        with self.proc.stdout as stream:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+
+
+@contextlib.contextmanager
+def stage1_node(port: int = 0) -> Iterator[NodeProcess]:
+    """A stage 1 node, the demo ping timer off; `port` reuses a port, to restart a node."""
+    node = Stage1Node("stage1_dev", {"PING_INTERVAL": "0"}, port=port)
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+
+
+class ChatPages:
+    """Opens chat pages, one browser context each, and remembers every error they report."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.contexts: list[BrowserContext] = []
+        self.errors: list[str] = []
+
+    def open(self, url: str, user: str | None = None, *, remembered: bool = False) -> Page:
+        """A page joined to the lobby; `user` is typed into @username, or already stored
+        in localStorage when `remembered` (a returning visitor)."""
+        context = self.browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
+        self.contexts.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+        if user is not None and remembered:
+            context.add_init_script(f"localStorage.setItem('chatlab.username', {json.dumps(user)})")
+        page = context.new_page()
+        label = user or "anonymous"
+        page.on("console", lambda message: self._console(label, message))
+        page.on("pageerror", lambda error: self.errors.append(f"{label}: page error: {error}"))
+        page.goto(url)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+        if user is not None and not remembered:
+            set_username(page, user)
+        return page
+
+    def _console(self, label: str, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"{label}: console: {message.text}")
+
+    def close(self) -> None:
+        for context in self.contexts:
+            try:
+                context.close()
+            except Error:
+                pass  # the browser may already be gone; closing the rest still matters
+
+
+def set_username(page: Page, user: str) -> None:
+    """Type the name and press Enter, as a person would; the page then rejoins under it."""
+    page.fill("#username", user)
+    page.press("#username", "Enter")
+    expect(page.locator("#presence li.me")).to_have_text(user)
+
+
+def send(page: Page, body: str) -> None:
+    """Type a message and press Enter; returns once the sender's own page shows it
+    (bodies should differ from earlier ones, so that it is this one that is seen)."""
+    page.fill("#message-input", body)
+    page.press("#message-input", "Enter")
+    expect(page.locator("#message-input")).to_have_value("")
+    expect(page.locator("#messages .body").filter(has_text=body).last).to_be_visible()

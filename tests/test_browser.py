@@ -1,0 +1,202 @@
+"""The chat page in a real Chromium against a real `python -m stage1_dev` process.
+
+Playwright's sync API is used: these tests are plain functions, so no asyncio loop is
+running in the thread that drives the browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path, send, set_username, stage1_node
+from tests.support import ROOT, NodeProcess
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = ROOT / "docs" / "img" / "stage1.png"
+RESTART_DEADLINE_MS = 30_000  # the page retries after about 0.5, 1, 2, 5, then every 10 seconds
+
+# Lines that stick out of their list, or a list or the page that scrolls sideways.
+OVERFLOWS_JS = """() => {
+    const out = [];
+    const root = document.documentElement;
+    if (root.scrollWidth > root.clientWidth) out.push("page " + root.scrollWidth);
+    for (const id of ["messages", "presence"]) {
+        const list = document.getElementById(id);
+        if (list.scrollWidth > list.clientWidth) out.push(id + " " + list.scrollWidth + " > " + list.clientWidth);
+        const box = list.getBoundingClientRect();
+        for (const li of list.querySelectorAll("li")) {
+            const r = li.getBoundingClientRect();
+            if (r.left < box.left - 1 || r.right > box.right + 1) out.push(id + ": " + li.textContent.slice(0, 20));
+        }
+    }
+    return out;
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def node() -> Iterator[NodeProcess]:
+    with stage1_node() as running:
+        yield running
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[ChatPages]:
+    opened = ChatPages(browser)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def bodies(page: Page, text: str) -> Locator:
+    """The message bodies that contain `text`."""
+    return page.locator("#messages .body").filter(has_text=text)
+
+
+def test_a_message_reaches_both_pages_and_presence_lists_both(node: NodeProcess, pages: ChatPages) -> None:
+    alice = pages.open(node.url, "alice")
+    bob = pages.open(node.url, "bob")
+
+    send(alice, "hello from alice")
+
+    for page in (alice, bob):
+        expect(page.locator("#messages")).to_contain_text("[alice] hello from alice")
+        expect(bodies(page, "hello from alice")).to_have_count(1)
+        expect(page.locator("#presence li")).to_have_text(["alice", "bob"])
+        expect(page.locator("#online-count")).to_have_text("2")
+    # Only the sender's own line is drawn as its own.
+    expect(alice.locator("#messages li.mine")).to_have_count(1)
+    expect(bob.locator("#messages li.mine")).to_have_count(0)
+    assert pages.errors == []
+
+
+def test_user_text_is_shown_as_literal_text(node: NodeProcess, pages: ChatPages) -> None:
+    user = "<b>bold</b>"
+    body = '<img src=x onerror="window.__xss=1">'
+    mallory = pages.open(node.url, user)
+    reader = pages.open(node.url, "reader")
+
+    send(mallory, body)
+
+    for page in (mallory, reader):
+        expect(bodies(page, body)).to_have_count(1)
+        expect(page.locator("#messages")).to_contain_text(f"[{user}] {body}")
+        expect(page.locator("#presence")).to_contain_text(user)
+        expect(page.locator("#messages img, #messages b, #presence b")).to_have_count(0)
+        assert page.evaluate("typeof window.__xss") == "undefined"
+    assert pages.errors == []
+
+
+def test_the_page_reconnects_after_the_server_restarts(pages: ChatPages) -> None:
+    with stage1_node() as first:
+        page = pages.open(first.url, "alice")
+        send(page, "before the restart")
+        page.evaluate("window.__sameDocument = true")
+        first.stop()  # SIGTERM: the node drains and closes the socket with 1001
+        expect(page.locator("#connection")).not_to_have_attribute("data-state", "online")
+
+    with stage1_node(first.port) as second:
+        connection = page.locator("#connection")
+        expect(connection).to_have_attribute("data-state", "online", timeout=RESTART_DEADLINE_MS)
+        expect(connection).to_have_text("online")
+        expect(page.locator("#presence li")).to_have_text(["alice"])
+
+        send(page, "after the restart")
+
+        # Reconnected in place, not reloaded, and nothing shown twice.
+        assert page.evaluate("window.__sameDocument") is True
+        expect(bodies(page, "before the restart")).to_have_count(1)
+        expect(bodies(page, "after the restart")).to_have_count(1)
+        # The message really went through the new node: a second page sees it in history.
+        newcomer = pages.open(second.url, "bob")
+        expect(bodies(newcomer, "after the restart")).to_have_count(1)
+
+
+def test_a_normal_session_shows_and_logs_no_errors(node: NodeProcess, pages: ChatPages) -> None:
+    alice = pages.open(node.url, "alice")
+    with alice.expect_response("**/readyz"):  # one full round of the navbar's polling
+        bob = pages.open(node.url, "bob")
+    send(alice, "hi bob")
+    send(bob, "hi alice")
+    set_username(bob, "robert")
+    send(bob, "I go by robert now")
+
+    for page in (alice, bob):
+        expect(page.locator("#presence li")).to_have_text(["alice", "robert"])
+        expect(page.locator("#messages")).to_contain_text("[robert] I go by robert now")
+        expect(page.locator("#connection")).to_have_text("online")
+        expect(page.locator("#self")).to_have_text("nonode@nohost")
+        expect(page.locator("#nodes")).to_have_text("[nonode@nohost]")
+        expect(page.locator("#redis")).to_contain_text("none")
+        expect(page.locator("#messages li.error")).to_have_count(0)
+    assert pages.errors == []
+
+
+def test_long_words_rtl_and_zero_width_text_keep_the_layout(node: NodeProcess, pages: ChatPages) -> None:
+    long_name = "x" * 32
+    page = pages.open(node.url, long_name)
+    rtl = pages.open(node.url, "דנה")
+    texts = [
+        "a" * 600,
+        "https://example.com/" + "path/" * 80,
+        "مرحبا بالجميع، هذه رسالة باللغة العربية مع كلمة English في الوسط",
+        "שלום לכולם, זו הודעה בעברית",
+        "zero\u200bwidth\u200c\u200djoiners\ufeff" + "\u200b" * 200 + "end",
+    ]
+    for text in texts[:2]:
+        send(page, text)
+    for text in texts[2:]:
+        send(rtl, text)
+
+    for text in texts:
+        expect(bodies(page, text[:40])).to_have_count(1)
+    overflow = page.evaluate(OVERFLOWS_JS)
+    assert overflow == []
+    # The composer stays on screen however long the messages above it are.
+    for selector in ("#message-input", "#username"):
+        expect(page.locator(selector)).to_be_in_viewport()
+    # Arabic and Hebrew run right to left in their own bubbles.
+    for text in texts[2:4]:
+        assert bodies(page, text).evaluate("e => getComputedStyle(e).direction") == "rtl"
+    assert pages.errors == []
+
+
+def test_screenshot_of_a_conversation(node: NodeProcess, pages: ChatPages) -> None:
+    # Returning visitors: their names are remembered, so they join under them directly.
+    alice = pages.open(node.url, "alice", remembered=True)
+    bob = pages.open(node.url, "bob", remembered=True)
+    carol = pages.open(node.url, "carol", remembered=True)
+    conversation = [
+        (alice, "Morning! The stage 1 node is up, come and try it."),
+        (bob, "Works here. Is the history replayed if my laptop sleeps?"),
+        (alice, "Yes: the page rejoins with last_seen_id and only gets what it missed."),
+        (carol, "Joined from a second tab, and the online list shows all three of us."),
+        (bob, "And Redis only comes in with stage 2?"),
+        (carol, "Right, stage 1 keeps everything in memory, on one node."),
+        (alice, "Then stage 2 it is. Let's spin up three nodes after lunch."),
+    ]
+    for page, body in conversation:
+        send(page, body)
+    expect(alice.locator("#messages .body")).to_have_count(len(conversation))
+    expect(alice.locator("#presence li")).to_have_text(["alice", "bob", "carol"])
+    alice.locator("#message-input").focus()
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    alice.screenshot(path=str(SCREENSHOT))
+    assert Path(SCREENSHOT).stat().st_size > 10_000
+    assert pages.errors == []
