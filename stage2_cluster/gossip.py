@@ -1,0 +1,197 @@
+"""DISCOVERY=gossip: find peers by UDP multicast, like libcluster's Cluster.Strategy.Gossip.
+
+libcluster's Gossip strategy has every node join the multicast group 233.252.1.32 on
+port 45892 and send a small heartbeat naming itself at random intervals of up to five
+seconds. A node that hears a heartbeat from a node it is not connected to calls
+`Node.connect/1`, and the Erlang cookie then decides: a heartbeat only ever makes a
+node *try*. With a `secret`, libcluster encrypts the packets (AES-256-CBC keyed by the
+secret's SHA-256), so several clusters can share a network without meeting.
+
+Here the heartbeat is `{"node": name, "address": "host:port"}` and hearing one calls
+`Cluster.connect_soon`, whose cookie handshake plays the Erlang cookie's part. With
+GOSSIP_SECRET set the packets are AES-GCM, which also authenticates them: a packet
+that does not decrypt, or does not parse as a valid heartbeat, is dropped and counted.
+
+The TTL is 1 because discovery by multicast is meant for one network segment: routers
+drop a packet whose TTL runs out, so heartbeats never leave the local network, and a
+node only learns of neighbours that can normally reach its HTTP address directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import random
+import re
+import socket
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared import logs
+from shared.settings import NODE_NAME_RE, Settings
+
+if TYPE_CHECKING:
+    from stage2_cluster.cluster import Cluster
+
+log = logs.get("gossip")
+
+GROUP = "233.252.1.32"
+PORT = 45892
+TTL = 1
+MAX_PACKET = 1024  # a heartbeat is ~100 bytes; anything much larger is not ours
+INTERVAL = (1.0, 5.0)  # seconds between heartbeats, at random, as libcluster's stutter
+MAX_PENDING = 16  # connect attempts in flight from gossip: a flood of forged names stays cheap
+MAX_WARNED = 64  # senders whose first dropped packet is logged at warning
+NONCE_BYTES = 12
+AAD = b"chatlab gossip v1"  # binds a ciphertext to this protocol, not just to the key
+HOST_RE = re.compile(r"[A-Za-z0-9_\-.]{1,253}")
+
+
+class Codec:
+    """Heartbeats to bytes and back: JSON, or AES-GCM(JSON) when there is a secret."""
+
+    def __init__(self, secret: str | None) -> None:
+        # SHA-256 as libcluster does, with a prefix so this key is used for nothing else.
+        self.aead = AESGCM(hashlib.sha256(AAD + b"\0" + secret.encode()).digest()) if secret else None
+
+    def encode(self, name: str, address: str) -> bytes:
+        plain = orjson.dumps({"node": name, "address": address})
+        if self.aead is None:
+            return plain
+        nonce = os.urandom(NONCE_BYTES)  # random per packet: GCM must never reuse one
+        return nonce + self.aead.encrypt(nonce, plain, AAD)
+
+    def decode(self, packet: bytes) -> tuple[str, str] | None:
+        """(name, address) of a valid heartbeat, or None for anything else."""
+        if len(packet) > MAX_PACKET:
+            return None
+        if self.aead is not None:
+            try:
+                packet = self.aead.decrypt(packet[:NONCE_BYTES], packet[NONCE_BYTES:], AAD)
+            except (InvalidTag, ValueError):
+                return None
+        try:
+            message = orjson.loads(packet)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        name, address = message.get("node"), message.get("address")
+        if not (isinstance(name, str) and NODE_NAME_RE.fullmatch(name)):
+            return None
+        if not (isinstance(address, str) and valid_address(address)):
+            return None
+        return name, address
+
+
+def valid_address(address: str) -> bool:
+    """`host:port` or `[ipv6]:port`, as `Cluster.address` writes it."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return HOST_RE.fullmatch(host) is not None
+
+
+def interface_address(settings: Settings) -> str:
+    """The IPv4 address whose interface joins the group: HOST, else POD_IP, else any."""
+    for candidate in (settings.host, settings.pod_ip):
+        with contextlib.suppress(ValueError):
+            ip = ipaddress.ip_address(candidate or "")
+            if ip.version == 4 and not ip.is_unspecified:
+                return str(ip)
+    return "0.0.0.0"  # the kernel picks the interface by its routes
+
+
+def open_socket(interface: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        # Several nodes on one host all listen on the same port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Bound to the group address, the socket gets this group's datagrams only, not
+        # every multicast that some other program on the host joined on this port.
+        sock.bind((GROUP, PORT))
+        iface = socket.inet_aton(interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(GROUP) + iface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, iface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, TTL)
+        # Loop on: nodes on the same host hear each other (and we hear, and skip, ourselves).
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener(asyncio.DatagramProtocol):
+    def __init__(self, cluster: Cluster, codec: Codec) -> None:
+        self.cluster = cluster
+        self.codec = codec
+        self.dropped = 0
+        self.warned: set[str] = set()
+        self.pending: dict[str, asyncio.Task[None]] = {}
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        heartbeat = self.codec.decode(data)
+        if heartbeat is None:
+            self.dropped += 1
+            # A sender's first at warning, so that a node with another GOSSIP_SECRET shows up
+            # in the logs at all; the rest at debug, so that a noisy network cannot flood them.
+            sender = str(addr[0])
+            level = logging.DEBUG
+            if sender not in self.warned and len(self.warned) < MAX_WARNED:
+                self.warned.add(sender)
+                level = logging.WARNING
+            logs.event(log, "gossip packet dropped", level=level, sender=sender, size=len(data), dropped=self.dropped)
+            return
+        name, address = heartbeat
+        cluster = self.cluster
+        if name == cluster.name or name in cluster.peers or name in self.pending:
+            return
+        if len(self.pending) >= MAX_PENDING:
+            return  # the next heartbeat from a real node comes within seconds
+        task = cluster.connect_soon(name, address)
+        if task is not None:
+            self.pending[name] = task
+            task.add_done_callback(lambda _task: self.pending.pop(name, None))
+            logs.event(log, "gossip discovered node", peer=name, address=address, sender=addr[0])
+
+    def error_received(self, exc: Exception) -> None:
+        logs.event(log, "gossip send failed", level=logging.WARNING, error=str(exc))
+
+
+async def gossip(cluster: Cluster) -> None:
+    """Heartbeat to the group and connect to every node heard, for the node's lifetime."""
+    settings = cluster.settings
+    codec = Codec(settings.gossip_secret)
+    interface = interface_address(settings)
+    try:
+        sock = open_socket(interface)
+    except OSError as error:
+        logs.event(log, "gossip unavailable", level=logging.ERROR, interface=interface, error=str(error))
+        return
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: Listener(cluster, codec), sock=sock)
+    logs.event(log, "gossip started", group=f"{GROUP}:{PORT}", interface=interface, encrypted=codec.aead is not None)
+    try:
+        while True:
+            # Sleep first: "node ready" comes before the HTTP socket listens, and a peer
+            # that heard us at once would find nothing to connect to yet.
+            await asyncio.sleep(random.uniform(*INTERVAL))
+            transport.sendto(codec.encode(cluster.name, cluster.address), (GROUP, PORT))
+    finally:
+        transport.close()
