@@ -29,23 +29,34 @@ PRESENCE_BATCH_SECONDS = 0.05
 
 
 class PresenceBatch:
-    """Presence changes of one topic waiting to go out together; a join and a leave
-    of the same presence within the window cancel out."""
+    """Presence changes of one topic waiting to go out together.
+
+    Our sockets get every join and every leave: a socket that joined within the window
+    already has the join in its `presence_state`, so a join and leave cancelling out
+    would leave it a ghost forever. Both in one diff ends right for every socket, as
+    clients apply the joins before the leaves. What goes to peers does cancel out, as
+    they apply the leaves first; a peer that synced the join meanwhile is corrected by
+    its next full sync."""
 
     def __init__(self) -> None:
-        self.joins: dict[str, presence.Entry] = {}  # phx_ref -> entry, learned from peers
+        self.joins: dict[str, presence.Entry] = {}  # phx_ref -> entry, for our sockets
         self.leaves: dict[str, presence.Entry] = {}
-        self.local_joins: dict[str, presence.Entry] = {}  # tracked here: also sent to peers
+        self.local_joins: dict[str, presence.Entry] = {}  # tracked here: sent to peers
         self.local_leaves: dict[str, presence.Entry] = {}
 
     def add(self, joins: list[presence.Entry], leaves: list[presence.Entry], *, local: bool) -> None:
-        joined, left = (self.local_joins, self.local_leaves) if local else (self.joins, self.leaves)
         for entry in joins:
-            joined[entry.meta["phx_ref"]] = entry
+            self.joins[entry.meta["phx_ref"]] = entry
+        for entry in leaves:
+            self.leaves[entry.meta["phx_ref"]] = entry
+        if not local:
+            return
+        for entry in joins:
+            self.local_joins[entry.meta["phx_ref"]] = entry
         for entry in leaves:
             ref = entry.meta["phx_ref"]
-            if joined.pop(ref, None) is None:
-                left[ref] = entry
+            if self.local_joins.pop(ref, None) is None:
+                self.local_leaves[ref] = entry
 
 
 class Hub:
@@ -140,9 +151,8 @@ class Hub:
 
     def _flush(self, topic: str) -> None:
         batch = self._batches.pop(topic)
-        everything = batch.joins | batch.local_joins, batch.leaves | batch.local_leaves
-        if everything[0] or everything[1]:
-            diff = presence.diff(list(everything[0].values()), list(everything[1].values()))
+        if batch.joins or batch.leaves:
+            diff = presence.diff(list(batch.joins.values()), list(batch.leaves.values()))
             self.deliver(Delivery(topic, protocol.broadcast(topic, "presence_diff", diff)))
         if self.replicate is not None and (batch.local_joins or batch.local_leaves):
             self.replicate(topic, list(batch.local_joins.values()), list(batch.local_leaves.values()))

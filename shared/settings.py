@@ -43,6 +43,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()  # empty = same host as the request
     rate_limit: tuple[float, int] = (10.0, 20)  # per second, burst
     node_down_after: float = 5.0  # seconds without a heartbeat before peers drop a node
+    gossip_secret: str | None = field(default=None, repr=False)  # DISCOVERY=gossip: encrypts the packets
 
     @property
     def clustered(self) -> bool:
@@ -64,7 +65,7 @@ class Settings:
             redis_url=_redis_url(get("REDIS_URL"), base.redis_url),
             cluster_cookie=get("CLUSTER_COOKIE") or base.cluster_cookie,
             discovery=_choice("DISCOVERY", get("DISCOVERY"), base.discovery, DISCOVERY_MODES),
-            dns_service=get("DNS_SERVICE") or base.dns_service,
+            dns_service=_dns_name(get("DNS_SERVICE"), base.dns_service),
             node_basename=_basename(get("NODE_BASENAME"), base.node_basename),
             pod_ip=_ip("POD_IP", get("POD_IP"), base.pod_ip),
             dns_poll_interval=_number("DNS_POLL_INTERVAL", get("DNS_POLL_INTERVAL"), base.dns_poll_interval, 0.1, 3600),
@@ -74,6 +75,7 @@ class Settings:
             allowed_origins=_origins(get("ALLOWED_ORIGINS"), base.allowed_origins),
             rate_limit=_rate_limit(get("RATE_LIMIT"), base.rate_limit),
             node_down_after=_number("NODE_DOWN_AFTER", get("NODE_DOWN_AFTER"), base.node_down_after, 0.5, 600),
+            gossip_secret=_secret("GOSSIP_SECRET", get("GOSSIP_SECRET"), base.gossip_secret),
         )
         if settings.clustered:
             cookie = settings.cluster_cookie
@@ -131,6 +133,22 @@ def _basename(raw: str | None, default: str) -> str:
         return default
     if not re.fullmatch(r"[A-Za-z0-9_\-.]{1,64}", raw):
         raise ConfigError("NODE_BASENAME", f"must be letters, digits, _ - or ., got {raw!r}")
+    return raw
+
+
+def _dns_name(raw: str | None, default: str) -> str:
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?\.?", raw):
+        raise ConfigError("DNS_SERVICE", f"must be a DNS name (letters, digits, - and .), got {raw!r}")
+    return raw
+
+
+def _secret(var: str, raw: str | None, default: str | None) -> str | None:
+    if raw is None:
+        return default
+    if len(raw) < MIN_COOKIE_LENGTH or not raw.isprintable():
+        raise ConfigError(var, f"must be at least {MIN_COOKIE_LENGTH} printable characters")
     return raw
 
 
