@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from shared import logs
 from shared.node import ChatNode
 from shared.socket import PhoenixSocket
+from shared.transport import find_transport
 
 MAX_BODY_BYTES = 64 * 1024
 CLOSE_SEND_TIMEOUT = 2.0  # a client too slow to take the close frame is simply cut off
@@ -90,14 +91,15 @@ async def socket_websocket() -> Response | None:
         return error(503, "node is draining")
     await websocket.accept()
     sock = PhoenixSocket(chat.hub)
-    chat.attach(sock)
+    transport = find_transport(websocket)
+    chat.attach(sock, fast=transport is not None)
     try:
-        code = await sock.run(websocket.receive, websocket.send)
+        code = await sock.run(websocket.receive, websocket.send, transport)
     except Exception:
         log.exception("socket crashed")
         code = 1011
     finally:
-        chat.detach(sock)
+        chat.detach(sock, fast=transport is not None)
     # Quart would close with 1000 on return, which tells phoenix.js 1.7 not to reconnect.
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(CLOSE_SEND_TIMEOUT):

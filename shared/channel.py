@@ -69,11 +69,11 @@ class RoomChannel:
     def push(self, event: str, payload: dict[str, Any]) -> None:
         self.socket.send(protocol.encode(self.join_ref, None, self.topic, event, payload))
 
-    def deliver(self, delivery: Delivery) -> None:
+    def deliver(self, delivery: Delivery, wire: bytes) -> None:
         if self._held is not None and (delivery.message_id is not None or not self._answered):
             self._held.append(delivery)
         else:
-            self.socket.send(delivery.frame)
+            self.socket.send(delivery.frame, wire)
 
     async def join(self, frame: protocol.Frame, last_seen_id: str | None) -> None:
         """Subscribe, replay history after `last_seen_id`, then go live without gaps."""

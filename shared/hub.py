@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shared import presence, protocol
 from shared.broker import Broker, Delivery
 from shared.metrics import Metrics
+from shared.transport import text_frame
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 class Member(Protocol):
     """A joined channel, as the hub sees it."""
 
-    def deliver(self, delivery: Delivery) -> None: ...
+    def deliver(self, delivery: Delivery, wire: bytes) -> None: ...
 
 
 PRESENCE_BATCH_SECONDS = 0.05
@@ -88,9 +89,10 @@ class Hub:
         room = self.members.get(delivery.topic)
         if not room:
             return
+        wire = text_frame(delivery.frame)  # framed once, the same bytes for every socket
         # A member may leave the set while we iterate (a slow socket is dropped), hence the copy.
         for member in tuple(room):
-            member.deliver(delivery)
+            member.deliver(delivery, wire)
         self.metrics.messages_out.inc()
         self.metrics.deliveries.inc(len(room))
 

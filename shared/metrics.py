@@ -10,6 +10,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.connections = Gauge("chat_connections", "Open WebSocket connections", registry=r)
+        self.fast_path = Gauge(
+            "chat_fast_path_connections", "Open WebSocket connections written to directly (transport.py)", registry=r
+        )
         self.joins = Counter("chat_joins", "Successful channel joins", registry=r)
         self.messages_in = Counter("chat_messages_in", "new:msg pushes accepted from clients", registry=r)
         self.messages_rejected = Counter(

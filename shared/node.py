@@ -69,14 +69,16 @@ class ChatNode:
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
 
-    def attach(self, sock: PhoenixSocket) -> None:
+    def attach(self, sock: PhoenixSocket, *, fast: bool = False) -> None:
         self.sockets.add(sock)
         self._no_sockets.clear()
         self.metrics.connections.inc()
+        self.metrics.fast_path.inc(fast)
 
-    def detach(self, sock: PhoenixSocket) -> None:
+    def detach(self, sock: PhoenixSocket, *, fast: bool = False) -> None:
         self.sockets.discard(sock)
         self.metrics.connections.dec()
+        self.metrics.fast_path.dec(fast)
         if not self.sockets:
             self._no_sockets.set()
 

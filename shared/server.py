@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -20,10 +21,24 @@ from shared.settings import ConfigError, Settings
 log = logs.get("server")
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def listen(settings: Settings) -> socket.socket:
+    """Bind and listen before the app starts, so a busy port fails first and "node ready"
+    is only logged once connections are accepted (Hypercorn binds after startup)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(settings: Settings, sock: socket.socket) -> Config:
     config = Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.backlog = 1024
     config.websocket_max_message_size = MAX_FRAME_BYTES  # Hypercorn closes with 1009 past it
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # our handler and format
@@ -33,7 +48,7 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve_node(chat: ChatNode) -> None:
+async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
     app = create_app(chat)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,7 +60,7 @@ async def serve_node(chat: ChatNode) -> None:
         logs.event(log, "shutting down: draining sockets")
         await chat.drain()
 
-    await serve(app, hypercorn_config(chat.settings), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    await serve(app, hypercorn_config(chat.settings, sock), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
 def load_settings(env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> Settings:
@@ -75,7 +90,8 @@ def main(make_node: Callable[[Settings], ChatNode], env: dict[str, str], *, clus
     else:
         runner = uvloop.run
     try:
-        runner(serve_node(make_node(settings)))
+        sock = listen(settings)
     except OSError as error:
         logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
         raise SystemExit(1) from None
+    runner(serve_node(make_node(settings), sock))  # Hypercorn owns the socket from here and closes it

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from shared import logs, protocol
 from shared.channel import JoinRefused, RoomChannel, authorize, join_params
+from shared.transport import HIGH_WATER, Transport, text_frame
 
 if TYPE_CHECKING:
     from shared.hub import Hub
@@ -57,12 +58,26 @@ class PhoenixSocket:
         self._wakeup = asyncio.Event()
         self._done: asyncio.Future[int] | None = None
         self._closing: int | None = None  # close after the outbox is flushed
+        self._sending = False  # a frame from the outbox is on its way through ASGI
+        self.transport: Transport | None = None  # the fast path, when the server offers one
 
     # Outgoing --------------------------------------------------------------------------
 
-    def send(self, frame: str) -> None:
-        """Queue a frame; a socket whose queue passes the bound is dropped, never waited for."""
+    def send(self, frame: str, wire: bytes | None = None) -> None:
+        """Send a frame: straight to the transport when it keeps up (`wire` is the frame
+        already framed, shared by every socket of a broadcast), else queued behind what
+        is waiting. A socket whose queue passes the bound is dropped, never waited for."""
         if self._done is not None and self._done.done():
+            return
+        transport = self.transport
+        if (
+            transport is not None
+            and not self.outbox
+            and not self._sending
+            and transport.get_write_buffer_size() < HIGH_WATER
+            and not transport.is_closing()
+        ):
+            transport.write(wire if wire is not None else text_frame(frame))
             return
         self.outbox_bytes += len(frame)
         if self.outbox_bytes > self.outbox_limit:
@@ -79,6 +94,7 @@ class PhoenixSocket:
         self._wakeup.set()
 
     def _finish(self, code: int) -> None:
+        self.transport = None  # nothing more goes around ASGI once we are closing
         if self._done is not None and not self._done.done():
             self._done.set_result(code)
 
@@ -88,7 +104,9 @@ class PhoenixSocket:
             while outbox:
                 frame = outbox.popleft()
                 self.outbox_bytes -= len(frame)
+                self._sending = True
                 await send(frame)
+                self._sending = False
             if self._closing is not None:
                 self._finish(self._closing)
                 return
@@ -166,8 +184,12 @@ class PhoenixSocket:
         self,
         receive: Callable[[], Awaitable[str | bytes]],
         send: Callable[[str], Awaitable[None]],
+        transport: Transport | None = None,
     ) -> int:
-        """Serve until the client goes, a limit is hit or `close()` is called; returns the close code."""
+        """Serve until the client goes, a limit is hit or `close()` is called; returns the close code.
+
+        `send` is the ASGI way out; `transport`, when given, is the fast path (transport.py)."""
+        self.transport = transport
         self._done = asyncio.get_running_loop().create_future()
         reader = asyncio.create_task(self._read_loop(receive))
         writer = asyncio.create_task(self._write_loop(send))

@@ -192,12 +192,16 @@ const scenarios = {
     const left = within("alice's presence leaving", resolve => presence.onLeave(name => { if (name === "alice") { resolve(name) } }))
     const closed = within("channel close", resolve => channel.onClose(resolve))
     const joinRef = channel.joinRef()
-    const leavePush = channel.leave()
     // The client acknowledges a leave locally at once (it cannot push once leaving), so the
-    // server's own reply and phx_close are watched on the socket.
-    const reply = await nextMessage(alice, "server reply to phx_leave", m => m.event === "phx_reply" && m.ref === leavePush.ref)
+    // server's own reply and phx_close are watched on the socket. Both are watched before
+    // leaving: they may arrive in one read, and a watcher added later would miss the second.
+    const serverClose = nextMessage(alice, "phx_close", m => m.event === "phx_close" && m.topic === "rooms:lobby")
+    const serverReply = nextMessage(alice, "server reply to phx_leave", m => m.event === "phx_reply" && m.topic === "rooms:lobby")
+    const leavePush = channel.leave()
+    const reply = await serverReply
+    if (reply.ref !== leavePush.ref) { throw new Error(`leave reply ref ${reply.ref}, expected ${leavePush.ref}`) }
     fact("leave_reply", {topic: reply.topic, join_ref: reply.join_ref, payload: reply.payload, joined_as: joinRef})
-    const close = await nextMessage(alice, "phx_close", m => m.event === "phx_close" && m.topic === "rooms:lobby")
+    const close = await serverClose
     fact("server_close", {topic: close.topic, join_ref: close.join_ref, joined_as: joinRef})
     await closed
     fact("channel_closed", {state: channel.state, still_listed: alice.channels.includes(channel)})
