@@ -79,6 +79,11 @@ class RedisBroker:
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
         self._healthy = False
+        # Per topic, the newest stored message handed to the hub: after a reconnect the
+        # messages published while we were not subscribed are read back from the stream
+        # (Pub/Sub does not keep them), and a message never goes out twice.
+        self._last_ids: dict[str, tuple[int, int]] = {}
+        self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
         self.targets: Callable[[], list[str]] = lambda: [self.node]
         self.on_control: Callable[[str, str], None] = lambda kind, data: None
         self.on_health: Callable[[bool], None] = lambda healthy: None
@@ -178,14 +183,19 @@ class RedisBroker:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 await pubsub.subscribe(node_channel(self.node))
                 await self.client.ping()
+                await self._catch_up()
             self._set_health(True)
-            last_heard = time.monotonic()
+            last_heard = self.heard_at = time.monotonic()
             next_ping = last_heard + WATCHDOG_INTERVAL
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=WATCHDOG_INTERVAL)
+                # Every reply counts as hearing from Redis, our PONGs included: with
+                # decoded RESP3 replies redis-py hands a PONG over as a message of type
+                # "P", which ignore_subscribe_messages=True would swallow, and a node
+                # with no traffic on its channel would call Redis dead every 3 s.
+                message = await pubsub.get_message(timeout=WATCHDOG_INTERVAL)
                 now = time.monotonic()
                 if message is not None:
-                    last_heard = now
+                    last_heard = self.heard_at = now
                     if message["type"] == "message":
                         self._dispatch(message["data"])
                 if now >= next_ping:
@@ -199,11 +209,35 @@ class RedisBroker:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await pubsub.aclose()
 
+    async def _catch_up(self) -> None:
+        """Deliver what was stored in rooms we deliver to while we were not subscribed.
+
+        Called once subscribed again: anything published from now on reaches us live
+        (and is skipped by `_deliver_stored` if the stream read already had it). Only
+        messages of nodes we are connected to, as live delivery follows connections."""
+        senders = set(self.targets())
+        for topic, (ms, seq) in list(self._last_ids.items()):
+            entries = await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+")
+            for entry_id, fields in entries:
+                if fields["node"] not in senders:
+                    continue
+                message = ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
+                self._deliver_stored(topic, entry_id, protocol.broadcast(topic, "new:msg", message.payload()))
+
+    def _deliver_stored(self, topic: str, message_id: str, frame: str) -> None:
+        ms, _, seq = message_id.partition("-")
+        key = (int(ms), int(seq))
+        last = self._last_ids.get(topic)
+        if last is not None and key <= last:
+            return  # already delivered by the catch-up after a reconnect
+        self._last_ids[topic] = key
+        self._deliver_to_hub(Delivery(topic, frame, message_id))
+
     def _dispatch(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
         if kind == "m":
             topic, message_id, frame = rest.split(" ", 2)
-            self._deliver_to_hub(Delivery(topic, frame, message_id))
+            self._deliver_stored(topic, message_id, frame)
         elif kind == "b":
             topic, frame = rest.split(" ", 1)
             self._deliver_to_hub(Delivery(topic, frame))

