@@ -15,7 +15,14 @@ BASE_PORT ?= 4000
 DISCOVERY ?= redis
 REDIS_PORT ?= 6379
 
-.PHONY: help stage1 stage2 test lint
+# Stage 3 options: the local Kubernetes (kind | minikube), the number of chat pods
+# for stage3-scale, and DRY_RUN=1 to print the commands a target would run, running none.
+K8S ?= kind
+REPLICAS ?= 3
+DRY_RUN ?=
+STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-run)
+
+.PHONY: help stage1 stage2 test lint bench stage3 stage3-scale stage3-status stage3-down
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,7 +31,7 @@ help: ## List the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
@@ -37,9 +44,24 @@ stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOVERY=manual|redis|gossip)
 	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT)
 
+stage3: $(VENV)/.installed ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
+	$(STAGE3) up
+
+stage3-scale: $(VENV)/.installed ## Scale the chat to REPLICAS pods and wait until each sees all the others
+	$(STAGE3) scale --replicas $(REPLICAS)
+
+stage3-status: $(VENV)/.installed ## Show the chat pods, the endpoints of chat-nodes and each pod's node list
+	$(STAGE3) status
+
+stage3-down: $(VENV)/.installed ## Delete the stage 3 cluster and its images
+	$(STAGE3) down
+
 test: $(VENV)/.installed tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed ## Check style with ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.installed ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
+	$(BIN)/python -m bench

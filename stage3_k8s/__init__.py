@@ -1,0 +1,1 @@
+"""Stage 3: the clustered node in a container on Kubernetes, finding its peers through DNS."""

@@ -1,0 +1,16 @@
+"""The stage 3 node: the stage 2 cluster node, plus DISCOVERY=dns."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from stage2_cluster.node import ClusterNode
+from stage3_k8s.dns_discovery import DnsDiscovery
+
+
+class K8sNode(ClusterNode):
+    def discovery_loop(self) -> Coroutine[Any, Any, None] | None:
+        if self.settings.discovery == "dns":
+            return DnsDiscovery(self.cluster, self.settings).run()
+        return super().discovery_loop()
