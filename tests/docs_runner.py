@@ -1,0 +1,190 @@
+"""Read the verifiable parts of the markdown pages; see the convention in `tests/test_docs.py`.
+
+This module only parses and compares; starting nodes and running commands is the test's job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FENCE_RE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
+VERIFY_WITH_RE = re.compile(r"<!--\s*verify-with:\s*(?P<names>[\w\-, ]+?)\s*-->")
+LINK_RE = re.compile(r"!?\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
+CODE_SPAN_RE = re.compile(r"(?<!`)`(?P<text>[^`\n]+)`(?!`)")
+MAKE_RE = re.compile(r"(?:^|[\s;&|(])make (?:-\w+ )*(?:[A-Z_]+=\S+ )*(?P<target>[a-z][a-z0-9_-]*)", re.MULTILINE)
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ANY = "<any>"
+ANY_LINES = "..."
+
+
+@dataclass
+class Fence:
+    info: str
+    text: str
+    line: int  # 1-based line of the opening fence
+
+
+@dataclass
+class Check:
+    """A `sh verify` block and, when the next block is `text expected`, its output."""
+
+    command: str
+    expected: str | None
+    line: int
+
+
+@dataclass
+class Page:
+    path: Path
+    text: str
+    fences: list[Fence] = field(default_factory=list)
+    prose: str = ""  # the text outside fenced blocks
+
+    @property
+    def name(self) -> str:
+        return self.path.relative_to(ROOT).as_posix()
+
+    @property
+    def needs(self) -> list[str]:
+        """What the page declares with `<!-- verify-with: stage1 -->`, in order."""
+        names: list[str] = []
+        for match in VERIFY_WITH_RE.finditer(self.text):
+            names += [name.strip() for name in match["names"].split(",") if name.strip()]
+        return names
+
+    @property
+    def checks(self) -> list[Check]:
+        checks = []
+        for i, fence in enumerate(self.fences):
+            if fence.info.split() != ["sh", "verify"]:
+                continue
+            following = self.fences[i + 1] if i + 1 < len(self.fences) else None
+            expected = following.text if following and following.info.split() == ["text", "expected"] else None
+            checks.append(Check(fence.text, expected, fence.line))
+        return checks
+
+
+def pages() -> list[Page]:
+    """Every page the docs test covers: README.md, stage*/README.md, docs/*.md."""
+    paths = [ROOT / "README.md", *sorted(ROOT.glob("stage*/README.md")), *sorted(ROOT.glob("docs/*.md"))]
+    return [parse(path) for path in paths if path.is_file()]
+
+
+def parse(path: Path) -> Page:
+    text = path.read_text(encoding="utf-8")
+    page = Page(path, text)
+    prose: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        opening = FENCE_RE.match(lines[i])
+        if opening is None:
+            prose.append(lines[i])
+            i += 1
+            continue
+        fence, indent = opening["fence"], len(opening["indent"])
+        closing = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$")
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines) and not closing.match(lines[j]):
+            # A block inside a list item is indented; its content is not (CommonMark).
+            line = lines[j]
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
+            j += 1
+        page.fences.append(Fence(opening["info"].strip(), "\n".join(body) + "\n", i + 1))
+        i = j + 1
+    page.prose = "\n".join(prose)
+    return page
+
+
+def normalize(output: str) -> list[str]:
+    """Output as a terminal shows it: no colour codes, no trailing spaces, no trailing blank lines."""
+    lines = [line.rstrip() for line in ANSI_RE.sub("", output).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _line_pattern(line: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in line.split(ANY)))
+
+
+def matches(expected: str, actual: str) -> bool:
+    """`actual` fits `expected`: a line `...` stands for any lines, `<any>` for any text within a line."""
+    want, got = normalize(expected), normalize(actual)
+    patterns = [None if line.strip() == ANY_LINES else _line_pattern(line) for line in want]
+    memo: dict[tuple[int, int], bool] = {}
+
+    def fit(i: int, j: int) -> bool:
+        if (i, j) not in memo:
+            if i == len(patterns):
+                result = j == len(got)
+            elif patterns[i] is None:
+                result = any(fit(i + 1, k) for k in range(j, len(got) + 1))
+            else:
+                result = j < len(got) and patterns[i].fullmatch(got[j]) is not None and fit(i + 1, j + 1)
+            memo[i, j] = result
+        return memo[i, j]
+
+    return fit(0, 0)
+
+
+def rewrite(command: str, replacements: dict[str, str]) -> str:
+    """Replace every key at once, and only whole ports: `localhost:4000` but not `localhost:40001`."""
+    if not replacements:
+        return command
+    pattern = re.compile("|".join(rf"{re.escape(old)}(?!\d)" for old in sorted(replacements, key=len, reverse=True)))
+    return pattern.sub(lambda match: replacements[match[0]], command)
+
+
+def relative_links(page: Page) -> list[str]:
+    """Link targets in the prose that point into the repository (no scheme, no pure #anchor)."""
+    targets = []
+    for match in LINK_RE.finditer(page.prose):
+        target = match["target"]
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            continue
+        targets.append(target.split("#", 1)[0])
+    return targets
+
+
+def code_spans(page: Page) -> list[str]:
+    return [match["text"].strip() for match in CODE_SPAN_RE.finditer(page.prose)]
+
+
+def make_targets(page: Page) -> set[str]:
+    """Targets named as `make <target>` in code spans and shell blocks (prose "make" is English)."""
+    texts = [span for span in code_spans(page) if span.startswith("make ")]
+    texts += [fence.text for fence in page.fences if fence.info.split()[:1] == ["sh"]]
+    return {match["target"] for text in texts for match in MAKE_RE.finditer(text)}
+
+
+PLACEHOLDER_CHARS = set("*?<>{}$=@…|")
+FILE_NAME_RE = re.compile(r"^[\w.-]+\.[a-z]{1,5}$")
+
+
+def repo_paths(page: Page) -> list[str]:
+    """Words in code spans that name something in the repository, such as `shared/channel.py`.
+
+    A word counts when its first part is an entry at the top of the repository (`shared/..`,
+    `docs/..`, `pyproject.toml`, `.ci/run`); URL paths (`/api/nodes`), topics (`rooms:lobby`),
+    names (`a@localhost`) and placeholders (`stageN_*/`) do not.
+    """
+    top = {entry.name for entry in ROOT.iterdir()}
+    found = []
+    for span in code_spans(page):
+        for word in span.split():
+            word = word.rstrip(".,;:)")
+            # URL paths, options, home-relative and generated dot folders (`.venv`) are not ours.
+            if not word or (word[0] in "/-~." and not word.startswith(".ci/")) or "://" in word:
+                continue
+            if PLACEHOLDER_CHARS & set(word):
+                continue
+            first = word.split("/", 1)[0]
+            if first in top and ("/" in word or FILE_NAME_RE.match(word) or (ROOT / first).is_dir()):
+                found.append(word)
+    return found
