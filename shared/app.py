@@ -46,9 +46,7 @@ def error(status: int, message: str) -> Response:
 @bp.get("/")
 async def index() -> str:
     chat = node()
-    return await render_template(
-        "index.html", node=chat.name, nodes=chat.nodes(), redis=chat.broker.status
-    )
+    return await render_template("index.html", node=chat.name, nodes=chat.nodes(), redis=chat.broker.status)
 
 
 @bp.get("/healthz")
@@ -81,7 +79,9 @@ async def api_nodes() -> Response:
 @bp.websocket("/socket/websocket")
 async def socket_websocket() -> Response | None:
     chat = node()
-    if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host"), chat.settings.allowed_origins):
+    if not origin_allowed(
+        websocket.headers.get("Origin"), websocket.headers.get("Host"), chat.settings.allowed_origins
+    ):
         log.info("websocket refused: origin not allowed", extra={"fields": {"origin": websocket.headers.get("Origin")}})
         return error(403, "origin not allowed")
     vsn = websocket.args.get("vsn", "2.0.0")

@@ -97,4 +97,3 @@ class MemoryBroker:
     def _send(self, delivery: Delivery) -> None:
         if self._deliver is not None:
             self._deliver(delivery)
-

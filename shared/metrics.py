@@ -15,9 +15,7 @@ class Metrics:
         )
         self.joins = Counter("chat_joins", "Successful channel joins", registry=r)
         self.messages_in = Counter("chat_messages_in", "new:msg pushes accepted from clients", registry=r)
-        self.messages_rejected = Counter(
-            "chat_messages_rejected", "Client pushes refused", ["reason"], registry=r
-        )
+        self.messages_rejected = Counter("chat_messages_rejected", "Client pushes refused", ["reason"], registry=r)
         self.messages_out = Counter("chat_messages_out", "Broadcasts fanned out to local sockets", registry=r)
         self.deliveries = Counter("chat_deliveries", "Frames queued to local sockets by broadcasts", registry=r)
         self.drops = Counter("chat_drops", "Sockets disconnected for not keeping up", registry=r)

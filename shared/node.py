@@ -82,7 +82,7 @@ class ChatNode:
         if not self.sockets:
             self._no_sockets.set()
 
-    async def drain(self, timeout: float = DRAIN_TIMEOUT) -> int:
+    async def drain(self, timeout: float = DRAIN_TIMEOUT) -> int:  # noqa: ASYNC109 - the drain's own bound
         """Refuse new sockets, report not ready, and close open ones with 1001 so clients go elsewhere."""
         self.draining = True
         sockets = list(self.sockets)

@@ -21,7 +21,14 @@ CLOSE_POLICY = 1008  # too slow to read what it is sent
 CLOSE_TOO_BIG = 1009  # frame over MAX_FRAME_BYTES
 
 # Phoenix's reserved events.
-JOIN, LEAVE, REPLY, CLOSE, ERROR, HEARTBEAT = "phx_join", "phx_leave", "phx_reply", "phx_close", "phx_error", "heartbeat"
+JOIN, LEAVE, REPLY, CLOSE, ERROR, HEARTBEAT = (
+    "phx_join",
+    "phx_leave",
+    "phx_reply",
+    "phx_close",
+    "phx_error",
+    "heartbeat",
+)
 PHOENIX_TOPIC = "phoenix"
 
 

@@ -75,7 +75,9 @@ def load_settings(env: dict[str, str], *, clustered: bool, **stage_defaults: obj
     return settings
 
 
-def main(make_node: Callable[[Settings], ChatNode], env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> None:
+def main(
+    make_node: Callable[[Settings], ChatNode], env: dict[str, str], *, clustered: bool, **stage_defaults: object
+) -> None:
     """The `python -m stageN` entry point: settings, logs, uvloop where available, serve."""
     try:
         settings = load_settings(env, clustered=clustered, **stage_defaults)

@@ -23,7 +23,9 @@ COOKIE_FILE = Path(".stage2/cookie")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chatctl", description="Talk to a chat node's API.")
-    parser.add_argument("--url", default=os.environ.get("CHAT_URL", "http://localhost:4000"), help="node to ask (env CHAT_URL)")
+    parser.add_argument(
+        "--url", default=os.environ.get("CHAT_URL", "http://localhost:4000"), help="node to ask (env CHAT_URL)"
+    )
     parser.add_argument("--cookie", help="cluster cookie (default: CLUSTER_COOKIE, then .stage2/cookie)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,7 +55,9 @@ def request(args: argparse.Namespace) -> httpx.Response:
         return httpx.get(f"{base}/api/nodes", timeout=10)
     cookie = find_cookie(args.cookie)
     if cookie is None:
-        raise SystemExit("chatctl: no cluster cookie: pass --cookie, set CLUSTER_COOKIE, or run from the folder of make stage2")
+        raise SystemExit(
+            "chatctl: no cluster cookie: pass --cookie, set CLUSTER_COOKIE, or run from the folder of make stage2"
+        )
     headers = {"Authorization": f"Bearer {cookie}"}
     if args.command == "connect":
         body = {"node": args.node, **({"address": args.address} if args.address else {})}

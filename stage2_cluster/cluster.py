@@ -163,7 +163,9 @@ class Cluster:
     async def _handshake(self, name: str, address: str) -> list[dict[str, str]]:
         mine = handshake.new_challenge()
         try:
-            hello = await self._post(address, "/cluster/hello", {"node": self.name, "address": self.address, "challenge": mine})
+            hello = await self._post(
+                address, "/cluster/hello", {"node": self.name, "address": self.address, "challenge": mine}
+            )
             if hello.get("node") != name:
                 raise ConnectError(502, f"{address} is {hello.get('node')!r}, not {name}")
             if not handshake.valid(self.cookie, hello.get("proof"), "hello", name, self.name, self.address, mine):
@@ -241,7 +243,9 @@ class Cluster:
             raise ConnectError(400, "confirm needs node")
         challenge = body.get("challenge")
         address = self.challenges.redeem(challenge, name)
-        if address is None or not handshake.valid(self.cookie, body.get("proof"), "confirm", name, self.name, str(challenge)):
+        if address is None or not handshake.valid(
+            self.cookie, body.get("proof"), "confirm", name, self.name, str(challenge)
+        ):
             logs.event(log, "handshake refused", level=30, peer=name)
             raise ConnectError(403, "handshake failed: wrong cookie, unknown or reused challenge")
         peers = self._peer_list()
@@ -322,7 +326,9 @@ class Cluster:
             return  # only connected nodes may change what we know
         self.peers[sender].last_heard = time.monotonic()
         if kind == "p":
-            self.node.hub.apply_remote(message["topic"], _entries(sender, message["joins"]), _entries(sender, message["leaves"]))
+            self.node.hub.apply_remote(
+                message["topic"], _entries(sender, message["joins"]), _entries(sender, message["leaves"])
+            )
         elif kind == "s":
             for topic, items in message["topics"].items():
                 self.node.hub.sync_node(topic, sender, _entries(sender, items))
@@ -332,7 +338,12 @@ class Cluster:
     def replicate_presence(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
         if not self.peers:
             return
-        line = "p " + orjson.dumps({"node": self.name, "topic": topic, "joins": _items(joins), "leaves": _items(leaves)}).decode()
+        line = (
+            "p "
+            + orjson.dumps(
+                {"node": self.name, "topic": topic, "joins": _items(joins), "leaves": _items(leaves)}
+            ).decode()
+        )
         asyncio.get_running_loop().create_task(self._send_quietly(list(self.peers), line))
 
     async def _send_sync(self, name: str, *, want_reply: bool) -> None:

@@ -22,7 +22,9 @@ async def redis_registry(cluster: Cluster) -> None:
     client = cluster.broker.client
     while True:
         try:
-            names = [name for name in await client.hkeys(REGISTRY) if name != cluster.name and name not in cluster.peers]
+            names = [
+                name for name in await client.hkeys(REGISTRY) if name != cluster.name and name not in cluster.peers
+            ]
             if names:
                 alive = await client.mget([alive_key(name) for name in names])
                 for name, address in zip(names, alive, strict=True):

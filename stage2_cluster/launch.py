@@ -82,7 +82,9 @@ class Launcher:
             return os.environ["REDIS_URL"]
         port = self.args.redis_port
         if not port_free(port):
-            raise SystemExit(f"stage2: port {port} is in use; set REDIS_PORT=<free port> or REDIS_URL=redis://host:port")
+            raise SystemExit(
+                f"stage2: port {port} is in use; set REDIS_PORT=<free port> or REDIS_URL=redis://host:port"
+            )
         STATE_DIR.mkdir(exist_ok=True)
         cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.spawn("redis", cmd, {})
@@ -158,7 +160,7 @@ class Launcher:
 
     def stop(self) -> None:
         self.stopping = True
-        for name, proc in reversed(list(self.procs.items())):
+        for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -179,7 +181,11 @@ class Launcher:
             self.say(f"[stage2] cluster cookie: {cookie}  (also in {STATE_DIR / 'cookie'})")
             for name, port in nodes:
                 self.say(f"[stage2] {name}@localhost  http://localhost:{port}")
-            hint = "nodes connect by themselves" if self.args.discovery != "manual" else "connect them: chatctl connect b@localhost"
+            hint = (
+                "nodes connect by themselves"
+                if self.args.discovery != "manual"
+                else "connect them: chatctl connect b@localhost"
+            )
             self.say(f"[stage2] discovery={self.args.discovery}: {hint}. Ctrl-C stops everything.")
             stop.wait()
         finally:
