@@ -169,10 +169,10 @@ def test_join_errors(node_bin: str, client: str, stage1_node: NodeProcess) -> No
 class BackgroundScript:
     """The conformance script left running, its facts read one by one as they are printed."""
 
-    def __init__(self, node_bin: str, client: str, url: str, scenario: str) -> None:
+    def __init__(self, node_bin: str, client: str, url: str, scenario: str, *more_urls: str) -> None:
         self.name = f"{scenario} ({client})"
         self.proc = subprocess.Popen(
-            [node_bin, str(SCRIPT), client, url, scenario],
+            [node_bin, str(SCRIPT), client, url, scenario, *more_urls],
             cwd=JS_DIR,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,0 +1,136 @@
+"""The chat page in a real Chromium against real stage-2 nodes sharing a real redis-server.
+
+Each page talks to its own node; what one page shows of another node's users and
+messages came through the cluster. Playwright's sync API, as in test_browser.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from tests import cluster as fixtures
+from tests.browser import CHROMIUM_ARGS, VIEWPORT, ChatPages, chromium_path, send
+from tests.cluster import Cluster, full_name
+from tests.support import ROOT
+
+pytestmark = pytest.mark.browser
+
+# Fixtures shared with the other cluster tests (pytest finds them by these names).
+redis_server, cluster = fixtures.redis_server, fixtures.cluster
+
+SCREENSHOT = ROOT / "docs" / "img" / "stage2.png"
+NODES_POLL_DEADLINE_MS = 10_000  # the navbar polls /api/nodes every 3 s
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[ChatPages]:
+    opened = ChatPages(browser)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def nodes_line(*names: str) -> str:
+    """The navbar's `nodes:` text: the page's own node first, then its peers, sorted."""
+    first, *rest = (full_name(name) for name in names)
+    return "[" + ", ".join([first, *sorted(rest)]) + "]"
+
+
+def redis_line(cluster: Cluster) -> str:
+    return f"connected (127.0.0.1:{cluster.redis.port})"
+
+
+def message(page: Page, body: str) -> Locator:
+    """The one message line whose body is exactly `body`."""
+    return page.locator("#messages li.msg").filter(has=page.locator(".body", has_text=body))
+
+
+def test_pages_on_two_nodes_follow_the_cluster_live(cluster: Cluster, pages: ChatPages) -> None:
+    a, b = cluster.start("a", "b")  # DISCOVERY=manual: two lone nodes until told otherwise
+    alice = pages.open(a.url, "alice")
+    bob = pages.open(b.url, "bob")
+    for page, node in ((alice, "a"), (bob, "b")):
+        expect(page.locator("#self")).to_have_text(full_name(node))
+        expect(page.locator("#nodes")).to_have_text(nodes_line(node))
+        expect(page.locator("#presence li")).to_have_text([{"a": "alice", "b": "bob"}[node]])
+        page.evaluate("window.__sameDocument = true")
+
+    # Node.connect over the node API, as an operator would; the open pages must notice.
+    assert cluster.connect("a", "b") == ["a@localhost", "b@localhost"]
+
+    expect(alice.locator("#nodes")).to_have_text(nodes_line("a", "b"), timeout=NODES_POLL_DEADLINE_MS)
+    expect(bob.locator("#nodes")).to_have_text(nodes_line("b", "a"), timeout=NODES_POLL_DEADLINE_MS)
+    for page in (alice, bob):
+        # Presence is cluster-wide once the nodes are connected: both users on both pages.
+        expect(page.locator("#presence li")).to_have_text(["alice", "bob"])
+        expect(page.locator("#online-count")).to_have_text("2")
+        expect(page.locator("#redis")).to_have_text(redis_line(cluster))
+        assert page.evaluate("window.__sameDocument") is True, "updated in place, not reloaded"
+    expect(alice.locator("#self")).to_have_text("a@localhost")
+    expect(bob.locator("#self")).to_have_text("b@localhost")
+
+    send(alice, "hello from node a")
+    send(bob, "and hello back from node b")
+
+    for page in (alice, bob):
+        for body, user, node in (("hello from node a", "alice", "a"), ("and hello back from node b", "bob", "b")):
+            line = message(page, body)
+            expect(line).to_have_count(1)
+            expect(line.locator(".user")).to_have_text(f"[{user}]")
+            expect(line.locator(".meta")).to_contain_text(full_name(node))  # the node it was pushed on
+    expect(alice.locator("#messages li.mine")).to_have_count(1)
+    expect(bob.locator("#messages li.mine")).to_have_count(1)
+    for page in (alice, bob):
+        expect(page.locator("#connection")).to_have_attribute("data-state", "online")
+        expect(page.locator("#messages li.error")).to_have_count(0)
+    assert pages.errors == []
+
+
+def test_screenshot_of_a_conversation_across_three_nodes(cluster: Cluster, pages: ChatPages) -> None:
+    a, b, c = cluster.start("a", "b", "c")
+    cluster.connected("a", "b", "c")
+    # Returning visitors: their names are remembered, so they join under them directly.
+    alice = pages.open(a.url, "alice", remembered=True)
+    bob = pages.open(b.url, "bob", remembered=True)
+    carol = pages.open(c.url, "carol", remembered=True)
+    for page in (alice, bob, carol):
+        expect(page.locator("#presence li")).to_have_text(["alice", "bob", "carol"])
+    conversation = [
+        (alice, "Stage 2 is up: three nodes, one Redis. I'm on a."),
+        (bob, "Here from b, and I see a@localhost next to your message."),
+        (carol, "Same on c. The online list has all three of us."),
+        (alice, "Presence is copied between the nodes, so every page sees everyone."),
+        (bob, "And if a node goes down?"),
+        (carol, "Its peers drop it and its users leave the list; the history stays in Redis."),
+        (alice, "Then let's stop node a after lunch and watch."),
+    ]
+    for page, body in conversation:
+        send(page, body)
+    for page in (alice, bob, carol):
+        expect(page.locator("#messages .body")).to_have_count(len(conversation))
+    expect(bob.locator("#self")).to_have_text("b@localhost")
+    expect(bob.locator("#nodes")).to_have_text(nodes_line("b", "a", "c"))
+    expect(bob.locator("#redis")).to_have_text(redis_line(cluster))
+    expect(bob.locator("#connection")).to_have_text("online")
+    bob.locator("#message-input").focus()
+
+    assert bob.viewport_size == VIEWPORT == {"width": 1200, "height": 720}
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    bob.screenshot(path=str(SCREENSHOT))
+    assert Path(SCREENSHOT).stat().st_size > 10_000
+    assert pages.errors == []
