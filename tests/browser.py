@@ -42,21 +42,10 @@ def chromium_path() -> str:
     return path
 
 
-class Stage1Node(NodeProcess):
-    """`python -m stage1_dev` whose log pipe is closed once the process has ended, so no
-    ResourceWarning (an error under `filterwarnings = error`) surfaces in a later test."""
-
-    def _collect(self) -> None:
-        assert self.proc and self.proc.stdout
-        with self.proc.stdout as stream:
-            for line in stream:
-                self.lines.append(line.rstrip("\n"))
-
-
 @contextlib.contextmanager
 def stage1_node(port: int = 0) -> Iterator[NodeProcess]:
     """A stage 1 node, the demo ping timer off; `port` reuses a port, to restart a node."""
-    node = Stage1Node("stage1_dev", {"PING_INTERVAL": "0"}, port=port)
+    node = NodeProcess("stage1_dev", {"PING_INTERVAL": "0"}, port=port)
     try:
         yield node.start()
     finally:
