@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests import docs_runner
+from tests.cluster import Cluster, RedisServer
 from tests.docs_runner import ROOT, Page
 from tests.support import running_node
 
@@ -59,8 +60,27 @@ def stage1() -> Iterator[DocsEnv]:
         yield DocsEnv({"localhost:4000": address, "127.0.0.1:4000": address})
 
 
+@contextlib.contextmanager
+def stage2() -> Iterator[DocsEnv]:
+    """What `make stage2 NODES=3 DISCOVERY=manual` starts: a real redis-server and nodes
+    a@localhost, b@localhost, c@localhost (`python -m stage2_cluster`), not yet connected,
+    on free ports, sharing a known cookie. The cookie is exported as a learner who ran
+    `export CLUSTER_COOKIE=$(cat .stage2/cookie)` has it; CHAT_URL points `chatctl` at
+    node a, where it looks by default."""
+    with RedisServer() as redis, Cluster(redis, discovery="manual") as cluster:
+        cluster.start("a", "b", "c")
+        redis_address = f"127.0.0.1:{redis.port}"
+        replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address}
+        for name, documented in zip("abc", (4000, 4001, 4002), strict=True):
+            address = f"127.0.0.1:{cluster.node(name).port}"
+            replacements |= {f"localhost:{documented}": address, f"127.0.0.1:{documented}": address}
+        env = {"CLUSTER_COOKIE": cluster.cookie, "CHAT_URL": f"http://{replacements['localhost:4000']}"}
+        yield DocsEnv(replacements, env)
+
+
 ENVIRONMENTS: dict[str, Callable[[], AbstractContextManager[DocsEnv]]] = {
     "stage1": stage1,
+    "stage2": stage2,
 }
 
 PAGES = docs_runner.pages()
