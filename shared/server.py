@@ -35,9 +35,8 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def hypercorn_config(settings: Settings, sock: socket.socket) -> Config:
+def hypercorn_config() -> Config:
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
     config.backlog = 1024
     config.websocket_max_message_size = MAX_FRAME_BYTES  # Hypercorn closes with 1009 past it
     config.accesslog = None
@@ -60,7 +59,9 @@ async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
         logs.event(log, "shutting down: draining sockets")
         await chat.drain()
 
-    await serve(app, hypercorn_config(chat.settings, sock), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    config = hypercorn_config()
+    config.bind = [f"fd://{sock.fileno()}"]  # the socket `listen()` bound
+    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
 def load_settings(env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> Settings:

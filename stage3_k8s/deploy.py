@@ -259,7 +259,8 @@ def image_tag(root: Path = ROOT) -> str:
         path = root / source
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
-            if "__pycache__" in file.parts or file.suffix in (".pyc", ".pyo"):
+            # What .dockerignore keeps out of the image does not change the tag.
+            if "__pycache__" in file.parts or file.suffix in (".pyc", ".pyo") or file.name == "README.md":
                 continue
             digest.update(file.relative_to(root).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(file.read_bytes()).digest())

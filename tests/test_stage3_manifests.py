@@ -231,7 +231,7 @@ def test_probes_and_the_prestop_hook_use_real_routes_on_the_served_port(manifest
 
 def test_termination_grace_covers_the_drain_and_the_shutdown(manifests: Manifests) -> None:
     spec = manifests.get("Deployment", "chat")["spec"]["template"]["spec"]
-    shutdown = hypercorn_config(Settings()).graceful_timeout
+    shutdown = hypercorn_config().graceful_timeout
     assert spec["terminationGracePeriodSeconds"] > shared_node.DRAIN_TIMEOUT + shutdown + 10
 
 
