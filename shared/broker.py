@@ -32,6 +32,7 @@ class Delivery:
     topic: str
     frame: str
     message_id: str | None = None
+    exclude: object = None  # a local member that must not get it (Phoenix's broadcast_from)
 
 
 Deliver = Callable[[Delivery], None]
@@ -54,8 +55,8 @@ class Broker(Protocol):
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
         """Store `draft` and broadcast it as `new:msg` in one step; raises BrokerUnavailable."""
 
-    async def broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> None:
-        """Send an event to every member without storing it; raises BrokerUnavailable."""
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
+        """Send an event to every member but `exclude` without storing it; raises BrokerUnavailable."""
 
     async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
         """Stored messages newer than `after` (all kept ones when None), oldest first."""
@@ -87,8 +88,8 @@ class MemoryBroker:
         self._send(Delivery(topic, protocol.broadcast(topic, "new:msg", message.payload()), message.id))
         return message
 
-    async def broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> None:
-        self._send(Delivery(topic, protocol.broadcast(topic, event, payload)))
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
+        self._send(Delivery(topic, protocol.broadcast(topic, event, payload), exclude=exclude))
 
     async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
         room = self._rooms.get(topic)

@@ -69,6 +69,12 @@ class RoomChannel:
     def push(self, event: str, payload: dict[str, Any]) -> None:
         self.socket.send(protocol.encode(self.join_ref, None, self.topic, event, payload))
 
+    def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
+        if self._held is None and self.socket.write_now(together):
+            return
+        for delivery, wire in zip(deliveries, wires, strict=True):
+            self.deliver(delivery, wire)
+
     def deliver(self, delivery: Delivery, wire: bytes) -> None:
         if self._held is not None and (delivery.message_id is not None or not self._answered):
             self._held.append(delivery)
@@ -89,7 +95,10 @@ class RoomChannel:
             if delivery.message_id is None:
                 self.socket.send(delivery.frame)
         self._held = [d for d in self._held or [] if d.message_id is not None]
-        await self._broadcast("user:entered", {"user": self.user})
+        # The joiner hears its own entry at once, in order; the room hears it in a batch.
+        entered = {"user": self.user}
+        self.socket.send(protocol.broadcast(self.topic, "user:entered", entered))
+        await self._broadcast("user:entered", entered, exclude=self)
         self.push("join", {"status": "connected"})
         self.push("presence_state", self.hub.presence(self.topic).state())
         meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
@@ -129,8 +138,8 @@ class RoomChannel:
         self.hub.remove(self.topic, self)
         self.hub.untrack(self.topic, self.presence_ref)
 
-    async def _broadcast(self, event: str, payload: dict[str, Any]) -> None:
+    async def _broadcast(self, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
         try:
-            await self.hub.broker.broadcast(self.topic, event, payload)
+            await self.hub.broker.broadcast(self.topic, event, payload, exclude=exclude)
         except BrokerUnavailable:
             log.warning("broadcast dropped: broker unavailable", extra={"fields": {"event": event}})

@@ -25,8 +25,11 @@ class Member(Protocol):
 
     def deliver(self, delivery: Delivery, wire: bytes) -> None: ...
 
+    def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None: ...
+
 
 PRESENCE_BATCH_SECONDS = 0.05
+EVENT_BATCH_SECONDS = 0.02
 
 
 class PresenceBatch:
@@ -69,6 +72,7 @@ class Hub:
         self.presences: dict[str, presence.Presence] = {}
         # Stage 2 sets this to send this node's presence changes to its peers.
         self._batches: dict[str, PresenceBatch] = {}
+        self._events: dict[str, list[Delivery]] = {}  # per topic, events waiting to go out together
         self.replicate: Callable[[str, list[presence.Entry], list[presence.Entry]], None] | None = None
 
     @property
@@ -86,6 +90,17 @@ class Hub:
                 del self.members[topic]
 
     def deliver(self, delivery: Delivery) -> None:
+        """Hand a broadcast to every local member: stored messages at once, events in batches.
+
+        A join storm of N users sends N `user:entered` to each of N sockets; gathered for a
+        few milliseconds, each socket gets them in one write instead of one write each."""
+        if delivery.message_id is None:
+            batch = self._events.get(delivery.topic)
+            if batch is None:
+                batch = self._events[delivery.topic] = []
+                asyncio.get_running_loop().call_later(EVENT_BATCH_SECONDS, self._flush_events, delivery.topic)
+            batch.append(delivery)
+            return
         room = self.members.get(delivery.topic)
         if not room:
             return
@@ -95,6 +110,24 @@ class Hub:
             member.deliver(delivery, wire)
         self.metrics.messages_out.inc()
         self.metrics.deliveries.inc(len(room))
+
+    def _flush_events(self, topic: str) -> None:
+        deliveries = self._events.pop(topic)
+        room = self.members.get(topic)
+        if not room:
+            return
+        wires = [text_frame(delivery.frame) for delivery in deliveries]
+        together = b"".join(wires)
+        excluded = {delivery.exclude for delivery in deliveries if delivery.exclude is not None}
+        for member in tuple(room):
+            if member in excluded:
+                for delivery, wire in zip(deliveries, wires, strict=True):
+                    if delivery.exclude is not member:
+                        member.deliver(delivery, wire)
+            else:
+                member.deliver_many(deliveries, wires, together)
+        self.metrics.messages_out.inc(len(deliveries))
+        self.metrics.deliveries.inc(len(room) * len(deliveries))
 
     # Presence -------------------------------------------------------------------------
 

@@ -41,31 +41,45 @@ def _group(entries: list[Entry]) -> State:
 
 
 class Presence:
-    """The presences of one topic across the cluster."""
+    """The presences of one topic across the cluster.
+
+    The `state()` a joiner is sent is kept up to date as presences come and go, rather
+    than rebuilt for every join: in a room of N users a join storm would otherwise cost
+    N rebuilds of N entries."""
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}  # phx_ref -> entry
+        self._state: State = {}
 
     def track(self, node: str, key: str, meta: Meta) -> Entry:
         """Add a presence; `meta` must carry a `phx_ref` unique in the cluster."""
+        self.untrack(meta["phx_ref"])  # tracked again (a peer's sync): replaced, not doubled
         entry = Entry(node, key, meta)
         self._entries[meta["phx_ref"]] = entry
+        self._state.setdefault(key, {"metas": []})["metas"].append(meta)
         return entry
 
     def untrack(self, ref: str) -> Entry | None:
-        return self._entries.pop(ref, None)
+        entry = self._entries.pop(ref, None)
+        if entry is not None:
+            metas = self._state[entry.key]["metas"]
+            metas.remove(entry.meta)
+            if not metas:
+                del self._state[entry.key]
+        return entry
 
     def drop_node(self, node: str) -> list[Entry]:
-        gone = [entry for entry in self._entries.values() if entry.node == node]
+        gone = self.of_node(node)
         for entry in gone:
-            del self._entries[entry.meta["phx_ref"]]
+            self.untrack(entry.meta["phx_ref"])
         return gone
 
     def of_node(self, node: str) -> list[Entry]:
         return [entry for entry in self._entries.values() if entry.node == node]
 
     def state(self) -> State:
-        return _group(list(self._entries.values()))
+        """The current state, shared: encode it, don't change it."""
+        return self._state
 
     def __len__(self) -> int:
         return len(self._entries)

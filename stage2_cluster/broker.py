@@ -121,11 +121,11 @@ class RedisBroker:
             raise BrokerUnavailable(str(error)) from None
         return ChatMessage(message_id, draft.user, draft.body, node, int(ts))
 
-    async def broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> None:
-        # Our own sockets get it at once, in order with what the caller pushes next, as
-        # Phoenix.PubSub dispatches locally before forwarding to other nodes.
+    async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
+        # Our own sockets first, then the other nodes, as Phoenix.PubSub dispatches
+        # locally before forwarding; `exclude` is one of ours, so peers need not know it.
         frame = protocol.broadcast(topic, event, payload)
-        self._deliver_to_hub(Delivery(topic, frame))
+        self._deliver_to_hub(Delivery(topic, frame, exclude=exclude))
         peers = [name for name in self.targets() if name != self.node]
         if peers:
             await self.send(peers, f"b {topic} {frame}")

@@ -53,6 +53,16 @@ def take(sock: PhoenixSocket, *, presence_diffs: bool = False) -> list[list[Any]
     return [f for f in frames if presence_diffs or f[3] != "presence_diff"]
 
 
+async def take_when(sock: PhoenixSocket, expected: list[Any]) -> list[list[Any]]:
+    """`take(sock)` once `expected` is among the frames: events such as user:entered
+    reach the other members in batches, a few milliseconds after they happen."""
+    async with asyncio.timeout(DEADLINE):
+        while not any(json.loads(frame) == expected for frame in sock.outbox):
+            sock._wakeup.clear()  # set again by the next frame queued (no writer runs here)
+            await sock._wakeup.wait()
+    return take(sock)
+
+
 async def joined(hub: Hub, user: str | None = "alice", join_ref: str = "1") -> PhoenixSocket:
     sock = PhoenixSocket(hub)
     payload = {} if user is None else {"user": user}
@@ -172,7 +182,8 @@ async def test_user_entered_is_broadcast_to_members_already_in_the_room() -> Non
 
     await joined(hub, "bob")
 
-    assert take(alice) == [[None, None, LOBBY, "user:entered", {"user": "bob"}]]
+    entered = [None, None, LOBBY, "user:entered", {"user": "bob"}]
+    assert await take_when(alice, entered) == [entered]
 
 
 async def test_presence_state_lists_the_members_already_in_the_room() -> None:
@@ -535,9 +546,10 @@ async def test_broadcast_arriving_before_the_join_reply_is_sent_after_it() -> No
     async with asyncio.timeout(DEADLINE):
         await join
 
-    frames = take(sock)
+    carol = [None, None, LOBBY, "user:entered", {"user": "carol"}]
+    frames = await take_when(sock, carol)
     assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
-    assert frames.count([None, None, LOBBY, "user:entered", {"user": "carol"}]) == 1
+    assert frames.count(carol) == 1
 
 
 # Broker unavailable ----------------------------------------------------------------------
