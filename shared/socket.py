@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from shared.hub import Hub
 
 IDLE_TIMEOUT = 60.0  # seconds without any frame; phoenix.js heartbeats every 30 s
-OUTBOX_LIMIT = 1024 * 1024  # bytes queued for one socket before it counts as too slow
+OUTBOX_LIMIT = 4 * 1024 * 1024  # bytes queued for one socket before it counts as too slow
 
 log = logs.get("socket")
 
@@ -59,6 +59,7 @@ class PhoenixSocket:
         self._done: asyncio.Future[int] | None = None
         self._closing: int | None = None  # close after the outbox is flushed
         self._sending = False  # a frame from the outbox is on its way through ASGI
+        self._handling = False  # a frame is being handled: a close waits for its reply
         self.transport: Transport | None = None  # the fast path, when the server offers one
 
     # Outgoing --------------------------------------------------------------------------
@@ -69,15 +70,7 @@ class PhoenixSocket:
         is waiting. A socket whose queue passes the bound is dropped, never waited for."""
         if self._done is not None and self._done.done():
             return
-        transport = self.transport
-        if (
-            transport is not None
-            and not self.outbox
-            and not self._sending
-            and transport.get_write_buffer_size() < HIGH_WATER
-            and not transport.is_closing()
-        ):
-            transport.write(wire if wire is not None else text_frame(frame))
+        if self.transport is not None and self.write_now(wire if wire is not None else text_frame(frame)):
             return
         self.outbox_bytes += len(frame)
         if self.outbox_bytes > self.outbox_limit:
@@ -87,6 +80,21 @@ class PhoenixSocket:
             return
         self.outbox.append(frame)
         self._wakeup.set()
+
+    def write_now(self, wire: bytes) -> bool:
+        """Write framed bytes straight to the transport if nothing waits before them and the
+        client keeps up; False when they must take the queue instead."""
+        transport = self.transport
+        if (
+            transport is not None
+            and not self.outbox
+            and not self._sending
+            and transport.get_write_buffer_size() < HIGH_WATER
+            and not transport.is_closing()
+        ):
+            transport.write(wire)
+            return True
+        return False
 
     def close(self, code: int) -> None:
         """Stop reading, flush what is queued, then close with `code` (drain, shutdown)."""
@@ -107,7 +115,7 @@ class PhoenixSocket:
                 self._sending = True
                 await send(frame)
                 self._sending = False
-            if self._closing is not None:
+            if self._closing is not None and not self._handling:
                 self._finish(self._closing)
                 return
             self._wakeup.clear()
@@ -125,7 +133,16 @@ class PhoenixSocket:
                     log.info("socket idle, closing", extra={"fields": {"after_s": self.idle_timeout}})
                     self._finish(protocol.CLOSE_GOING_AWAY)
                     return
-                await self.handle(data)
+                # A push taken in is answered even if a drain starts meanwhile: the writer
+                # waits for it, as cancelling it could store a message the client never
+                # hears about (and would send again).
+                self._handling = True
+                try:
+                    await self.handle(data)
+                finally:
+                    self._handling = False
+                    if self._closing is not None:
+                        self._wakeup.set()
         except protocol.ProtocolError as error:
             log.info("socket closed: bad frame", extra={"fields": {"reason": str(error), "code": error.code}})
             self._finish(error.code)
