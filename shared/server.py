@@ -66,13 +66,16 @@ async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
 
 def load_settings(env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> Settings:
     """Settings for a stage: stage 1 runs alone in memory, stages 2 and 3 need Redis."""
+    if not clustered:  # before the full parse, whose first complaint would be a missing cookie
+        if env.get("REDIS_URL", "").strip():
+            raise ConfigError(
+                "REDIS_URL", "stage 1 keeps everything in memory; unset it or run python -m stage2_cluster"
+            )
+        if env.get("DISCOVERY", "").strip() not in ("", "none"):
+            raise ConfigError("DISCOVERY", "stage 1 is a single node; unset it or run python -m stage2_cluster")
     settings = Settings.from_env(env, **stage_defaults)
     if clustered and settings.redis_url is None:
         raise ConfigError("REDIS_URL", "required for a clustered node, e.g. redis://127.0.0.1:6379/0")
-    if not clustered and settings.redis_url is not None:
-        raise ConfigError("REDIS_URL", "stage 1 keeps everything in memory; unset it or run python -m stage2_cluster")
-    if not clustered and settings.discovery != "none":
-        raise ConfigError("DISCOVERY", "stage 1 is a single node; unset it or run python -m stage2_cluster")
     return settings
 
 

@@ -78,7 +78,7 @@ class RedisBroker:
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
-        self._healthy = False
+        self._healthy: bool | None = None  # None until the first attempt, so that one is logged too
         # Per topic, the newest stored message handed to the hub: after a reconnect the
         # messages published while we were not subscribed are read back from the stream
         # (Pub/Sub does not keep them), and a message never goes out twice.
@@ -92,7 +92,7 @@ class RedisBroker:
 
     @property
     def available(self) -> bool:
-        return self._healthy
+        return self._healthy is True
 
     @property
     def status(self) -> str:

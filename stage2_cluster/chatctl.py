@@ -21,21 +21,31 @@ import httpx
 COOKIE_FILE = Path(".stage2/cookie")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="chatctl", description="Talk to a chat node's API.")
+def options(defaults: bool) -> argparse.ArgumentParser:
+    """--url, --cookie and --json, taken before or after the command. After it, they
+    default to SUPPRESS so that they don't overwrite what was given before it."""
+    unset = argparse.SUPPRESS
+    parser = argparse.ArgumentParser(add_help=False)
+    url = os.environ.get("CHAT_URL", "http://localhost:4000") if defaults else unset
+    parser.add_argument("--url", default=url, help="node to ask (env CHAT_URL)")
     parser.add_argument(
-        "--url", default=os.environ.get("CHAT_URL", "http://localhost:4000"), help="node to ask (env CHAT_URL)"
+        "--cookie", default=None if defaults else unset, help="cluster cookie (default: CLUSTER_COOKIE, .stage2/cookie)"
     )
-    parser.add_argument("--cookie", help="cluster cookie (default: CLUSTER_COOKIE, then .stage2/cookie)")
-    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    parser.add_argument("--json", action="store_true", default=False if defaults else unset, help="print the JSON")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="chatctl", description="Talk to a chat node's API.", parents=[options(True)])
+    after = [options(False)]
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("nodes", help="this node and the nodes it is connected to")
-    connect = commands.add_parser("connect", help="connect to NODE (and to its peers)")
+    commands.add_parser("nodes", parents=after, help="this node and the nodes it is connected to")
+    connect = commands.add_parser("connect", parents=after, help="connect to NODE (and to its peers)")
     connect.add_argument("node")
     connect.add_argument("--address", help="host:port, when NODE is not in the registry")
-    disconnect = commands.add_parser("disconnect", help="disconnect NODE, both ways")
+    disconnect = commands.add_parser("disconnect", parents=after, help="disconnect NODE, both ways")
     disconnect.add_argument("node")
-    commands.add_parser("drain", help="stop taking sockets and close open ones with 1001")
+    commands.add_parser("drain", parents=after, help="stop taking sockets and close open ones with 1001")
     return parser.parse_args(argv)
 
 
