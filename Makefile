@@ -22,7 +22,7 @@ REPLICAS ?= 3
 DRY_RUN ?=
 STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-run)
 
-.PHONY: help stage1 stage2 test lint bench stage3 stage3-scale stage3-status stage3-down screenshots
+.PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,9 @@ stage3-down: $(VENV)/.installed ## Delete the stage 3 cluster and its images
 test: $(VENV)/.installed tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
 	$(BIN)/python -m pytest
 
+soak: $(VENV)/.installed ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
+	$(BIN)/python -m pytest -m soak -rA
+
 lint: $(VENV)/.installed ## Check style with ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -67,4 +70,4 @@ bench: $(VENV)/.installed ## Benchmark ChatLab against python-socketio (W1-W4, <
 	$(BIN)/python -m bench
 
 screenshots: $(VENV)/.installed ## Take docs/img/stage1.png and stage2.png again, in Chromium (the browser tests)
-	$(BIN)/python -m pytest tests/test_browser.py tests/test_stage2_browser.py -k screenshot
+	SCREENSHOT_DIR=docs/img $(BIN)/python -m pytest tests/test_browser.py tests/test_stage2_browser.py -k screenshot

@@ -13,10 +13,11 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, expect
 
-from tests.support import NodeProcess
+from tests.support import ROOT, NodeProcess
 
 VIEWPORT = {"width": 1200, "height": 720}
 TIMEOUT_MS = 10_000
@@ -32,6 +33,14 @@ CHROMIUM_ARGS = [
 
 # Every wait has a deadline; a page under a loaded CI machine may need more than the default 5 s.
 expect.set_options(timeout=TIMEOUT_MS)
+
+
+def screenshot_dir() -> Path:
+    """Where the screenshot tests save: `test-results/` so that `make test` leaves the
+    tree clean, `docs/img/` when `make screenshots` sets SCREENSHOT_DIR to renew the docs."""
+    folder = ROOT / os.environ.get("SCREENSHOT_DIR", "test-results")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def chromium_path() -> str:

@@ -7,17 +7,15 @@ running in the thread that drives the browser.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path, send, set_username, stage1_node
-from tests.support import ROOT, NodeProcess
+from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path, screenshot_dir, send, set_username, stage1_node
+from tests.support import NodeProcess
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = ROOT / "docs" / "img" / "stage1.png"
 RESTART_DEADLINE_MS = 30_000  # the page retries after about 0.5, 1, 2, 5, then every 10 seconds
 
 # Lines that stick out of their list, or a list or the page that scrolls sideways.
@@ -196,7 +194,7 @@ def test_screenshot_of_a_conversation(node: NodeProcess, pages: ChatPages) -> No
     expect(alice.locator("#presence li")).to_have_text(["alice", "bob", "carol"])
     alice.locator("#message-input").focus()
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    alice.screenshot(path=str(SCREENSHOT))
-    assert Path(SCREENSHOT).stat().st_size > 10_000
+    shot = screenshot_dir() / "stage1.png"
+    alice.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
     assert pages.errors == []

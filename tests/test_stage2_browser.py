@@ -7,22 +7,19 @@ messages came through the cluster. Playwright's sync API, as in test_browser.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests import cluster as fixtures
-from tests.browser import CHROMIUM_ARGS, VIEWPORT, ChatPages, chromium_path, send
+from tests.browser import CHROMIUM_ARGS, VIEWPORT, ChatPages, chromium_path, screenshot_dir, send
 from tests.cluster import Cluster, full_name
-from tests.support import ROOT
 
 pytestmark = pytest.mark.browser
 
 # Fixtures shared with the other cluster tests (pytest finds them by these names).
 redis_server, cluster = fixtures.redis_server, fixtures.cluster
 
-SCREENSHOT = ROOT / "docs" / "img" / "stage2.png"
 NODES_POLL_DEADLINE_MS = 10_000  # the navbar polls /api/nodes every 3 s
 
 
@@ -130,7 +127,7 @@ def test_screenshot_of_a_conversation_across_three_nodes(cluster: Cluster, pages
     bob.locator("#message-input").focus()
 
     assert bob.viewport_size == VIEWPORT == {"width": 1200, "height": 720}
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    bob.screenshot(path=str(SCREENSHOT))
-    assert Path(SCREENSHOT).stat().st_size > 10_000
+    shot = screenshot_dir() / "stage2.png"
+    bob.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
     assert pages.errors == []
