@@ -1,0 +1,112 @@
+"""The bench harness works: `python -m bench --smoke` runs W1-W4 against ChatLab and
+the python-socketio peer at tiny sizes, and every workload produces numbers with
+nothing lost. Correctness only: no figure here is compared with any speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(150)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    reports = sorted(out.glob("*-smoke.json"))
+    assert reports, f"no report written\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert (out / reports[-1].with_suffix(".png").name).stat().st_size > 0
+    return proc, json.loads(reports[-1].read_text())
+
+
+def test_smoke_run_passes_its_own_checks(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    proc, _ = smoke
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "ratio = chatlab / socketio" in proc.stdout
+
+
+@pytest.mark.parametrize("system", ["chatlab", "socketio"])
+def test_every_workload_produces_numbers_and_loses_nothing(
+    smoke: tuple[subprocess.CompletedProcess[str], dict], system: str
+) -> None:
+    _, report = smoke
+    results = report["results"]
+    for workload in ("W1", "W2"):
+        outcome = results[workload][system]
+        assert outcome["error"] is None, outcome
+        m = outcome["metrics"]
+        assert m["deliveries"] == m["deliveries_expected"] > 0
+        assert m["lost"] == m["duplicates"] == m["rejected"] == m["unanswered"] == 0
+        assert m["dropped_connections"] == 0
+        for key in ("cpu_us_per_delivery", "p50_ms", "p99_ms"):
+            assert isinstance(m[key], int | float) and m[key] >= 0, (workload, key, m[key])
+        assert m["p50_ms"] <= m["p99_ms"]
+    w3 = results["W3"][system]
+    assert w3["error"] is None, w3
+    assert w3["metrics"]["held"] == w3["metrics"]["connections"] > 0
+    assert isinstance(w3["metrics"]["kb_per_connection"], int | float)
+    w4 = results["W4"][system]
+    assert w4["error"] is None, w4
+    assert w4["metrics"]["max_held"] == report["sizes"]["w4_steps"][-1]
+    assert all(step["result"] == "held" and step["lost"] == 0 for step in w4["metrics"]["steps"])
+
+
+def test_the_table_compares_both_systems(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    _, report = smoke
+    assert report["systems"] == ["chatlab", "socketio"]
+    workloads = {row[0].split()[0] for row in report["table"]}
+    assert workloads == {"W1", "W2", "W3", "W4"}
+    for row in report["table"]:
+        assert row[2] != "-" and row[3] != "-", row  # both systems have a figure in every row
+
+
+async def test_the_client_reads_frames_split_anywhere() -> None:
+    """The bare client's framing: any split of the byte stream gives the same deliveries."""
+    import random
+
+    from bench import loadgen
+
+    gen = loadgen.Generator()
+    traffic = loadgen.Traffic(50)
+    gen.traffic = traffic
+    stream = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    for seq in range(50):
+        pad = "x" * (seq * 1500)  # 7-bit, 16-bit and 64-bit lengths
+        payload = (
+            f'[null,null,"rooms:lobby","new:msg",{{"user":"p","body":"{traffic.body(seq)}","pad":"{pad}"}}]'.encode()
+        )
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:
+            head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+        stream += head + payload
+    rng = random.Random(7)
+    for _ in range(3):
+        client = loadgen.PhoenixClient(gen, "127.0.0.1", 1, "s", subscriber=True)
+        pos = 0
+        while pos < len(stream):
+            step = rng.choice([1, 2, 3, 7, 100, 4096, 70000])
+            client.data_received(stream[pos : pos + step])
+            pos += step
+        assert client.upgraded and client.opened.done()
+        assert bytes(client.seen) == b"\x01" * 50
+    assert traffic.received == 150 and traffic.duplicates == 0
