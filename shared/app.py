@@ -16,6 +16,7 @@ from shared.socket import PhoenixSocket
 from shared.transport import find_transport
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT = 10.0  # seconds for a request body to arrive (Quart's default, 60, lets a stalled body hold on)
 CLOSE_SEND_TIMEOUT = 2.0  # a client too slow to take the close frame is simply cut off
 
 bp = Blueprint("chat", __name__)
@@ -110,6 +111,7 @@ async def socket_websocket() -> Response | None:
 def create_app(chat: ChatNode) -> Quart:
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     app.json.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
     app.extensions["chat"] = chat
     app.register_blueprint(bp)

@@ -13,7 +13,8 @@ from collections import deque
 
 from shared.messages import ChatMessage
 
-ID_RE = re.compile(r"^\d{1,15}-\d{1,15}$")
+# ASCII digits only: \d would also match other scripts' digits, which Redis refuses.
+ID_RE = re.compile(r"^[0-9]{1,15}-[0-9]{1,15}$")
 
 
 def parse_id(value: str) -> tuple[int, int]:

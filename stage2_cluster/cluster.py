@@ -38,6 +38,7 @@ log = logs.get("cluster")
 REGISTRY = "chat:registry"
 HEARTBEAT_INTERVAL = 1.0
 HTTP_TIMEOUT = 3.0
+MAX_ANSWER = 256 * 1024  # bytes of a peer's answer; a handshake's is a few hundred
 GOODBYE_WINDOW = 30.0  # seconds a signed goodbye stays acceptable
 
 
@@ -184,12 +185,29 @@ class Cluster:
         return peers if isinstance(peers, list) else []
 
     async def _post(self, address: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.http.post(f"http://{address}{path}", json=body)
+        """POST to a peer and read its JSON answer. Whatever answers at an address (DNS, gossip
+        and the API can name any) may not be a chat node: a page, a lie, an answer that never
+        ends or never comes are all refused, within HTTP_TIMEOUT and MAX_ANSWER bytes."""
+        try:
+            async with asyncio.timeout(HTTP_TIMEOUT):
+                async with self.http.stream("POST", f"http://{address}{path}", json=body) as response:
+                    content = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        content += chunk
+                        if len(content) > MAX_ANSWER:
+                            raise ConnectError(502, f"{address} answered over {MAX_ANSWER} bytes: not a chat node")
+        except TimeoutError:
+            raise ConnectError(502, f"{address} did not answer within {HTTP_TIMEOUT:g}s") from None
+        try:
+            data = orjson.loads(content) if content else None
+        except orjson.JSONDecodeError:
+            data = None
         if response.status_code != 200:
-            reason = response.json().get("error", response.text) if response.content else response.reason_phrase
-            raise ConnectError(502, f"handshake refused by {address}: {reason}")
-        data = response.json()
-        return data if isinstance(data, dict) else {}
+            reason = data.get("error") if isinstance(data, dict) else None
+            raise ConnectError(502, f"handshake refused by {address}: {reason or response.reason_phrase}")
+        if not isinstance(data, dict):
+            raise ConnectError(502, f"{address} is not a chat node: its answer is not a JSON object")
+        return data
 
     def _connect_all(self, peers: list[dict[str, str]]) -> list[asyncio.Task[None]]:
         tasks = []
