@@ -1,0 +1,690 @@
+"""Hostile input over HTTP and WebSocket, against real node processes.
+
+- Every route, sent garbage, bad JSON, wrong JSON types, deep nesting, invalid UTF-8 and
+  bodies over the 64 KiB cap: a 4xx JSON error (or the route's normal answer when it
+  takes no body), never a 5xx, and the cluster is unchanged.
+- Every route with the wrong method: 405 JSON with `Allow`.
+- Hypercorn's limits, set deliberately in shared/server.py and shared/app.py: headers
+  over 16 KiB get 431; connections that never finish a request are closed after the
+  keep-alive timeout and a body that stalls after BODY_TIMEOUT, while the node answers
+  everyone else at once.
+- WebSocket frames that break the protocol (invalid UTF-8, unmasked, reserved bits, a
+  fragmented message past 64 KiB) close the socket with a code, not the node; upgrades
+  from a disallowed Origin get 403 (more Origin cases are in tests/test_server.py and
+  tests/test_app.py).
+- The cluster: a replayed or stale goodbye changes nothing (cookies, hellos and confirms
+  are tests/test_stage2_api.py, forged gossip packets tests/test_gossip.py), and a DNS
+  answer listing addresses that are not chat nodes (nothing there, a web server, a liar,
+  one that never answers, one that never stops answering, another cookie) joins no one.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.protocol import MAX_FRAME_BYTES
+from tests.cluster import Cluster, RedisServer, wait_until
+from tests.support import NodeProcess
+
+A, B = "a@localhost", "b@localhost"
+DEADLINE = 15.0
+
+
+# A WebSocket client on a plain socket ------------------------------------------------------------
+
+
+def _mask(data: bytes, key: bytes) -> bytes:
+    if not data:
+        return data
+    repeated = (key * (len(data) // 4 + 1))[: len(data)]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(data), "big")
+
+
+class RawWebSocket:
+    """A WebSocket client that sends any bytes as frames and reads only when asked to.
+
+    For what a well-behaved library will not do: invalid UTF-8, unmasked or reserved-bit
+    frames, and never reading (a slow consumer, with a small receive buffer)."""
+
+    def __init__(self, sock: socket.socket, status: int, rest: bytes) -> None:
+        self.sock = sock
+        self.status = status
+        self.buffer = rest
+
+    @classmethod
+    def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        path: str = "/socket/websocket?vsn=2.0.0",
+        origin: str | None = None,
+        rcvbuf: int | None = None,
+        timeout: float = DEADLINE,
+    ) -> RawWebSocket:
+        sock = socket.socket()
+        try:
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            lines = [
+                f"GET {path} HTTP/1.1",
+                f"Host: {host}:{port}",
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                f"Sec-WebSocket-Key: {key}",
+                "Sec-WebSocket-Version: 13",
+            ]
+            if origin is not None:
+                lines.append(f"Origin: {origin}")
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            response = b""
+            while b"\r\n\r\n" not in response:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError(f"closed during the upgrade: {response!r}")
+                response += chunk
+        except BaseException:
+            sock.close()
+            raise
+        head, _, rest = response.partition(b"\r\n\r\n")
+        return cls(sock, int(head.split()[1]), rest)
+
+    def send_frame(
+        self, payload: bytes, *, opcode: int = 1, fin: bool = True, rsv: int = 0, masked: bool = True
+    ) -> None:
+        first = (0x80 if fin else 0) | (rsv << 4) | opcode
+        size = len(payload)
+        mask_bit = 0x80 if masked else 0
+        if size < 126:
+            header = struct.pack("!BB", first, mask_bit | size)
+        elif size < 1 << 16:
+            header = struct.pack("!BBH", first, mask_bit | 126, size)
+        else:
+            header = struct.pack("!BBQ", first, mask_bit | 127, size)
+        if masked:
+            key = os.urandom(4)
+            self.sock.sendall(header + key + _mask(payload, key))
+        else:
+            self.sock.sendall(header + payload)
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(text.encode())
+
+    def _read(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def read_frame(self) -> tuple[int, bytes]:
+        first, second = self._read(2)
+        size = second & 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", self._read(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", self._read(8))
+        return first & 0x0F, self._read(size)
+
+    def close_code(self) -> int | None:
+        """Read until the server's close frame: its code; None when the connection just ends."""
+        try:
+            while True:
+                opcode, payload = self.read_frame()
+                if opcode == 8:
+                    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+        except (EOFError, OSError):
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+# One stage-2 node to attack, and a second one it must never connect to ----------------------------
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[Cluster]:
+    """a and b, never connected; NODE_DOWN_AFTER long so that only what a test does changes the views."""
+    with RedisServer() as redis_server, Cluster(redis_server, env={"NODE_DOWN_AFTER": "60"}) as cluster:
+        cluster.start("a", "b")
+        yield cluster
+
+
+def views(cluster: Cluster) -> tuple[list[str], list[str]]:
+    return cluster.nodes_of("a"), cluster.nodes_of("b")
+
+
+def error_lines(node: NodeProcess) -> list[dict[str, Any]]:
+    return [line for line in node.logs() if line.get("level") in ("error", "critical")]
+
+
+def healthy(cluster: Cluster) -> bool:
+    a = cluster.node("a")
+    return (
+        cluster.http.get(a.url + "/healthz").status_code == 200
+        and cluster.http.get(a.url + "/readyz").status_code == 200
+    )
+
+
+def assert_json_error(response: httpx.Response, statuses: range = range(400, 500)) -> None:
+    assert response.status_code in statuses, (response.status_code, response.text[:200])
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str) and body["error"], body
+
+
+# Every route, every kind of bad body -------------------------------------------------------------
+
+# (method, path, takes a body): every route the node serves, stage 1's and stage 2's.
+ROUTES = [
+    ("GET", "/", False),
+    ("GET", "/healthz", False),
+    ("GET", "/readyz", False),
+    ("GET", "/metrics", False),
+    ("GET", "/api/nodes", False),
+    ("GET", "/static/chat.js", False),
+    ("GET", "/socket/websocket?vsn=2.0.0", False),  # the upgrade route, asked without an upgrade
+    ("POST", "/api/nodes/connect", True),
+    ("DELETE", f"/api/nodes/{B}", True),
+    ("POST", "/api/drain", True),
+    ("POST", "/cluster/hello", True),
+    ("POST", "/cluster/confirm", True),
+    ("POST", "/cluster/goodbye", True),
+]
+ROUTE_IDS = [f"{method} {path.split('?')[0]}" for method, path, _ in ROUTES]
+BODIES = {
+    "garbage": bytes(range(256)) * 4,
+    "bad json": b'{"node": "b@localhost", ',
+    "json array": b'["b@localhost"]',
+    "json wrong types": b'{"node": 7, "address": [], "challenge": {}, "proof": null, "ts": "x", "peers": 1}',
+    "huge number": b'{"node": 1e999, "ts": 123456789012345678901234567890}',
+    "deep nesting": b"[" * 5000 + b"]" * 5000,
+    "invalid utf-8": b'{"node": "\xff\xfe\xfd"}',
+    "over 64 KiB": b'{"node": "' + b"x" * (1024 * 1024) + b'"}',
+}
+
+
+def send_body(url: str, method: str, body: bytes) -> httpx.Response | None:
+    """One request on a fresh connection; None when the node closed it before answering (a refused body)."""
+    with httpx.Client(timeout=DEADLINE) as http:
+        try:
+            return http.request(method, url, content=body, headers={"Content-Type": "application/json"})
+        except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
+            return None
+
+
+@pytest.mark.parametrize(("method", "path", "takes_body"), ROUTES, ids=ROUTE_IDS)
+def test_bad_bodies_on_every_route_get_4xx_json_or_the_routes_answer_and_change_nothing(
+    nodes: Cluster, method: str, path: str, takes_body: bool
+) -> None:
+    a = nodes.node("a")
+    errors_before = len(error_lines(a))
+    statuses = {}
+    for name, body in BODIES.items():
+        response = send_body(a.url + path, method, body)
+        assert response is not None, (name, "connection closed without an answer")
+        statuses[name] = response.status_code
+        assert response.status_code < 500, (name, response.status_code, response.text[:200])
+        if takes_body or response.status_code >= 400:
+            assert_json_error(response)
+    if path == "/api/nodes/connect" or (path.startswith("/api/nodes/") and method == "DELETE"):
+        assert set(statuses.values()) == {401}  # no cookie: refused before the body is read
+    assert views(nodes) == ([A], [B])
+    assert healthy(nodes)
+    assert error_lines(a)[errors_before:] == []
+
+
+def test_bodies_over_the_cap_are_413_on_routes_that_read_them(nodes: Cluster) -> None:
+    for path in ("/cluster/hello", "/cluster/confirm", "/cluster/goodbye"):
+        response = send_body(nodes.node("a").url + path, "POST", BODIES["over 64 KiB"])
+        assert response is not None and response.status_code == 413, path
+        assert_json_error(response)
+
+
+WRONG_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@pytest.mark.parametrize(("method", "path", "takes_body"), ROUTES, ids=ROUTE_IDS)
+def test_wrong_methods_on_every_route_get_405_json_with_allow(
+    nodes: Cluster, method: str, path: str, takes_body: bool
+) -> None:
+    a = nodes.node("a")
+    for wrong in WRONG_METHODS:
+        if wrong == method or (wrong == "DELETE" and path.startswith("/api/nodes/")):
+            continue  # DELETE /api/nodes/<name> is a route of its own, even for <name> = connect
+        response = nodes.http.request(wrong, a.url + path, content=b"{}")
+        assert response.status_code == 405, (wrong, response.status_code)
+        assert_json_error(response)
+        assert method in response.headers["allow"], response.headers
+    assert views(nodes) == ([A], [B])
+
+
+# Hypercorn's limits -------------------------------------------------------------------------------
+
+
+def raw_http(port: int, data: bytes, timeout: float = DEADLINE) -> bytes:
+    """Send `data` on a fresh connection and read until the node closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Many: header\r\n" * 5000 + b"\r\n",
+    ],
+    ids=["one huge header", "huge request line", "thousands of headers"],
+)
+def test_headers_over_16_kib_get_431_and_the_connection_closed(nodes: Cluster, request_bytes: bytes) -> None:
+    answer = raw_http(nodes.node("a").port, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    assert healthy(nodes)
+
+
+def test_garbage_instead_of_http_gets_400_and_the_connection_closed(nodes: Cluster) -> None:
+    answer = raw_http(nodes.node("a").port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    assert healthy(nodes)
+
+
+IDLE_CONNECTIONS = 300
+STALLED_BODIES = 50
+KEEP_ALIVE_TIMEOUT = 5.0  # shared/server.py
+BODY_TIMEOUT = 10.0  # shared/app.py
+
+
+def test_idle_half_open_connections_and_stalled_bodies_are_cut_while_others_are_served(nodes: Cluster) -> None:
+    a = nodes.node("a")
+    sockets: list[tuple[str, socket.socket]] = []
+    try:
+        opened_at = time.monotonic()
+        for n in range(IDLE_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", a.port), timeout=DEADLINE)
+            sockets.append(("idle", sock))
+            if n % 3 == 1:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow")  # slowloris: headers never end
+            elif n % 3 == 2:
+                sock.sendall(b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nUpgrade: websocket\r\n")
+        for _ in range(STALLED_BODIES):
+            sock = socket.create_connection(("127.0.0.1", a.port), timeout=DEADLINE)
+            sock.sendall(b"POST /cluster/hello HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b'Content-Length: 1000\r\n\r\n{"node": ')  # ...and the rest never comes
+            sockets.append(("stalled", sock))
+
+        # Meanwhile the node answers others at once.
+        started = time.monotonic()
+        for _ in range(20):
+            assert nodes.http.get(a.url + "/healthz").status_code == 200
+        served_in = (time.monotonic() - started) / 20
+        assert a.proc is not None and a.proc.poll() is None
+
+        def ended(sock: socket.socket) -> tuple[float, bytes]:
+            sock.settimeout(KEEP_ALIVE_TIMEOUT + BODY_TIMEOUT + 10)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            return time.monotonic() - opened_at, answer
+
+        cut = {"idle": [], "stalled": []}
+        answers = {"idle": set(), "stalled": set()}
+        for kind, sock in sockets:
+            at, answer = ended(sock)
+            cut[kind].append(at)
+            answers[kind].add(answer.split(b"\r\n", 1)[0])
+    finally:
+        for _, sock in sockets:
+            sock.close()
+    from tests.test_reliability_faults import record
+
+    record(
+        "idle_and_stalled_connections",
+        idle_connections=IDLE_CONNECTIONS,
+        stalled_bodies=STALLED_BODIES,
+        healthz_while_open_ms=round(served_in * 1000, 2),
+        idle_cut_after_s=[round(min(cut["idle"]), 2), round(max(cut["idle"]), 2)],
+        stalled_cut_after_s=[round(min(cut["stalled"]), 2), round(max(cut["stalled"]), 2)],
+        stalled_answer=sorted(a.decode() for a in answers["stalled"]),
+    )
+    assert answers["idle"] == {b""}  # closed without a word: they never asked anything
+    assert answers["stalled"] == {b"HTTP/1.1 408 "}
+    assert max(cut["idle"]) < KEEP_ALIVE_TIMEOUT + 10
+    assert max(cut["stalled"]) < BODY_TIMEOUT + 10
+    assert healthy(nodes)
+
+
+# WebSocket frames that break the protocol -----------------------------------------------------------
+
+BAD_FRAMES = {
+    "invalid utf-8 text": {"payload": b'["1","1","rooms:lobby","phx_join",{"user":"\xff\xfe"}]'},
+    "unmasked": {"payload": b'[null,"1","phoenix","heartbeat",{}]', "masked": False},
+    "reserved bits": {"payload": b'[null,"1","phoenix","heartbeat",{}]', "rsv": 4},
+    "reserved opcode": {"payload": b"x", "opcode": 3},
+    "ping over 125 bytes": {"payload": b"x" * 200, "opcode": 9},
+}
+
+
+def metric(cluster: Cluster, name: str) -> float:
+    text = cluster.http.get(cluster.node("a").url + "/metrics").text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+def test_a_frame_that_breaks_the_websocket_protocol_ends_that_socket_only(
+    nodes: Cluster, frame: dict[str, Any]
+) -> None:
+    a = nodes.node("a")
+    bystander = RawWebSocket.open("127.0.0.1", a.port)
+    hostile = RawWebSocket.open("127.0.0.1", a.port)
+    try:
+        assert hostile.status == bystander.status == 101
+        hostile.send_frame(**frame)
+        # wsproto fails the connection (1002/1007); Hypercorn then ends the TCP connection
+        # without sending the close frame, which a client sees as 1006 and reconnects.
+        assert hostile.close_code() in (None, 1002, 1007)
+        bystander.send_text('[null,"hb","phoenix","heartbeat",{}]')
+        assert json.loads(bystander.read_frame()[1])[1] == "hb"
+        assert wait_until(lambda: metric(nodes, "chat_connections") == 1, 5, "the hostile socket detached")
+    finally:
+        hostile.close()
+        bystander.close()
+    assert error_lines(a) == []
+
+
+def test_a_fragmented_message_past_64_kib_closes_with_1009(nodes: Cluster) -> None:
+    ws = RawWebSocket.open("127.0.0.1", nodes.node("a").port)
+    try:
+        chunk = b"x" * 4096
+        for n in range(MAX_FRAME_BYTES // len(chunk) + 2):
+            ws.send_frame(chunk, fin=False, opcode=1 if n == 0 else 0)
+        assert ws.close_code() == 1009
+    finally:
+        ws.close()
+
+
+def test_a_frame_announcing_an_absurd_length_is_cut_without_reading_it(nodes: Cluster) -> None:
+    ws = RawWebSocket.open("127.0.0.1", nodes.node("a").port)
+    try:
+        ws.sock.sendall(struct.pack("!BBQ", 0x81, 0xFF, 2**62) + os.urandom(4) + b"x" * 100)
+        assert ws.close_code() in (None, 1009)
+    finally:
+        ws.close()
+    assert healthy(nodes)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1:{port}.evil.example",
+        "http://127.0.0.1:{port}@evil.example",
+        "http://localhost:{port}",
+        "file://",
+    ],
+)
+def test_upgrades_from_a_disallowed_origin_get_403(nodes: Cluster, origin: str) -> None:
+    a = nodes.node("a")
+    ws = RawWebSocket.open("127.0.0.1", a.port, origin=origin.format(port=a.port))
+    ws.close()
+    assert ws.status == 403
+    allowed = RawWebSocket.open("127.0.0.1", a.port, origin=f"http://127.0.0.1:{a.port}")
+    allowed.close()
+    assert allowed.status == 101
+
+
+# The cluster: goodbyes ---------------------------------------------------------------------------------
+
+
+def signed_goodbye(cookie: str, sender: str, receiver: str, stamp: float, nonce: str) -> dict[str, Any]:
+    """A goodbye as stage2_cluster/cluster.py signs it: HMAC-SHA256 over the parts, keyed with the cookie."""
+    parts = "|".join(["goodbye", sender, receiver, str(stamp), nonce])
+    proof = hmac.new(cookie.encode(), parts.encode(), hashlib.sha256).hexdigest()
+    return {"node": sender, "ts": stamp, "nonce": nonce, "proof": proof}
+
+
+def test_a_replayed_stale_or_forged_goodbye_disconnects_no_one(nodes: Cluster) -> None:
+    nodes.connected("a", "b")
+    try:
+        url = nodes.node("a").url + "/cluster/goodbye"
+        # A goodbye b really sent (signed with the cookie), as an eavesdropper would capture it.
+        captured = signed_goodbye(nodes.cookie, B, A, time.time(), secrets.token_hex(8))
+        assert nodes.http.post(url, json=captured).status_code == 200
+        nodes.wait_nodes("a", ["a"])
+        nodes.connected("a", "b")
+
+        attempts = {
+            "replayed": captured,
+            "stale": signed_goodbye(nodes.cookie, B, A, time.time() - 120, secrets.token_hex(8)),
+            "from the future": signed_goodbye(nodes.cookie, B, A, time.time() + 120, secrets.token_hex(8)),
+            "wrong cookie": signed_goodbye("not-the-cookie-0123456789", B, A, time.time(), secrets.token_hex(8)),
+            "signed for another node": signed_goodbye(
+                nodes.cookie, B, "c@localhost", time.time(), secrets.token_hex(8)
+            ),
+        }
+        for name, body in attempts.items():
+            response = nodes.http.post(url, json=body)
+            assert response.status_code == 403, name
+            assert_json_error(response)
+            assert views(nodes) == ([A, B], [B, A]), name
+    finally:
+        for name, other in (("a", B), ("b", A)):
+            nodes.http.delete(f"{nodes.node(name).url}/api/nodes/{other}", headers=nodes.auth())
+        nodes.wait_nodes("a", ["a"])
+        nodes.wait_nodes("b", ["b"])
+
+
+# The cluster: a DNS answer listing addresses that are not chat nodes ----------------------------------
+
+
+class WebServer(BaseHTTPRequestHandler):
+    """A web server that is not a chat node: a page for every request."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        page = b"<!doctype html><title>not a chat node</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class Liar(WebServer):
+    """Answers a hello like a chat node would, naming itself as DNS does, with a made-up proof."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        host = self.server.server_address[0]
+        answer = json.dumps({"node": f"chat@{host}", "challenge": "c" * 32, "proof": "0" * 64, "peers": "all"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+ENDLESS_LIMIT = 64 * 1024 * 1024  # what the endless server sends at most per connection
+
+
+class Endless(WebServer):
+    """Answers 200 with a body that does not end (up to ENDLESS_LIMIT, so a broken node cannot eat the machine)."""
+
+    def do_POST(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(ENDLESS_LIMIT))
+        self.end_headers()
+        chunk = b"[" * 65536
+        with contextlib.suppress(OSError):
+            for _ in range(ENDLESS_LIMIT // len(chunk)):
+                self.wfile.write(chunk)
+
+
+class Strangers:
+    """Servers on pod addresses that DNS will list: each a different kind of not-a-chat-node."""
+
+    def __init__(self, port: int, addresses: dict[str, str]) -> None:
+        self.servers: list[ThreadingHTTPServer] = []
+        self.sockets: list[socket.socket] = []
+        for kind, ip in addresses.items():
+            if kind == "silent":  # accepts connections (the kernel does) and never answers
+                sock = socket.socket()
+                sock.bind((ip, port))
+                sock.listen(64)
+                self.sockets.append(sock)
+            elif kind in ("web server", "liar", "endless"):
+                handler = {"web server": WebServer, "liar": Liar, "endless": Endless}[kind]
+                server = ThreadingHTTPServer((ip, port), handler)
+                server.daemon_threads = True
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+                self.servers.append(server)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_dns_answer_listing_addresses_that_are_not_chat_nodes_joins_no_one() -> None:
+    from stage2_cluster.cluster import HTTP_TIMEOUT
+    from tests.test_floods import rss_mb
+    from tests.test_reliability_faults import record
+    from tests.test_stage3_dns import HeadlessService, Pod, pod_ip, port_free_on_all
+
+    strangers = {
+        "nothing": pod_ip(2),
+        "web server": pod_ip(3),
+        "liar": pod_ip(4),
+        "silent": pod_ip(5),
+        "endless": pod_ip(6),
+    }
+    other_cookie = pod_ip(7)
+    port = port_free_on_all(8)
+    dns = HeadlessService()
+    dns.server.start_thread()
+    fakes = Strangers(port, strangers)
+    pods: list[Pod] = []
+    try:
+        with RedisServer() as redis_server:
+
+            def pod(index: int, cookie: str) -> Pod:
+                env = {
+                    "REDIS_URL": redis_server.url,
+                    "CLUSTER_COOKIE": cookie,
+                    "POD_IP": pod_ip(index),
+                    "DNS_NAMESERVER": dns.nameserver,
+                    "DNS_POLL_INTERVAL": "0.5",
+                    "NODE_DOWN_AFTER": "2",
+                    "PING_INTERVAL": "0",
+                }
+                node = Pod("stage3_k8s", env, host=pod_ip(index), port=port)
+                pods.append(node)
+                return node
+
+            cookie = "stage3-hostile-cookie-" + secrets.token_hex(8)
+            dns.publish([pod_ip(n) for n in range(8)])
+            ours, peer = pod(0, cookie), pod(1, cookie)
+            impostor = pod(7, "another-cookie-" + secrets.token_hex(8))
+            for node in pods:
+                node.start()
+            me, friend = f"chat@{pod_ip(0)}", f"chat@{pod_ip(1)}"
+            rss_start = rss_mb(ours.proc.pid)  # type: ignore[union-attr]
+
+            def tried_all(times: int = 2) -> bool:
+                failed = [line.get("peer") for line in ours.logs() if line.get("event") == "connect failed"]
+                names = [f"chat@{ip}" for ip in [*strangers.values(), other_cookie]]
+                return all(failed.count(name) >= times for name in names)
+
+            started = time.monotonic()
+            wait_until(tried_all, 4 * HTTP_TIMEOUT + 20, "every stranger tried twice and refused", step=0.2)
+            tried_in = time.monotonic() - started
+            view = httpx.get(ours.url + "/api/nodes", timeout=5).json()
+            peer_view = httpx.get(peer.url + "/api/nodes", timeout=5).json()
+            impostor_view = httpx.get(impostor.url + "/api/nodes", timeout=5).json()
+            rss_end = rss_mb(ours.proc.pid)  # type: ignore[union-attr]
+            kinds = {f"chat@{ip}": kind for kind, ip in strangers.items()} | {f"chat@{other_cookie}": "other cookie"}
+            reasons = {
+                kinds[line["peer"]]: line.get("reason")
+                for line in ours.logs()
+                if line.get("event") == "connect failed" and line.get("peer") in kinds
+            }
+            crashed = [line for line in ours.logs() if line.get("level") in ("error", "critical")]
+            for node in pods:
+                node.stop()  # before Redis goes
+    finally:
+        for node in pods:
+            node.stop()
+        fakes.close()
+        dns.server.stop()
+        dns.server.server.server_close()
+    record(
+        "dns_lists_non_chat_addresses",
+        strangers=sorted([*strangers, "chat node with another cookie"]),
+        joined=sorted(set(view["nodes"]) - {me, friend}),
+        refused_reasons={name: (reason or "")[:80] for name, reason in sorted(reasons.items())},
+        every_stranger_tried_twice_s=round(tried_in, 2),
+        rss_growth_mb=round(rss_end - rss_start, 1),
+        errors_logged=len(crashed),
+    )
+    assert view == {"self": me, "nodes": [me, friend]}
+    assert peer_view == {"self": friend, "nodes": [friend, me]}
+    assert impostor_view["nodes"] == [f"chat@{other_cookie}"]
+    assert crashed == []
+    assert rss_end - rss_start < 32, "an endless answer was read into memory"
+
+
+@pytest.mark.parametrize("handler", [WebServer, Liar, Endless], ids=["web server", "liar", "endless"])
+def test_connecting_by_hand_to_an_address_that_is_not_a_chat_node_is_502(nodes: Cluster, handler: type) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        response = nodes.http.post(
+            nodes.node("a").url + "/api/nodes/connect",
+            json={"node": "chat@127.0.0.1", "address": address},
+            headers=nodes.auth(),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_json_error(response, range(502, 503))
+    assert views(nodes) == ([A], [B])
