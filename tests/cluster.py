@@ -61,7 +61,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support import ROOT, NodeProcess, free_port
+from tests.support import ROOT, NodeProcess, free_port, wait_until
 
 LOBBY = "rooms:lobby"
 DEADLINE = 10.0  # default seconds for any wait in these helpers
@@ -74,20 +74,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
-
-
-def wait_until(
-    condition: Callable[[], Any], deadline: float = DEADLINE, what: str = "condition", step: float = 0.05
-) -> Any:
-    """Poll `condition` until it returns something truthy (returned) or `deadline` seconds pass."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not true after {deadline}s")
-        time.sleep(step)
 
 
 async def async_wait_until(

@@ -4,7 +4,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
+from tests.browser import CHROMIUM_ARGS, chromium_path
 from tests.support import NodeProcess, running_node
 
 
@@ -23,3 +25,14 @@ def stage1_node() -> Iterator[NodeProcess]:
     """A real `python -m stage1_dev` on a free port, the demo ping timer off."""
     with running_node("stage1_dev", {"PING_INTERVAL": "0"}) as node:
         yield node
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, driven by Playwright: one per test module."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

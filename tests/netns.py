@@ -27,26 +27,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from tests.support import wait_until
 
 SUBNET = "10.213.7"  # a private range used only inside these namespaces
 STOP_DEADLINE = 5.0
 _counter = itertools.count(1)
-
-
-def wait_until(condition: Callable[[], Any], deadline: float, what: str, step: float = 0.1) -> Any:
-    """Poll `condition` until it returns something truthy (returned), or fail after `deadline` s."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not true after {deadline}s")
-        time.sleep(step)
 
 
 @dataclass
@@ -188,3 +175,48 @@ def _end(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(STOP_DEADLINE)
+
+
+# Scripts to run inside a namespace with Network.python().
+
+# Each node's GET /api/nodes, or null for one that does not answer.
+FETCH_VIEWS = """
+import json, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+views = {}
+for address in sys.argv[1:]:
+    try:
+        with opener.open(f"http://{address}/api/nodes", timeout=2) as response:
+            views[address] = json.load(response)
+    except OSError:
+        views[address] = None
+print(json.dumps(views))
+"""
+
+# Join the lobby on two nodes, push on the first, print the message as the second got it.
+SEND_AND_RECEIVE = """
+import asyncio, json, sys
+from websockets.asyncio.client import connect
+
+async def join(ws, user):
+    await ws.send(json.dumps(["1", "1", "rooms:lobby", "phx_join", {"user": user}]))
+    while True:
+        frame = json.loads(await ws.recv())
+        if frame[3] == "phx_reply" and frame[1] == "1":
+            assert frame[4]["status"] == "ok", frame
+            return
+
+async def main(sender, receiver, body):
+    async with connect(f"ws://{receiver}/socket/websocket?vsn=2.0.0", proxy=None) as bob, \\
+            connect(f"ws://{sender}/socket/websocket?vsn=2.0.0", proxy=None) as ann:
+        await join(bob, "bob")
+        await join(ann, "ann")
+        await ann.send(json.dumps(["1", "2", "rooms:lobby", "new:msg", {"user": "ann", "body": body}]))
+        while True:
+            frame = json.loads(await bob.recv())
+            if frame[3] == "new:msg" and frame[4].get("body") == body:
+                print(json.dumps(frame[4]))
+                return
+
+asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 10))
+"""

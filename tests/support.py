@@ -14,14 +14,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_DEADLINE = 20.0
+WAIT_DEADLINE = 10.0  # default seconds for a wait_until
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,3 +127,17 @@ def running_node(module: str, env: Mapping[str, str] | None = None, **kwargs: ob
         yield node.start()
     finally:
         node.stop()
+
+
+def wait_until(
+    condition: Callable[[], Any], deadline: float = WAIT_DEADLINE, what: str = "condition", step: float = 0.05
+) -> Any:
+    """Poll `condition` until it returns something truthy (returned) or `deadline` seconds pass."""
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: not true after {deadline}s")
+        time.sleep(step)

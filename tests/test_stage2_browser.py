@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests import cluster as fixtures
-from tests.browser import CHROMIUM_ARGS, VIEWPORT, ChatPages, chromium_path, screenshot_dir, send
+from tests.browser import VIEWPORT, ChatPages, screenshot_dir, send
 from tests.cluster import Cluster, full_name
 
 pytestmark = pytest.mark.browser
@@ -21,16 +21,6 @@ pytestmark = pytest.mark.browser
 redis_server, cluster = fixtures.redis_server, fixtures.cluster
 
 NODES_POLL_DEADLINE_MS = 10_000  # the navbar polls /api/nodes every 3 s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

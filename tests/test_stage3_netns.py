@@ -36,7 +36,7 @@ import pytest
 
 from stage3_k8s import deploy
 from tests.cluster import redis_server_binary
-from tests.netns import Network, Spawned, wait_until
+from tests.netns import FETCH_VIEWS, SEND_AND_RECEIVE, Network, Spawned, wait_until
 from tests.support import NodeProcess
 
 COOKIE = "stage3-netns-cookie-" + secrets.token_hex(8)
@@ -107,48 +107,6 @@ try:
     print(" ".join(sorted(record.address for record in resolver.resolve(sys.argv[2], "A"))))
 except dns.resolver.NXDOMAIN:
     print("NXDOMAIN")
-"""
-
-# In the hub namespace: each node's GET /api/nodes, or null for one that does not answer.
-FETCH_VIEWS = """
-import json, sys, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-views = {}
-for address in sys.argv[1:]:
-    try:
-        with opener.open(f"http://{address}/api/nodes", timeout=2) as response:
-            views[address] = json.load(response)
-    except OSError:
-        views[address] = None
-print(json.dumps(views))
-"""
-
-# In the hub namespace: join the lobby on two pods, push on the first, print it as the second got it.
-SEND_AND_RECEIVE = """
-import asyncio, json, sys
-from websockets.asyncio.client import connect
-
-async def join(ws, user):
-    await ws.send(json.dumps(["1", "1", "rooms:lobby", "phx_join", {"user": user}]))
-    while True:
-        frame = json.loads(await ws.recv())
-        if frame[3] == "phx_reply" and frame[1] == "1":
-            assert frame[4]["status"] == "ok", frame
-            return
-
-async def main(sender, receiver, body):
-    async with connect(f"ws://{receiver}/socket/websocket?vsn=2.0.0", proxy=None) as bob, \\
-            connect(f"ws://{sender}/socket/websocket?vsn=2.0.0", proxy=None) as ann:
-        await join(bob, "bob")
-        await join(ann, "ann")
-        await ann.send(json.dumps(["1", "2", "rooms:lobby", "new:msg", {"user": "ann", "body": body}]))
-        while True:
-            frame = json.loads(await bob.recv())
-            if frame[3] == "new:msg" and frame[4].get("body") == body:
-                print(json.dumps(frame[4]))
-                return
-
-asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 10))
 """
 
 
