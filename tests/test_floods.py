@@ -60,6 +60,7 @@ class Flood:
     rss_after: float = 0.0
     probe_ms: list[float] = field(default_factory=list)
     healthz_ms: list[float] = field(default_factory=list)
+    healthz_failed: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,8 +84,16 @@ class Probe:
             while not self._stop.is_set():
                 if self.flood is not None:
                     flood, started = self.flood, time.monotonic()
-                    assert (await http.get(self.node.url + "/healthz")).status_code == 200
-                    flood.healthz_ms.append((time.monotonic() - started) * 1000)
+                    try:
+                        status = (await http.get(self.node.url + "/healthz")).status_code
+                    except httpx.HTTPError:
+                        # Hypercorn closes a connection whose request it has not read within its
+                        # keep-alive timeout (5 s): a node too busy to read is a finding, recorded.
+                        status = None
+                    if status == 200:
+                        flood.healthz_ms.append((time.monotonic() - started) * 1000)
+                    else:
+                        flood.healthz_failed += 1
                     started = time.monotonic()
                     # The push's reply may be rate_limited if the probe outran its bucket; it never does at 5/s.
                     reply = await self.client.message(unique("probe"), "probe", deadline=DEADLINE)
@@ -264,6 +273,8 @@ def run_floods(prefix: str, sockets: int = SOCKETS) -> dict[str, Flood]:
             probe_p50_ms=percentile(flood.probe_ms, 50),
             probe_p99_ms=percentile(flood.probe_ms, 99),
             healthz_p50_ms=percentile(flood.healthz_ms, 50),
+            healthz_max_ms=round(max(flood.healthz_ms, default=0), 1),
+            healthz_unanswered=flood.healthz_failed,
             **flood.details,
         )
     return {flood.name: flood for flood in result}
@@ -285,6 +296,7 @@ def test_many_sockets_from_one_client_are_served_and_let_go(floods: dict[str, Fl
         assert flood.details["connections_open"] == SOCKETS + 1, name
         assert len(flood.probe_ms) >= 10, name
         assert flood.details["left_present"] == [], name
+        assert flood.healthz_failed == 0, name
 
 
 def test_memory_a_flood_took_is_reused_by_the_next_not_leaked(floods: dict[str, Flood]) -> None:
@@ -300,6 +312,7 @@ def test_a_join_leave_storm_leaves_no_presence_behind(floods: dict[str, Flood]) 
     assert set(flood.details["replies"]) <= {"ok", "rate_limited"}
     assert flood.details["replies"].get("ok", 0) >= STORM_SOCKETS * BURST // 2
     assert flood.details["left_present"] == []
+    assert flood.healthz_failed == 0
     assert_memory_back(flood)
 
 
@@ -310,15 +323,19 @@ def test_a_message_storm_is_held_to_the_rate_limit_and_only_accepted_messages_go
     assert MESSAGE_STORMERS * BURST <= replies["ok"] <= flood.details["accepted_at_most"]
     assert flood.details["probe_received"] == replies["ok"]
     assert flood.details["probe_received_not_accepted"] == 0
+    assert flood.healthz_failed == 0
     assert_memory_back(flood)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(900)
-def test_soak_floods_with_2000_sockets() -> None:
-    result = run_floods("soak_flood_", sockets=2000)
+def test_soak_floods_with_1000_sockets() -> None:
+    # Past about a thousand joined sockets the clients, all in this one Python process, can no
+    # longer read every presence diff in time, and the first ones meet the 60 s idle timeout
+    # before the last have joined: the load generator becomes the thing measured.
+    result = run_floods("soak_flood_", sockets=1000)
     for name in ("many_sockets_1", "many_sockets_2"):
-        assert result[name].details["connections_open"] == 2001
+        assert result[name].details["connections_open"] == 1001
         assert result[name].details["left_present"] == []
     first, second = result["many_sockets_1"], result["many_sockets_2"]
     assert second.rss_after - first.rss_after <= max(5.0, (first.rss_after - first.rss_before) / 2)
