@@ -18,6 +18,7 @@ import secrets
 import time
 
 CHALLENGE_TTL = 10.0  # seconds a hello's challenge stays valid
+MAX_OPEN_CHALLENGES = 1024  # anyone may say hello: past this, the oldest challenge is forgotten
 
 
 def new_challenge() -> str:
@@ -41,6 +42,8 @@ class Challenges:
     def issue(self, node: str, address: str) -> str:
         now = time.monotonic()
         self._open = {c: v for c, v in self._open.items() if v[2] > now}
+        while len(self._open) >= MAX_OPEN_CHALLENGES:
+            del self._open[next(iter(self._open))]
         challenge = new_challenge()
         self._open[challenge] = (node, address, now + CHALLENGE_TTL)
         return challenge
