@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.browser import CHROMIUM_ARGS, chromium_path
+from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path
 from tests.support import NodeProcess, running_node
 
 
@@ -36,3 +36,13 @@ def browser() -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[ChatPages]:
+    """Chat pages opened in `browser`, each context closed after the test."""
+    opened = ChatPages(browser)
+    try:
+        yield opened
+    finally:
+        opened.close()

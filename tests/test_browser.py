@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.browser import ChatPages, screenshot_dir, send, set_username, stage1_node
 from tests.support import NodeProcess
@@ -40,15 +40,6 @@ OVERFLOWS_JS = """() => {
 def node() -> Iterator[NodeProcess]:
     with stage1_node() as running:
         yield running
-
-
-@pytest.fixture
-def pages(browser: Browser) -> Iterator[ChatPages]:
-    opened = ChatPages(browser)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def bodies(page: Page, text: str) -> Locator:

@@ -6,10 +6,8 @@ messages came through the cluster. Playwright's sync API, as in test_browser.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests import cluster as fixtures
 from tests.browser import VIEWPORT, ChatPages, screenshot_dir, send
@@ -21,15 +19,6 @@ pytestmark = pytest.mark.browser
 redis_server, cluster = fixtures.redis_server, fixtures.cluster
 
 NODES_POLL_DEADLINE_MS = 10_000  # the navbar polls /api/nodes every 3 s
-
-
-@pytest.fixture
-def pages(browser: Browser) -> Iterator[ChatPages]:
-    opened = ChatPages(browser)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def nodes_line(*names: str) -> str:
