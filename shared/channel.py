@@ -100,7 +100,8 @@ class RoomChannel:
         self.socket.send(protocol.broadcast(self.topic, "user:entered", entered))
         await self._broadcast("user:entered", entered, exclude=self)
         self.push("join", {"status": "connected"})
-        self.push("presence_state", self.hub.presence(self.topic).state())
+        state = self.hub.presence(self.topic).encoded_state()
+        self.socket.send(protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state))
         meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
         self.hub.track(self.topic, self.user or "anonymous", meta)
         last = last_seen_id

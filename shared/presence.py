@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 Meta = dict[str, Any]
 State = dict[str, dict[str, list[Meta]]]
 
@@ -45,11 +47,16 @@ class Presence:
 
     The `state()` a joiner is sent is kept up to date as presences come and go, rather
     than rebuilt for every join: in a room of N users a join storm would otherwise cost
-    N rebuilds of N entries."""
+    N rebuilds of N entries. Its JSON is kept too, one piece per key, so a join
+    re-encodes only the keys that changed and joins the other pieces as they are (in
+    whatever order: a JSON object's keys have none)."""
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}  # phx_ref -> entry
         self._state: State = {}
+        self._pieces: dict[str, bytes] = {}  # key -> '"key":{"metas":[...]}'
+        self._stale: set[str] = set()  # keys changed since their piece was encoded
+        self._encoded: bytes | None = None  # the whole state, until the next change
 
     def track(self, node: str, key: str, meta: Meta) -> Entry:
         """Add a presence; `meta` must carry a `phx_ref` unique in the cluster."""
@@ -57,6 +64,7 @@ class Presence:
         entry = Entry(node, key, meta)
         self._entries[meta["phx_ref"]] = entry
         self._state.setdefault(key, {"metas": []})["metas"].append(meta)
+        self._changed(key)
         return entry
 
     def untrack(self, ref: str) -> Entry | None:
@@ -66,7 +74,12 @@ class Presence:
             metas.remove(entry.meta)
             if not metas:
                 del self._state[entry.key]
+            self._changed(entry.key)
         return entry
+
+    def _changed(self, key: str) -> None:
+        self._stale.add(key)
+        self._encoded = None
 
     def drop_node(self, node: str) -> list[Entry]:
         gone = self.of_node(node)
@@ -80,6 +93,20 @@ class Presence:
     def state(self) -> State:
         """The current state, shared: encode it, don't change it."""
         return self._state
+
+    def encoded_state(self) -> bytes:
+        """`state()` as JSON."""
+        if self._encoded is None:
+            pieces = self._pieces
+            for key in self._stale:
+                value = self._state.get(key)
+                if value is None:
+                    pieces.pop(key, None)
+                else:
+                    pieces[key] = orjson.dumps({key: value})[1:-1]
+            self._stale.clear()
+            self._encoded = b"{" + b",".join(pieces.values()) + b"}"
+        return self._encoded
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -80,6 +80,11 @@ def encode(join_ref: str | None, ref: str | None, topic: str, event: str, payloa
     return orjson.dumps([join_ref, ref, topic, event, payload]).decode()
 
 
+def encode_raw(join_ref: str | None, ref: str | None, topic: str, event: str, payload: bytes) -> str:
+    """`encode` for a payload that is JSON already (a large presence state, encoded once)."""
+    return (orjson.dumps([join_ref, ref, topic, event])[:-1] + b"," + payload + b"]").decode()
+
+
 def reply(frame: Frame, status: str, response: dict[str, Any] | None = None) -> str:
     """The `phx_reply` that answers `frame`."""
     return encode(frame.join_ref, frame.ref, frame.topic, REPLY, {"status": status, "response": response or {}})

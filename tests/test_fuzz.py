@@ -390,13 +390,14 @@ def frozen_socket_clock() -> Iterator[None]:
     """The rate limit's clock stopped, and the hub's batches (room events, presence) sent on the
     next turn of the loop instead of after some milliseconds: each frame's effects can then be
     checked before the next frame."""
-    saved = shared.socket.time, shared.hub.EVENT_BATCH_SECONDS, shared.hub.PRESENCE_BATCH_SECONDS
+    hub = shared.hub
+    saved = shared.socket.time, hub.EVENT_BATCH_SECONDS, hub.PRESENCE_BATCH_SECONDS, hub.FLUSH_COST_FACTOR
     shared.socket.time = FrozenTime()  # type: ignore[assignment]
-    shared.hub.EVENT_BATCH_SECONDS = shared.hub.PRESENCE_BATCH_SECONDS = 0
+    hub.EVENT_BATCH_SECONDS = hub.PRESENCE_BATCH_SECONDS = hub.FLUSH_COST_FACTOR = 0
     try:
         yield
     finally:
-        shared.socket.time, shared.hub.EVENT_BATCH_SECONDS, shared.hub.PRESENCE_BATCH_SECONDS = saved
+        shared.socket.time, hub.EVENT_BATCH_SECONDS, hub.PRESENCE_BATCH_SECONDS, hub.FLUSH_COST_FACTOR = saved
 
 
 async def batches_sent() -> None:

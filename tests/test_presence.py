@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from shared.presence import Entry, Presence, diff, new_ref
 
 
@@ -88,3 +93,35 @@ def test_new_refs_are_unique_strings() -> None:
 
     assert len(refs) == 1000
     assert all(isinstance(ref, str) and ref for ref in refs)
+
+
+def test_encoded_state_is_the_state_as_json() -> None:
+    room = Presence()
+    assert room.encoded_state() == b"{}"
+
+    room.track("a@localhost", "alice", meta("r1", online_at=1, name='"quoted" \u00e9'))
+    room.track("a@localhost", "bob", meta("r2"))
+
+    assert json.loads(room.encoded_state()) == room.state()
+
+
+# Each step: track (key, ref) or untrack ref. Few keys and refs, so keys fill, empty and come back.
+STEPS = st.lists(
+    st.tuples(st.booleans(), st.sampled_from(["alice", "bob", "carol"]), st.sampled_from(["r1", "r2", "r3", "r4"])),
+    max_size=40,
+)
+
+
+@given(steps=STEPS, encode_every=st.integers(min_value=1, max_value=5))
+def test_encoded_state_follows_every_change(steps: list[tuple[bool, str, str]], encode_every: int) -> None:
+    """The cached JSON is re-encoded piece by piece; whenever it is asked for, it must
+    equal the state, however tracks and untracks came in between."""
+    room = Presence()
+    for n, (track, key, ref) in enumerate(steps):
+        if track:
+            room.track("a@localhost", key, meta(ref, n=n))
+        else:
+            room.untrack(ref)
+        if n % encode_every == 0:
+            assert json.loads(room.encoded_state()) == room.state()
+    assert json.loads(room.encoded_state()) == room.state()
