@@ -1,23 +1,19 @@
-"""The Quart app factory and the chat routes every stage serves."""
+"""The Quart app factory and the chat routes every stage serves; the socket itself is
+served in front of them (endpoint.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
-from quart import Blueprint, Quart, Response, current_app, jsonify, render_template, websocket
+from quart import Blueprint, Quart, Response, current_app, jsonify, render_template
 from werkzeug.exceptions import HTTPException
 
 from shared import logs
+from shared.endpoint import SocketEndpoint
 from shared.node import ChatNode
-from shared.socket import PhoenixSocket
-from shared.transport import find_transport
 
 MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT = 10.0  # seconds for a request body to arrive (Quart's default, 60, lets a stalled body hold on)
-CLOSE_SEND_TIMEOUT = 2.0  # a client too slow to take the close frame is simply cut off
 
 bp = Blueprint("chat", __name__)
 log = logs.get("app")
@@ -25,17 +21,6 @@ log = logs.get("app")
 
 def node() -> ChatNode:
     return current_app.extensions["chat"]
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Browsers always send Origin; other clients (CLIs, tests) may not, as Phoenix allows."""
-    if origin is None:
-        return True
-    if "*" in allowed:
-        return True
-    if allowed:
-        return origin.rstrip("/") in allowed
-    return urlsplit(origin).netloc == host
 
 
 def error(status: int, message: str) -> Response:
@@ -77,43 +62,13 @@ async def api_nodes() -> Response:
     return jsonify({"self": chat.name, "nodes": chat.nodes()})
 
 
-@bp.websocket("/socket/websocket")
-async def socket_websocket() -> Response | None:
-    chat = node()
-    if not origin_allowed(
-        websocket.headers.get("Origin"), websocket.headers.get("Host"), chat.settings.allowed_origins
-    ):
-        log.info("websocket refused: origin not allowed", extra={"fields": {"origin": websocket.headers.get("Origin")}})
-        return error(403, "origin not allowed")
-    vsn = websocket.args.get("vsn", "2.0.0")
-    if not vsn.startswith("2."):
-        return error(400, f"unsupported protocol version {vsn[:16]!r}; this server speaks vsn=2.0.0")
-    if chat.draining:
-        return error(503, "node is draining")
-    await websocket.accept()
-    sock = PhoenixSocket(chat.hub)
-    transport = find_transport(websocket)
-    chat.attach(sock, fast=transport is not None)
-    try:
-        code = await sock.run(websocket.receive, websocket.send, transport)
-    except Exception:
-        log.exception("socket crashed")
-        code = 1011
-    finally:
-        chat.detach(sock, fast=transport is not None)
-    # Quart would close with 1000 on return, which tells phoenix.js 1.7 not to reconnect.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(CLOSE_SEND_TIMEOUT):
-            await websocket.close(code)
-    return None
-
-
 def create_app(chat: ChatNode) -> Quart:
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
     app.json.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
     app.extensions["chat"] = chat
+    app.asgi_app = SocketEndpoint(app.asgi_app, chat)  # type: ignore[method-assign]
     app.register_blueprint(bp)
     for blueprint in chat.blueprints:
         app.register_blueprint(blueprint)

@@ -54,6 +54,8 @@ def join_params(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 class RoomChannel:
+    __slots__ = ("_answered", "_held", "hub", "join_ref", "presence_ref", "socket", "topic", "user")
+
     def __init__(self, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
         self.socket = socket
         self.hub = socket.hub

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from quart import Blueprint
 
@@ -20,6 +21,7 @@ from shared.socket import PhoenixSocket
 
 log = logs.get("node")
 DRAIN_TIMEOUT = 10.0  # seconds to wait for sockets to flush and close on drain
+IDLE_SWEEP_SECONDS = 1.0  # how often idle sockets are looked for
 
 
 class ChatNode:
@@ -53,6 +55,7 @@ class ChatNode:
         await self.broker.start(self.hub.deliver)
         self.metrics.cluster_nodes.set(len(self.nodes()))
         self.spawn(self.hub.ping_forever())
+        self.spawn(self.close_idle_forever())
 
     async def stop(self) -> None:
         await self.drain()
@@ -68,6 +71,14 @@ class ChatNode:
         task = asyncio.create_task(coroutine)
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
+
+    async def close_idle_forever(self) -> None:
+        """Close the sockets that went silent (PhoenixSocket.close_if_idle)."""
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_SECONDS)
+            now = time.monotonic()
+            for sock in tuple(self.sockets):
+                sock.close_if_idle(now)
 
     def attach(self, sock: PhoenixSocket, *, fast: bool = False) -> None:
         self.sockets.add(sock)

@@ -1,15 +1,15 @@
 """One client connection: routes Phoenix frames to channels and owns the outgoing buffer.
 
-Transport-agnostic: `run()` takes `receive`/`send` coroutines, so the Quart route, a
-test or a benchmark can drive it. Reading and writing run as two tasks that are both
-cancelled when the socket ends, as in Quart's own chat example.
+Transport-agnostic: `run()` takes `receive`/`send` coroutines, so the ASGI endpoint, a
+test or a benchmark can drive it. Reading happens in the task that calls `run()`.
+Frames mostly go straight to the transport (transport.py); a writer task exists only
+while frames wait in the outbox, so an idle socket holds no task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -47,16 +47,45 @@ class TokenBucket:
 
 
 class PhoenixSocket:
+    # Thousands per node: slots keep each one small.
+    __slots__ = (
+        "_closing",
+        "_code",
+        "_error",
+        "_handling",
+        "_interrupted",
+        "_send",
+        "_sending",
+        "_task",
+        "_waiting",
+        "_writer",
+        "bucket",
+        "channels",
+        "hub",
+        "idle_timeout",
+        "last_in",
+        "outbox",
+        "outbox_bytes",
+        "outbox_limit",
+        "transport",
+    )
+
     def __init__(self, hub: Hub, *, outbox_limit: int = OUTBOX_LIMIT, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.hub = hub
         self.channels: dict[str, RoomChannel] = {}
-        self.outbox: deque[str] = deque()
+        self.outbox: list[str] = []  # taken whole by the writer: an empty list costs next to nothing
         self.outbox_bytes = 0  # characters, in fact: frames are mostly ASCII and this is a bound, not a meter
         self.outbox_limit = outbox_limit
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout  # the node's sweep closes a socket silent this long
+        self.last_in = time.monotonic()  # when the last frame came in
         self.bucket = TokenBucket(*hub.settings.rate_limit)
-        self._wakeup = asyncio.Event()
-        self._done: asyncio.Future[int] | None = None
+        self._send: Callable[[str], Awaitable[None]] | None = None  # the ASGI way out, once running
+        self._writer: asyncio.Task[None] | None = None  # while the outbox is being sent
+        self._task: asyncio.Task[object] | None = None  # the task in run(), once running
+        self._code: int | None = None  # the close code, once finished
+        self._error: BaseException | None = None  # what broke the writer
+        self._waiting = False  # run() waits on the client or the writer: _finish may interrupt it
+        self._interrupted = False  # _finish cancelled run()'s task
         self._closing: int | None = None  # close after the outbox is flushed
         self._sending = False  # a frame from the outbox is on its way through ASGI
         self._handling = False  # a frame is being handled: a close waits for its reply
@@ -68,7 +97,7 @@ class PhoenixSocket:
         """Send a frame: straight to the transport when it keeps up (`wire` is the frame
         already framed, shared by every socket of a broadcast), else queued behind what
         is waiting. A socket whose queue passes the bound is dropped, never waited for."""
-        if self._done is not None and self._done.done():
+        if self._code is not None:
             return
         if self.transport is not None and self.write_now(wire if wire is not None else text_frame(frame)):
             return
@@ -79,7 +108,7 @@ class PhoenixSocket:
             self._finish(protocol.CLOSE_POLICY)
             return
         self.outbox.append(frame)
-        self._wakeup.set()
+        self._write_soon()
 
     def write_now(self, wire: bytes) -> bool:
         """Write framed bytes straight to the transport if nothing waits before them and the
@@ -99,38 +128,57 @@ class PhoenixSocket:
     def close(self, code: int) -> None:
         """Stop reading, flush what is queued, then close with `code` (drain, shutdown)."""
         self._closing = code
-        self._wakeup.set()
+        self._write_soon()
+
+    def close_if_idle(self, now: float) -> None:
+        """Close with 1001 if no frame came in for `idle_timeout` seconds (phoenix.js sends
+        a heartbeat every 30 s). One sweep per node does this, not a timer per socket."""
+        if now - self.last_in > self.idle_timeout and self._task is not None and self._code is None:
+            log.info("socket idle, closing", extra={"fields": {"after_s": self.idle_timeout}})
+            self._finish(protocol.CLOSE_GOING_AWAY)
 
     def _finish(self, code: int) -> None:
+        """End the socket with `code`; run() returns it as soon as it can."""
         self.transport = None  # nothing more goes around ASGI once we are closing
-        if self._done is not None and not self._done.done():
-            self._done.set_result(code)
+        if self._code is not None:
+            return
+        self._code = code
+        task = self._task
+        if self._waiting and task is not None and task is not asyncio.current_task():
+            self._interrupted = True
+            task.cancel()  # stops the wait; a push being handled is answered first
+
+    def _write_soon(self) -> None:
+        """Start the writer, unless it runs already or the socket is not being served."""
+        if self._writer is None and self._send is not None and self._code is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop(self._send))
+            self._writer.add_done_callback(self._writer_ended)
 
     async def _write_loop(self, send: Callable[[str], Awaitable[None]]) -> None:
-        outbox = self.outbox
-        while True:
-            while outbox:
-                frame = outbox.popleft()
+        """Send what the outbox holds, then end; a close waits for the outbox and the push in hand."""
+        while self.outbox:
+            frames, self.outbox = self.outbox, []
+            self._sending = True
+            for frame in frames:
                 self.outbox_bytes -= len(frame)
-                self._sending = True
                 await send(frame)
-                self._sending = False
-            if self._closing is not None and not self._handling:
-                self._finish(self._closing)
-                return
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._sending = False
+        self._writer = None  # from here on, a new frame starts a new writer
+        if self._closing is not None and not self._handling:
+            self._finish(self._closing)
 
     # Incoming --------------------------------------------------------------------------
 
-    async def _read_loop(self, receive: Callable[[], Awaitable[str | bytes]]) -> None:
+    async def _read_loop(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> None:
         try:
-            while self._closing is None:
+            while self._closing is None and self._code is None:
+                self._waiting = True
                 try:
-                    async with asyncio.timeout(self.idle_timeout):
-                        data = await receive()
-                except TimeoutError:
-                    log.info("socket idle, closing", extra={"fields": {"after_s": self.idle_timeout}})
+                    data = await receive()
+                finally:
+                    self._waiting = False
+                self.last_in = time.monotonic()
+                if data is None:  # the client has gone
                     self._finish(protocol.CLOSE_GOING_AWAY)
                     return
                 # A push taken in is answered even if a drain starts meanwhile: the writer
@@ -142,7 +190,7 @@ class PhoenixSocket:
                 finally:
                     self._handling = False
                     if self._closing is not None:
-                        self._wakeup.set()
+                        self._write_soon()
         except protocol.ProtocolError as error:
             log.info("socket closed: bad frame", extra={"fields": {"reason": str(error), "code": error.code}})
             self._finish(error.code)
@@ -199,30 +247,42 @@ class PhoenixSocket:
 
     async def run(
         self,
-        receive: Callable[[], Awaitable[str | bytes]],
+        receive: Callable[[], Awaitable[str | bytes | None]],
         send: Callable[[str], Awaitable[None]],
         transport: Transport | None = None,
     ) -> int:
         """Serve until the client goes, a limit is hit or `close()` is called; returns the close code.
 
-        `send` is the ASGI way out; `transport`, when given, is the fast path (transport.py)."""
+        `receive` returns None once the client has gone. `send` is the ASGI way out;
+        `transport`, when given, is the fast path (transport.py)."""
         self.transport = transport
-        self._done = asyncio.get_running_loop().create_future()
-        reader = asyncio.create_task(self._read_loop(receive))
-        writer = asyncio.create_task(self._write_loop(send))
-        reader.add_done_callback(self._task_ended)
-        writer.add_done_callback(self._task_ended)
+        self._send = send
+        self.last_in = time.monotonic()
+        self._task = asyncio.current_task()
         try:
-            return await self._done
+            await self._read_loop(receive)
+            if self._code is None:  # closing: the writer sends what is queued, then finishes
+                self._write_soon()
+                if self._writer is not None:
+                    self._waiting = True
+                    await self._writer
+                self._finish(self._closing or protocol.CLOSE_GOING_AWAY)
+        except asyncio.CancelledError:
+            # Our own interruption ends the socket; any other cancellation goes on up.
+            if not self._interrupted or self._task.uncancel() > 0:
+                raise
         finally:
-            reader.cancel()
-            writer.cancel()
+            self._waiting = False
+            if self._writer is not None:
+                self._writer.cancel()
             for channel in list(self.channels.values()):
                 self._leave(channel)
+        if self._error is not None:
+            raise self._error
+        assert self._code is not None
+        return self._code
 
-    def _task_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None and self._done is not None and not self._done.done():
-            self._done.set_exception(error)
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._error = task.exception()
+            self._finish(1011)

@@ -15,7 +15,6 @@ tests/test_transport.py fails if a Hypercorn upgrade breaks the way in.
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import Any, Protocol
 
@@ -43,11 +42,9 @@ def text_frame(text: str) -> bytes:
     return header + data
 
 
-def find_transport(websocket: Any) -> Transport | None:
-    """The transport under a Quart websocket served by Hypercorn over HTTP/1.1, else None."""
-    send = getattr(websocket, "_send", None)  # Quart: partial(send_data, <ASGI send>)
-    asgi_send = send.args[0] if isinstance(send, functools.partial) and send.args else None
-    stream = getattr(asgi_send, "__self__", None)  # Hypercorn's WSStream.app_send
+def find_transport(send: Any) -> Transport | None:
+    """The transport under an ASGI websocket `send` of Hypercorn over HTTP/1.1, else None."""
+    stream = getattr(send, "__self__", None)  # Hypercorn's WSStream.app_send
     if type(stream).__name__ != "WSStream":
         return None
     http = getattr(stream.send, "__self__", None)  # H11Protocol.stream_send

@@ -307,3 +307,34 @@ async def test_websocket_is_closed_with_1001_on_drain(served: tuple[QuartClient,
 
     assert closed.value.args[0] == 1001
     assert chat.sockets == set()
+
+
+async def test_the_node_closes_a_silent_websocket_with_1001(served: tuple[QuartClient, ChatNode]) -> None:
+    client, chat = served
+
+    async with client.websocket(WS_PATH) as ws:
+        await ws.send(json.dumps(["1", "1", LOBBY, "phx_join", {"user": "alice"}]))
+        assert (await receive(ws))[3] == "phx_reply"
+        [sock] = chat.sockets
+        sock.idle_timeout = 0.05  # the node's sweep, once a second, finds it silent
+        with pytest.raises(WebsocketDisconnectError) as closed:
+            async with asyncio.timeout(DEADLINE):
+                while True:
+                    await ws.receive()
+
+    assert closed.value.args[0] == 1001
+    assert chat.sockets == set()
+
+
+async def test_plain_http_to_the_socket_path_gets_426_or_405(served: tuple[QuartClient, ChatNode]) -> None:
+    client, _ = served
+
+    get = await client.get(WS_PATH)
+    post = await client.post(WS_PATH, json={})
+
+    assert get.status_code == 426
+    assert get.headers["Upgrade"] == "websocket"
+    assert list(await get.get_json()) == ["error"]
+    assert post.status_code == 405
+    assert post.headers["Allow"] == "GET"
+    assert list(await post.get_json()) == ["error"]

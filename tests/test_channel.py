@@ -24,6 +24,7 @@ from shared.metrics import Metrics
 from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
+from tests.cluster import async_wait_until
 
 LOBBY = "rooms:lobby"
 NODE = "nonode@nohost"
@@ -56,10 +57,9 @@ def take(sock: PhoenixSocket, *, presence_diffs: bool = False) -> list[list[Any]
 async def take_when(sock: PhoenixSocket, expected: list[Any]) -> list[list[Any]]:
     """`take(sock)` once `expected` is among the frames: events such as user:entered
     reach the other members in batches, a few milliseconds after they happen."""
-    async with asyncio.timeout(DEADLINE):
-        while not any(json.loads(frame) == expected for frame in sock.outbox):
-            sock._wakeup.clear()  # set again by the next frame queued (no writer runs here)
-            await sock._wakeup.wait()
+    await async_wait_until(
+        lambda: any(json.loads(frame) == expected for frame in sock.outbox), DEADLINE, f"{expected} queued", 0.005
+    )
     return take(sock)
 
 
@@ -708,9 +708,9 @@ async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_ever
         assert {ch.socket for ch in hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
 
 
-async def test_idle_socket_is_closed_with_1001() -> None:
+async def test_idle_socket_is_closed_with_1001_once_silent_past_its_timeout() -> None:
     hub = await make_hub()
-    sock = PhoenixSocket(hub, idle_timeout=0.05)
+    sock = PhoenixSocket(hub, idle_timeout=10.0)
     silence = asyncio.Event()
 
     async def receive() -> str:
@@ -720,10 +720,15 @@ async def test_idle_socket_is_closed_with_1001() -> None:
     async def send(frame: str) -> None:
         pass
 
-    async with asyncio.timeout(DEADLINE):
-        code = await sock.run(receive, send)
+    run = asyncio.create_task(sock.run(receive, send))
+    await asyncio.sleep(0)
+    sock.close_if_idle(sock.last_in + 9.9)
+    await asyncio.sleep(0.01)
+    assert not run.done()  # silent, but not long enough
+    sock.close_if_idle(sock.last_in + 10.1)
 
-    assert code == 1001
+    async with asyncio.timeout(DEADLINE):
+        assert await run == 1001
 
 
 async def test_binary_frame_closes_with_1007() -> None:

@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 
+from shared import endpoint
 from tests import docs_runner
 from tests.docs_runner import ROOT
 
@@ -101,9 +102,10 @@ def settings_variables() -> set[str]:
 
 
 def served_routes() -> set[str]:
-    """Routes declared with `@bp.get("/...")` and the like in the core and the node API."""
+    """Routes declared with `@bp.get("/...")` and the like in the core and the node API,
+    and the socket endpoint in front of them."""
     sources = [ROOT / "shared" / "app.py", ROOT / "stage2_cluster" / "api.py"]
-    found = set()
+    found = {f"GET {endpoint.PATH}"}
     for source in sources:
         for method, path in re.findall(r'@bp\.(get|post|delete|websocket)\("([^"]+)"\)', source.read_text()):
             found.add(f"{'GET' if method == 'websocket' else method.upper()} {path}")
