@@ -68,9 +68,6 @@ class RoomChannel:
         self._held: list[Delivery] | None = []
         self._answered = False
 
-    def push(self, event: str, payload: dict[str, Any]) -> None:
-        self.socket.send(protocol.encode(self.join_ref, None, self.topic, event, payload))
-
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
         if self._held is None and self.socket.write_now(together):
             return
@@ -78,7 +75,10 @@ class RoomChannel:
             self.deliver(delivery, wire)
 
     def deliver(self, delivery: Delivery, wire: bytes) -> None:
-        if self._held is not None and (delivery.message_id is not None or not self._answered):
+        if self._held is None:
+            if not self.socket.write_now(wire):  # the common case first: one call per socket
+                self.socket.send(delivery.frame, wire)
+        elif delivery.message_id is not None or not self._answered:
             self._held.append(delivery)
         else:
             self.socket.send(delivery.frame, wire)
@@ -91,30 +91,31 @@ class RoomChannel:
         except BrokerUnavailable:
             self.hub.remove(self.topic, self)
             raise JoinRefused("unavailable") from None
-        self.socket.send(protocol.reply(frame, "ok"))
+        # What a join sends goes out in two writes, one on each side of the await.
+        first = [protocol.reply(frame, "ok")]
         self._answered = True
-        for delivery in self._held or []:
-            if delivery.message_id is None:
-                self.socket.send(delivery.frame)
+        first += [delivery.frame for delivery in self._held or [] if delivery.message_id is None]
         self._held = [d for d in self._held or [] if d.message_id is not None]
         # The joiner hears its own entry at once, in order; the room hears it in a batch.
         entered = {"user": self.user}
-        self.socket.send(protocol.broadcast(self.topic, "user:entered", entered))
+        first.append(protocol.broadcast(self.topic, "user:entered", entered))
+        self.socket.send_all(first)
         await self._broadcast("user:entered", entered, exclude=self)
-        self.push("join", {"status": "connected"})
         state = self.hub.presence(self.topic).encoded_state()
-        self.socket.send(protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state))
+        rest = [
+            protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
+            protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
+        ]
         meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
         self.hub.track(self.topic, self.user or "anonymous", meta)
         last = last_seen_id
         for message in history:
-            self.push("new:msg", message.payload())
+            rest.append(protocol.encode(self.join_ref, None, self.topic, "new:msg", message.payload()))
             last = message.id
         held, self._held = self._held or [], None
         newest = parse_id(last) if last else (-1, -1)
-        for delivery in held:
-            if parse_id(delivery.message_id) > newest:  # type: ignore[arg-type]
-                self.socket.send(delivery.frame)
+        rest += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
+        self.socket.send_all(rest)
 
     async def handle_in(self, frame: protocol.Frame) -> None:
         if frame.event != "new:msg":

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from wsproto.frame_protocol import FrameProtocol
 
 import shared.socket
 from shared.broker import Broker, BrokerUnavailable, MemoryBroker
@@ -805,3 +806,47 @@ async def test_ping_interval_zero_turns_the_ping_off() -> None:
 
     async with asyncio.timeout(DEADLINE):
         assert await hub.ping_forever() is None
+
+
+class CountingTransport:
+    """A transport that keeps every write, for counting system calls."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def text_frames(data: bytes) -> list[list[Any]]:
+    """The server's text frames in `data`, decoded."""
+    reader = FrameProtocol(client=True, extensions=[])
+    reader.receive_bytes(data)
+    return [json.loads(frame.payload) for frame in reader.received_frames()]
+
+
+async def test_a_join_with_history_goes_out_in_two_writes_in_order() -> None:
+    """Reply and own user:entered, then join, presence_state and the history: one write
+    on each side of the join's one await, not one per frame."""
+    hub = await make_hub()
+    for n in range(5):
+        await publish(hub, f"m{n}")
+    sock, transport = PhoenixSocket(hub), CountingTransport()
+    incoming: asyncio.Queue[str] = asyncio.Queue()
+    run = asyncio.create_task(sock.run(incoming.get, incoming.put, transport))  # type: ignore[arg-type]
+    await incoming.put(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+
+    await async_wait_until(lambda: len(transport.writes) >= 2, DEADLINE, "two writes")
+    run.cancel()
+
+    first, rest, *later = (text_frames(data) for data in transport.writes)
+    assert all(f[3] == "presence_diff" for frames in later for f in frames)  # on its own timer
+    assert [f[3] for f in first] == ["phx_reply", "user:entered"]
+    assert [f[3] for f in rest] == ["join", "presence_state", *["new:msg"] * 5]
+    assert [f[4]["body"] for f in rest[2:]] == [f"m{n}" for n in range(5)]
