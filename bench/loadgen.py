@@ -110,7 +110,6 @@ class Generator:
     def __init__(self) -> None:
         self.traffic: Traffic | None = None
         self.bytes_in = 0
-        self.frames_in = 0
         self.clients: set[Client] = set()
         self.dropped = 0  # connections the server closed while we wanted them open
         self._heartbeat: asyncio.Task[None] | None = None
@@ -222,7 +221,6 @@ class Client(asyncio.Protocol):
                 if self.fragments:
                     payload = b"".join([*self.fragments, payload])
                     self.fragments.clear()
-                gen.frames_in += 1
                 self.on_text(payload, now)
             elif opcode == OP_PING:
                 self._write(ws_frame(OP_PONG, payload))

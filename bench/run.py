@@ -62,7 +62,7 @@ class Sizes:
     budget_seconds: float = 285.0
     w1_join_cap: float = 35.0
     w2_join_cap: float = 20.0
-    w3_join_cap: float = 40.0
+    w3_join_cap: float = 60.0
     settle_cap: float = 10.0
     w4_min_budget: float = 15.0
     fresh_clusters: bool = True  # a new Redis and new nodes for every workload
@@ -502,6 +502,7 @@ def machine() -> dict[str, Any]:
         "uvloop",
         "orjson",
         "redis",
+        "hiredis",
         "python-socketio",
         "python-engineio",
         "uvicorn",

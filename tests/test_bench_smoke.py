@@ -110,3 +110,18 @@ async def test_the_client_reads_frames_split_anywhere() -> None:
         assert client.upgraded and client.opened.done()
         assert bytes(client.seen) == b"\x01" * 50
     assert traffic.received == 150 and traffic.duplicates == 0
+
+
+def test_the_benchmarks_page_shows_the_last_full_run() -> None:
+    """docs/benchmarks.md quotes the newest committed run: its table, its file, its plot."""
+    from bench import plot
+
+    runs = sorted(p for p in (ROOT / "bench" / "results").glob("*.json") if not p.stem.endswith("-smoke"))
+    assert runs, "no full run in bench/results"
+    last = runs[-1]
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+
+    assert plot.markdown(json.loads(last.read_text())) in page
+    assert f"`bench/results/{last.name}`" in page
+    assert f"(../bench/results/{last.stem}.png)" in page
+    assert last.with_suffix(".png").stat().st_size > 0
