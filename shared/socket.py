@@ -154,7 +154,7 @@ class PhoenixSocket:
         task = self._task
         if self._waiting and task is not None and task is not asyncio.current_task():
             self._interrupted = True
-            task.cancel()  # stops the wait; a push being handled is answered first
+            task.cancel()  # stops the wait; a push in hand is never cut off midway
 
     def _write_soon(self) -> None:
         """Start the writer, unless it runs already or the socket is not being served."""
