@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import httpx
@@ -409,6 +410,21 @@ def _alive(node: NodeProcess) -> bool:
 
 
 # A Phoenix Channels V2 client ----------------------------------------------------------------
+
+
+@dataclass
+class Push:
+    """One push of a steady publisher: when it went, when and how it was answered."""
+
+    body: str
+    sent: float
+    replied: float | None = None
+    status: str = "no reply"
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unavailable(self) -> bool:
+        return self.status == "error" and self.response == {"reason": "unavailable"}
 
 
 class Frame(NamedTuple):

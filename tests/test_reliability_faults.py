@@ -26,7 +26,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,6 +39,7 @@ from tests.cluster import (
     RESULTS,
     Cluster,
     PhoenixClient,
+    Push,
     RedisServer,
     async_wait_until,
     full_name,
@@ -118,15 +119,6 @@ def message_ids(*clients: PhoenixClient) -> list[str]:
 
 
 # Steady publishing ---------------------------------------------------------------------------
-
-
-@dataclass
-class Push:
-    body: str
-    sent: float
-    replied: float | None = None
-    status: str = "no reply"
-    response: dict[str, Any] = field(default_factory=dict)
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:

@@ -26,6 +26,7 @@ from tests.cluster import (
     Cluster,
     Frame,
     PhoenixClient,
+    Push,
     RedisServer,
     async_wait_until,
     full_name,
@@ -112,19 +113,6 @@ def test_killed_node_users_presences_leave_on_surviving_nodes(killed_node: Kille
 
 
 # Redis stopped and started again, mid-traffic ----------------------------------------------
-
-
-@dataclass
-class Push:
-    body: str
-    sent: float
-    replied: float | None = None
-    status: str = "no reply"
-    response: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def unavailable(self) -> bool:
-        return self.status == "error" and self.response == {"reason": "unavailable"}
 
 
 @dataclass
