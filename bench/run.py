@@ -42,16 +42,21 @@ SYSTEM_NAMES = ("chatlab", "socketio")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+@dataclass(frozen=True)
+class FanOut:
+    """W1 or W2: subscribers and publishers split over both nodes, messages at a steady rate."""
+
+    subscribers: int
+    publishers: int
+    rate: float  # messages a second, all publishers together
+    seconds: float
+    join_cap: float  # seconds for everyone to join
+
+
 @dataclass
 class Sizes:
-    w1_subscribers: int = 1000
-    w1_publishers: int = 4
-    w1_rate: float = 10.0  # messages a second, all publishers together
-    w1_seconds: float = 10.0
-    w2_subscribers: int = 200
-    w2_publishers: int = 10
-    w2_rate: float = 50.0
-    w2_seconds: float = 10.0
+    w1: FanOut = FanOut(subscribers=1000, publishers=4, rate=10.0, seconds=10.0, join_cap=35.0)
+    w2: FanOut = FanOut(subscribers=200, publishers=10, rate=50.0, seconds=10.0, join_cap=20.0)
     w3_connections: int = 5000
     w4_steps: tuple[int, ...] = (500, 1000, 2500, 5000, 10000, 15000)
     w4_publishers: int = 4
@@ -60,8 +65,6 @@ class Sizes:
     drain_seconds: float = 2.0  # after the last send; what has not arrived by then is lost
     # Deadlines (seconds). The sum of the worst cases keeps the whole run under 5 minutes.
     budget_seconds: float = 285.0
-    w1_join_cap: float = 35.0
-    w2_join_cap: float = 20.0
     w3_join_cap: float = 60.0
     settle_cap: float = 10.0
     w4_min_budget: float = 15.0
@@ -69,14 +72,8 @@ class Sizes:
 
 
 SMOKE = Sizes(
-    w1_subscribers=20,
-    w1_publishers=2,
-    w1_rate=10.0,
-    w1_seconds=1.0,
-    w2_subscribers=10,
-    w2_publishers=2,
-    w2_rate=20.0,
-    w2_seconds=1.0,
+    w1=FanOut(subscribers=20, publishers=2, rate=10.0, seconds=1.0, join_cap=10.0),
+    w2=FanOut(subscribers=10, publishers=2, rate=20.0, seconds=1.0, join_cap=10.0),
     w3_connections=50,
     w4_steps=(20, 40),
     w4_publishers=2,
@@ -84,8 +81,6 @@ SMOKE = Sizes(
     w4_seconds=1.0,
     drain_seconds=2.0,
     budget_seconds=60.0,
-    w1_join_cap=10.0,
-    w2_join_cap=10.0,
     w3_join_cap=10.0,
     settle_cap=3.0,
     w4_min_budget=10.0,
@@ -202,17 +197,7 @@ async def traffic_phase(
 # Workloads ---------------------------------------------------------------------------------
 
 
-async def fan_out(
-    cluster: systems.Cluster,
-    out: Outcome,
-    *,
-    subscribers: int,
-    publishers: int,
-    rate: float,
-    seconds: float,
-    join_cap: float,
-    sizes: Sizes,
-) -> None:
+async def fan_out(cluster: systems.Cluster, out: Outcome, load: FanOut, sizes: Sizes) -> None:
     """W1 and W2: subscribers and publishers split evenly over the two nodes."""
     gen = Generator()
     gen.start()
@@ -220,15 +205,20 @@ async def fan_out(
         started = time.monotonic()
         try:
             pubs = await join(
-                gen, cluster, [f"p{i}" for i in range(publishers)], cluster.targets, subscriber=False, seconds=join_cap
+                gen,
+                cluster,
+                [f"p{i}" for i in range(load.publishers)],
+                cluster.targets,
+                subscriber=False,
+                seconds=load.join_cap,
             )
             subs = await join(
                 gen,
                 cluster,
-                [f"s{i}" for i in range(subscribers)],
+                [f"s{i}" for i in range(load.subscribers)],
                 cluster.targets,
                 subscriber=True,
-                seconds=join_cap - (time.monotonic() - started),
+                seconds=load.join_cap - (time.monotonic() - started),
             )
         except JoinTimeout as timeout:
             out.error = f"join did not finish: {timeout}"
@@ -238,36 +228,20 @@ async def fan_out(
         if not out.metrics["settled"]:
             out.notes.append(f"servers still busy {sizes.settle_cap:.0f} s after the joins: figures include that work")
         out.metrics.update(
-            await traffic_phase(gen, cluster, subs, pubs, rate=rate, seconds=seconds, drain=sizes.drain_seconds)
+            await traffic_phase(
+                gen, cluster, subs, pubs, rate=load.rate, seconds=load.seconds, drain=sizes.drain_seconds
+            )
         )
     finally:
         await gen.stop()
 
 
 async def w1(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float) -> None:
-    await fan_out(
-        cluster,
-        out,
-        subscribers=sizes.w1_subscribers,
-        publishers=sizes.w1_publishers,
-        rate=sizes.w1_rate,
-        seconds=sizes.w1_seconds,
-        join_cap=sizes.w1_join_cap,
-        sizes=sizes,
-    )
+    await fan_out(cluster, out, sizes.w1, sizes)
 
 
 async def w2(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float) -> None:
-    await fan_out(
-        cluster,
-        out,
-        subscribers=sizes.w2_subscribers,
-        publishers=sizes.w2_publishers,
-        rate=sizes.w2_rate,
-        seconds=sizes.w2_seconds,
-        join_cap=sizes.w2_join_cap,
-        sizes=sizes,
-    )
+    await fan_out(cluster, out, sizes.w2, sizes)
 
 
 async def w3(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float) -> None:
@@ -556,8 +530,8 @@ async def run(args: argparse.Namespace) -> int:
     if args.join_cap:
         sizes = replace(
             sizes,
-            w1_join_cap=args.join_cap,
-            w2_join_cap=args.join_cap,
+            w1=replace(sizes.w1, join_cap=args.join_cap),
+            w2=replace(sizes.w2, join_cap=args.join_cap),
             w3_join_cap=args.join_cap,
             settle_cap=args.join_cap,
             budget_seconds=max(sizes.budget_seconds, 6 * args.join_cap),
