@@ -320,7 +320,9 @@ def test_a_message_storm_is_held_to_the_rate_limit_and_only_accepted_messages_go
     flood = floods["message_storm"]
     replies = flood.details["replies"]
     assert set(replies) == {"ok", "rate_limited"}
-    assert MESSAGE_STORMERS * BURST <= replies["ok"] <= flood.details["accepted_at_most"]
+    # Each stormer's join took one token of its burst, so a storm sent faster than the
+    # bucket refills gets at least BURST - 1 through per socket.
+    assert MESSAGE_STORMERS * (BURST - 1) <= replies["ok"] <= flood.details["accepted_at_most"]
     assert flood.details["probe_received"] == replies["ok"]
     assert flood.details["probe_received_not_accepted"] == 0
     assert flood.healthz_failed == 0
