@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PATH = "/socket/websocket"
-json_type = (b"content-type", b"application/json")
 CLOSE_SEND_TIMEOUT = 2.0  # a client too slow to take the close frame is simply cut off
 log = logs.get("endpoint")
 
@@ -127,6 +126,12 @@ class Frames:
         await self._send({"type": "websocket.send", "text": text})
 
 
+def json_error(reason: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The `{"error": reason}` body every route answers with, and its headers."""
+    body = orjson.dumps({"error": reason})
+    return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
 async def not_an_upgrade(scope: Scope, send: Send) -> None:
     """Plain HTTP to the socket's path: 426 for a GET without the upgrade, else 405."""
     if scope["method"] in ("GET", "HEAD"):
@@ -137,9 +142,8 @@ async def not_an_upgrade(scope: Scope, send: Send) -> None:
         )
     else:
         status, reason, extra = 405, "method not allowed", (b"allow", b"GET")
-    body = orjson.dumps({"error": reason})
-    headers = [json_type, (b"content-length", str(len(body)).encode()), extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    body, headers = json_error(reason)
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, extra]})
     await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
 
 
@@ -151,7 +155,6 @@ async def refuse(scope: Scope, send: Send, status: int, reason: str) -> None:
     if "websocket.http.response" not in (scope.get("extensions") or {}):
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = orjson.dumps({"error": reason})
-    headers = [json_type, (b"content-length", str(len(body)).encode())]
+    body, headers = json_error(reason)
     await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
