@@ -14,6 +14,8 @@ NODES ?= 3
 BASE_PORT ?= 4000
 DISCOVERY ?= redis
 REDIS_PORT ?= 6379
+# NEW_COOKIE=1: a new cluster cookie; by default the one in .stage2/cookie is kept.
+NEW_COOKIE ?=
 
 # Stage 3 options: the local Kubernetes (kind | minikube), the number of chat pods
 # for stage3-scale, and DRY_RUN=1 to print the commands a target would run, running none.
@@ -42,7 +44,7 @@ stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 	PORT=$(PORT) $(BIN)/python -m stage1_dev
 
 stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOVERY=manual|redis|gossip)
-	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT)
+	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT) $(if $(NEW_COOKIE),--new-cookie)
 
 stage3: $(VENV)/.installed ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
 	$(STAGE3) up

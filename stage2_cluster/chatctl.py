@@ -59,6 +59,16 @@ def find_cookie(given: str | None) -> str | None:
     return None
 
 
+def stale_cookie_hint(args: argparse.Namespace) -> str:
+    """Why a 401 may have come: an exported CLUSTER_COOKIE older than the one `make stage2` wrote."""
+    exported = os.environ.get("CLUSTER_COOKIE")
+    if args.cookie or not exported or not COOKIE_FILE.is_file():
+        return ""
+    if exported == COOKIE_FILE.read_text().strip():
+        return ""
+    return f"; CLUSTER_COOKIE differs from {COOKIE_FILE}: export CLUSTER_COOKIE=$(cat {COOKIE_FILE})"
+
+
 def request(args: argparse.Namespace) -> httpx.Response:
     base = args.url.rstrip("/")
     if args.command == "nodes":
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         data = {"error": response.text.strip() or response.reason_phrase}
     if response.status_code != 200:
-        print(f"chatctl: {response.status_code} {data.get('error', data)}", file=sys.stderr)
+        print(f"chatctl: {response.status_code} {data.get('error', data)}{stale_cookie_hint(args)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data))

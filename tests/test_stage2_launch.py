@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,11 +94,11 @@ class Launch:
 
 
 @contextlib.contextmanager
-def launched(tmp_path: Path, nodes: int = 2) -> Iterator[Launch]:
+def launched(tmp_path: Path, nodes: int = 2, extra: Sequence[str] = ()) -> Iterator[Launch]:
     base_port, redis_port = free_port_pair(), free_port()
     env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", str(nodes), "--base-port", str(base_port)]
-    command += ["--redis-port", str(redis_port)]
+    command += ["--redis-port", str(redis_port), *extra]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     launch = Launch(proc, tmp_path, base_port, redis_port)
 
@@ -147,6 +147,18 @@ def test_launcher_starts_nodes_that_answer_and_connect(tmp_path: Path) -> None:
 
             wait_until(lists_all, 20, f"{name} lists every node")
         assert any(line.startswith("[a] ") and "node ready" in line for line in launch.lines)
+
+
+def test_a_restart_keeps_the_cookie_unless_asked_for_a_new_one(tmp_path: Path) -> None:
+    """So a shell that exported CLUSTER_COOKIE after the first start is still right after the next."""
+    cookie_file = tmp_path / ".stage2" / "cookie"
+    with launched(tmp_path, nodes=1):
+        first = cookie_file.read_text().strip()
+    with launched(tmp_path, nodes=1) as launch:
+        assert cookie_file.read_text().strip() == first
+        assert first in launch.wait_line("[stage2] cluster cookie: ")
+    with launched(tmp_path, nodes=1, extra=["--new-cookie"]):
+        assert cookie_file.read_text().strip() not in ("", first)
 
 
 def test_sigint_stops_every_process_it_started_and_exits_0(tmp_path: Path) -> None:

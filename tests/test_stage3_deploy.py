@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import kubernetes_validate
@@ -272,6 +273,24 @@ def test_the_generated_kustomization_renders_the_overlay_with_the_built_tag(tmp_
     ]
     assert f"chatlab:{tag}" in images
     assert not [image for image in images if image.startswith("chatlab:") and image != f"chatlab:{tag}"]
+
+
+def test_the_overlay_renders_when_tmpdir_is_a_link_to_a_folder_at_another_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS's case: TMPDIR under /var, a link to /private/var. kustomize resolves the link
+    before it climbs `../..`, so a path counted from the link's side would miss the overlay."""
+    real = tmp_path / "deeper" / "still" / "deeper"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "link"))
+    with deploy.tagged_overlay(deploy.OVERLAYS / "kind", "0.1.0-0123456789ab") as workdir:
+        assert str(workdir).startswith(str(tmp_path / "link")), "the folder was made under the linked TMPDIR"
+        rendered = subprocess.run(
+            [BIN / "kubectl", "kustomize", workdir], capture_output=True, text=True, timeout=60, check=False
+        )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "image: chatlab:0.1.0-0123456789ab" in rendered.stdout
 
 
 def test_the_cookie_secret_is_valid_random_and_only_sent_on_stdin() -> None:
