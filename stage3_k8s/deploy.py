@@ -86,11 +86,13 @@ GATEWAY_CONTROLLER = "kind.sigs.k8s.io/gateway-controller"
 CCM_CLUSTER_LABEL = "io.x-k8s.cloud-provider-kind.cluster"
 CCM_GATEWAY_LABEL = "io.x-k8s.cloud-provider-kind.gateway.name"
 
-# minikube, named in full: the Docker driver (Docker is needed for the image anyway)
-# and 2 CPUs, the default of Docker Desktop, Colima and minikube, which ten chat pods fit.
+# minikube, named in full: the Docker driver (Docker is needed for the image anyway);
+# 2 CPUs, the default of Docker Desktop, Colima and minikube, which ten chat pods fit;
+# Calico as the network plugin, since minikube's default one ignores NetworkPolicies.
 MINIKUBE_DRIVER = "docker"
 MINIKUBE_CPUS = 2
 MINIKUBE_MEMORY = "4g"
+MINIKUBE_CNI = "calico"
 
 ROLLOUT_TIMEOUT = "300s"
 CONVERGE_DEADLINE = 180.0
@@ -422,12 +424,12 @@ class Kind(Cluster):
         listed = self.shell.query(
             ["docker", "ps", "--all", "--quiet", "--filter", f"name=^{CLOUD_PROVIDER_KIND_CONTAINER}$"],
             assume="it lists cloud-provider-kind",
-            dry=(0, "<container>"),
+            dry=(0, "<cloud-provider-kind>"),
         ).stdout.split()
         listed += self.shell.query(
             ["docker", "ps", "--all", "--quiet", "--filter", f"label={CCM_CLUSTER_LABEL}={NAME}"],
             assume="it lists the Gateway's Envoy",
-            dry=(0, "<envoy container>"),
+            dry=(0, "<envoy>"),
         ).stdout.split()
         if listed:
             self.shell.run(["docker", "rm", "--force", *listed])
@@ -483,6 +485,8 @@ class Minikube(Cluster):
                 str(MINIKUBE_CPUS),
                 "--memory",
                 MINIKUBE_MEMORY,
+                "--cni",
+                MINIKUBE_CNI,
             ]
         )
 

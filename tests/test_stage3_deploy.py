@@ -226,7 +226,20 @@ def test_up_on_minikube_names_driver_and_cpus_and_lets_the_addon_wait_for_itself
     assert result.returncode == 0, result.stdout + result.stderr
     cmds = commands(result.stdout)
     image = f"chatlab:{deploy.image_tag()}"
-    start = ["minikube", "start", "--profile", "chatlab", "--driver", "docker", "--cpus", "2", "--memory", "4g"]
+    start = [
+        "minikube",
+        "start",
+        "--profile",
+        "chatlab",
+        "--driver",
+        "docker",
+        "--cpus",
+        "2",
+        "--memory",
+        "4g",
+        "--cni",
+        "calico",
+    ]
     order = [
         index_of(cmds, "minikube", "status", "--profile", "chatlab"),
         index_of(cmds, *start),
