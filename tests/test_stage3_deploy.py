@@ -654,3 +654,26 @@ def test_the_phoenix_socket_of_the_final_check_joins_and_delivers_on_a_real_node
     got = deploy.exchange_message(address, address, "through the deploy tool's client")
     assert got["body"] == "through the deploy tool's client" and got["user"] == "make stage3"
     assert deploy.http_status(address, "/", host="test.com") == 200
+
+
+class DirectToNode(deploy.Kind):
+    """An "entry point" that is the node itself: nothing between the browser and /api/*."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(deploy.Shell(dry_run=False))
+        self.address = address
+
+    def entry(self) -> tuple[str, int]:
+        return self.address
+
+
+def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_node) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(deploy.StepFailed, match="/api/nodes answered 200 through the entry point"):
+        deploy.prove_entry(DirectToNode((stage1_node.host, stage1_node.port)))
+
+
+def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() -> None:
+    page = (ROOT / "docs" / "03-stage3.md").read_text()
+    waits = [line for line in page.splitlines() if re.search(r"\b(k|kubectl\b.*) wait\b", line)]
+    assert waits
+    assert all("--timeout=" in line for line in waits), waits
