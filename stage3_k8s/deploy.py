@@ -366,8 +366,10 @@ class Kind(Cluster):
             check=False,
             note="no error if the label is already gone",
         )
+        # Retried: until cloud-provider-kind has installed the CRDs, kubectl knows no such kind.
         self.shell.run(
-            self.kubectl("wait", "--for=create", f"gatewayclass/{GATEWAY_CLASS}", "--timeout=120s", namespace=None)
+            self.kubectl("wait", "--for=create", f"gatewayclass/{GATEWAY_CLASS}", "--timeout=120s", namespace=None),
+            attempts=APPLY_ATTEMPTS,
         )
         self.shell.run(
             self.kubectl(
@@ -1106,6 +1108,9 @@ class Up:
             )
         keep = replicas if replicas is not None and replicas != DEFAULT_REPLICAS else None
         patches = c.overlay_patches()
+        # Earlier versions of this lab ran Redis as a Deployment; its pod would answer for the
+        # Service `redis` beside the StatefulSet's, without a password or a volume.
+        c.shell.run(c.kubectl("delete", "deployment/redis", "--ignore-not-found"), note="an earlier version's Redis")
         with tagged_overlay(OVERLAYS / c.k8s, self.tag, replicas=keep, patches=patches) as workdir:
             text = (workdir / "kustomization.yaml").read_text()
             say("  # <workdir>/kustomization.yaml:\n" + "\n".join(f"  #   {line}" for line in text.splitlines()))
