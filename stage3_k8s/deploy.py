@@ -204,13 +204,18 @@ class Shell:
         raise StepFailed(f"{shlex.join(cmd)} failed with exit code {result.returncode}")
 
     def query(
-        self, cmd: Sequence[str], *, assume: str = "", dry: tuple[int, str] = (1, ""), show: bool = True
+        self,
+        cmd: Sequence[str],
+        *,
+        assume: str = "",
+        dry: tuple[int, str] | tuple[int, str, str] = (1, ""),
+        show: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """Ask something (read-only). A dry run prints the question and answers `dry` (exit code, output)."""
+        """Ask something (read-only). A dry run prints the question and answers `dry` (exit code, output, errors)."""
         if show or self.dry_run:
             say("+ " + shlex.join(cmd) + (f"  # dry run: assuming {assume}" if self.dry_run and assume else ""))
         if self.dry_run:
-            return subprocess.CompletedProcess(list(cmd), dry[0], dry[1], "" if dry[0] == 0 else "(dry run)")
+            return subprocess.CompletedProcess(list(cmd), dry[0], dry[1], dry[2] if len(dry) == 3 else "")
         return subprocess.run(list(cmd), capture_output=True, text=True, check=False)
 
     def wait(self, what: str, check: Callable[[], tuple[bool, str]], deadline: float, *, shown: str = "") -> str:
@@ -654,10 +659,14 @@ def secrets_to_create(cluster: Cluster) -> list[str]:
     an API server that does not answer) stops, since a new cookie would split old and new pods."""
     missing = []
     for name in SECRETS:
-        answer = cluster.shell.query(cluster.kubectl("get", "secret", name, "--output", "name"), assume="no Secret yet")
+        answer = cluster.shell.query(
+            cluster.kubectl("get", "secret", name, "--output", "name"),
+            assume="no Secret yet",
+            dry=(1, "", f'Error from server (NotFound): secrets "{name}" not found'),
+        )
         if answer.returncode == 0:
             say(f"    {name} exists; keeping it (the running pods share it)")
-        elif cluster.shell.dry_run or "NotFound" in answer.stderr:
+        elif "NotFound" in answer.stderr:
             missing.append(name)
         else:
             raise StepFailed(f"cannot tell whether Secret {NAMESPACE}/{name} exists: {answer.stderr.strip()}")
