@@ -178,9 +178,6 @@ def test_the_gateway_api_schemas_are_those_of_the_version_cloud_provider_kind_in
     assert package.get("version") == pinned == "2.0.0"
     # 2.0.0 is generated from sigs.k8s.io/gateway-api v1.5.1 (its changelog), the CRDs cloud-provider-kind installs.
     assert deploy.GATEWAY_API_VERSION == "v1.5.1"
-    changelog = GATEWAY_SCHEMAS.parent / "CHANGELOG.md"
-    if changelog.is_file():
-        assert "gateway-api v1.5.1" in changelog.read_text()
 
 
 def test_the_rendered_gateway_api_objects_match_their_schemas_strictly(rendered: dict[str, str]) -> None:
