@@ -677,3 +677,23 @@ def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() 
     waits = [line for line in page.splitlines() if re.search(r"\b(k|kubectl\b.*) wait\b", line)]
     assert waits
     assert all("--timeout=" in line for line in waits), waits
+
+
+def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows keep kind's network inside Docker's VM: the Gateway's port is mapped to 127.0.0.1."""
+    monkeypatch.setattr(deploy.platform, "system", lambda: "Darwin")
+    shell = ScriptedShell(
+        {
+            "docker ps --filter label=io.x-k8s.cloud-provider-kind.gateway.name=chatlab/chatlab/chat": (
+                0,
+                "kindccm-abc\n",
+                "",
+            ),
+            "docker port kindccm-abc 80/tcp": (0, "0.0.0.0:49153\n[::]:49153\n", ""),
+        }
+    )
+    kind = deploy.Kind(shell)
+    assert kind.provider_command()[-1] == "--enable-lb-port-mapping"
+    assert kind.entry() == ("127.0.0.1", 49153)
+    monkeypatch.setattr(deploy.platform, "system", lambda: "Linux")
+    assert "--enable-lb-port-mapping" not in kind.provider_command(), "on Linux the Gateway's own address is reachable"
