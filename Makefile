@@ -18,11 +18,12 @@ REDIS_PORT ?= 6379
 NEW_COOKIE ?=
 
 # Stage 3 options: the local Kubernetes (kind | minikube), the number of chat pods
-# for stage3-scale, and DRY_RUN=1 to print the commands a target would run, running none.
+# for stage3-scale, and DRY_RUN=1 to print the commands a target would run, running none
+# (DRY_RUN=0, no or false: a real run).
 K8S ?= kind
 REPLICAS ?= 3
 DRY_RUN ?=
-STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-run)
+STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
 .PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots
 
