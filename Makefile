@@ -26,8 +26,9 @@ STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-r
 
 .PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots
 
+# A comment may name $(PORT): help prints its value, as the target will use it.
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -v port=$(PORT) 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {gsub(/\$$\(PORT\)/, port, $$2); printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The virtualenv is a file target: rebuilt only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
