@@ -72,19 +72,24 @@ class ChatPages:
     def open(self, url: str, user: str | None = None, *, remembered: bool = False) -> Page:
         """A page joined to the lobby; `user` is typed into @username, or already stored
         in localStorage when `remembered` (a returning visitor)."""
-        context = self.browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
-        self.contexts.append(context)
-        context.set_default_timeout(TIMEOUT_MS)
-        if user is not None and remembered:
-            context.add_init_script(f"localStorage.setItem('chatlab.username', {json.dumps(user)})")
-        page = context.new_page()
-        label = user or "anonymous"
-        page.on("console", lambda message: self._console(label, message))
-        page.on("pageerror", lambda error: self.errors.append(f"{label}: page error: {error}"))
-        page.goto(url)
+        page = self.visit(url, user if remembered else None, label=user or "anonymous")
         expect(page.locator("#connection")).to_have_attribute("data-state", "online")
         if user is not None and not remembered:
             set_username(page, user)
+        return page
+
+    def visit(self, url: str, remembered: str | None = None, *, label: str = "visitor") -> Page:
+        """A page loaded in a context of its own, as a new browser profile or a private
+        window has it; `remembered` is a name already stored in its localStorage."""
+        context = self.browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
+        self.contexts.append(context)
+        context.set_default_timeout(TIMEOUT_MS)
+        if remembered is not None:
+            context.add_init_script(f"localStorage.setItem('chatlab.username', {json.dumps(remembered)})")
+        page = context.new_page()
+        page.on("console", lambda message: self._console(label, message))
+        page.on("pageerror", lambda error: self.errors.append(f"{label}: page error: {error}"))
+        page.goto(url)
         return page
 
     def _console(self, label: str, message: ConsoleMessage) -> None:
