@@ -69,13 +69,14 @@ class ChatPages:
         self.contexts: list[BrowserContext] = []
         self.errors: list[str] = []
 
-    def open(self, url: str, user: str | None = None, *, remembered: bool = False) -> Page:
-        """A page joined to the lobby; `user` is typed into @username, or already stored
-        in localStorage when `remembered` (a returning visitor)."""
-        page = self.visit(url, user if remembered else None, label=user or "anonymous")
-        expect(page.locator("#connection")).to_have_attribute("data-state", "online")
-        if user is not None and not remembered:
+    def open(self, url: str, user: str, *, remembered: bool = False) -> Page:
+        """A page joined to the lobby as `user`: typed into @username once the page asks
+        for a name, or already stored in localStorage when `remembered` (a returning visitor)."""
+        page = self.visit(url, user if remembered else None, label=user)
+        if not remembered:
+            expect(page.locator("#connection")).to_have_attribute("data-state", "nameless")
             set_username(page, user)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "online")
         return page
 
     def visit(self, url: str, remembered: str | None = None, *, label: str = "visitor") -> Page:
