@@ -51,6 +51,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
 from tests import docs_runner
@@ -106,7 +107,10 @@ def stage2() -> DocsEnv:
         """With discovery on, every node lists all three before the page goes on."""
         if "DISCOVERY=manual" in command:
             return True
-        return all(len(httpx.get(f"{url}/api/nodes", timeout=2).json()["nodes"]) == 3 for url in nodes)
+        try:
+            return all(len(httpx.get(f"{url}/api/nodes", timeout=2).json()["nodes"]) == 3 for url in nodes)
+        except httpx.HTTPError:
+            return False
 
     redis_address = f"127.0.0.1:{redis_port}"
     replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address}
@@ -278,7 +282,7 @@ class Tabs:
 
     def __init__(self, request: pytest.FixtureRequest, docs_env: DocsEnv) -> None:
         self.request, self.docs_env = request, docs_env
-        self.opened: dict[str, object] = {}
+        self.opened: dict[str, BrowserPage] = {}
 
     def look(self, tab: Tab) -> None:
         url = docs_runner.rewrite(tab.url, self.docs_env.replacements)
@@ -288,7 +292,7 @@ class Tabs:
         page = self.opened[url]
         for name, value in tab.fields.items():
             wanted = docs_runner.line_pattern(docs_runner.rewrite(value, self.docs_env.replacements))
-            expect(page.locator(f"#{name}")).to_have_text(  # type: ignore[attr-defined]
+            expect(page.locator(f"#{name}")).to_have_text(
                 re.compile(rf"^{wanted.pattern}$"), timeout=BROWSER_DEADLINE_MS
             )
 
@@ -312,9 +316,15 @@ def follow(page: Page, request: pytest.FixtureRequest, folder: Path) -> None:
         for step in page.steps:
             where = f"{page.name}:{step.line}"
             if isinstance(step, Serve):
-                first.serve(step.command)
+                try:
+                    first.serve(step.command)
+                except (AssertionError, TimeoutError) as error:
+                    raise AssertionError(f"{where}: {step.command}: {error}") from None
             elif isinstance(step, Tab):
-                tabs.look(step)
+                try:
+                    tabs.look(step)
+                except AssertionError as error:
+                    raise AssertionError(f"{where}: the tab on {step.url} shows otherwise: {error}") from None
             else:
                 code, output = shell.run(docs_runner.rewrite(step.command, docs_env.replacements))
                 assert code == 0, f"{where}: exit {code}\n{step.command}\n{output}"
