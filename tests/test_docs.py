@@ -16,9 +16,10 @@ Convention for README.md, stage*/README.md and docs/*.md:
   is a restart: the running one gets Ctrl-C (SIGINT) and ends first, and the blocks after
   it run against the new one, in the same session.
 - A block `text browser` says what the browser shows: one line per tab, its URL, then
-  navbar fields two spaces apart, e.g. `http://localhost:4000  self: a@localhost  nodes:
-  [a@localhost]`. The test opens each URL in Chromium (a tab stays open for the rest of
-  the page, and follows restarts as a learner's does) and waits until every field reads so.
+  fields two spaces apart, each named by the page element's id (`self`, `nodes`, `redis`,
+  `connection`), e.g. `http://localhost:4000  self: a@localhost  nodes: [a@localhost]`.
+  The test opens each URL in Chromium (a tab stays open for the rest of the page, and
+  follows restarts as a learner's does) and waits until every field reads so.
 - A page names the setup its commands need with an HTML comment,
   `<!-- verify-with: stage1 -->`: a key of ENVIRONMENTS below, which picks free ports,
   says how to rewrite the documented ones (`localhost:4000` becomes the port the test
