@@ -77,10 +77,6 @@ class Page:
         return names
 
     @property
-    def checks(self) -> list[Check]:
-        return [step for step in self.steps if isinstance(step, Check)]
-
-    @property
     def steps(self) -> list[Step]:
         """What the test does for this page, in page order: start, run, look."""
         steps: list[Step] = []
