@@ -7,61 +7,24 @@ line saying what they need; under CI=true a skip is a failure (below), so there 
     @pytest.mark.docker   the docker CLI with its daemon answering
     @pytest.mark.browser  Chromium (the Debian package, or CHROMIUM=path)
     @pytest.mark.node     Node.js (node on PATH)
+    @pytest.mark.multicast  multicast on the loopback interface (gossip on one host)
 
-Mark a module (`pytestmark = pytest.mark.netns`) or single tests; a fixture that needs one
-of them calls `require(name)`, as the `browser` fixture does. Add a requirement by adding
-an entry to REQUIREMENTS; the check runs once per session.
+Mark a module (`pytestmark = pytest.mark.netns`) or single tests; a fixture or a step that
+needs one of them calls `require(name)` (tests/requirements.py), as the `browser` fixture
+does. Add a requirement with an entry in REQUIREMENTS there; each check runs once a session.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path
+from tests.requirements import REQUIREMENTS, require
 from tests.support import NodeProcess, running_node
-
-
-def _root_with_iproute2() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None
-
-
-def _docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-# marker -> (the check, what is missing when it fails)
-REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
-    "netns": (
-        _root_with_iproute2,
-        "needs root and iproute2 (it creates network namespaces, a bridge and files under /etc/netns)",
-    ),
-    "docker": (_docker_answers, "needs Docker with its daemon running (it builds and runs containers named chatlab)"),
-    "browser": (lambda: chromium_path() is not None, "needs Chromium (the chromium package, or CHROMIUM=path)"),
-    "node": (lambda: shutil.which("node") is not None, "needs Node.js (node on PATH)"),
-}
-
-
-@functools.cache
-def _available(name: str) -> bool:
-    return REQUIREMENTS[name][0]()
-
-
-def require(name: str) -> None:
-    """Skip the current test, with one line, when what `name` stands for is missing."""
-    if not _available(name):
-        pytest.skip(REQUIREMENTS[name][1])
 
 
 def pytest_configure(config: pytest.Config) -> None:

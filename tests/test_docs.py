@@ -58,6 +58,7 @@ from playwright.sync_api import expect
 from tests import docs_runner
 from tests.browser import ChatPages
 from tests.docs_runner import ROOT, Page, Serve, Tab
+from tests.requirements import require
 from tests.support import free_port, free_ports, wait_until
 
 COMMAND_TIMEOUT = 60.0
@@ -240,6 +241,8 @@ class FirstTerminal:
         words = command.split()
         assert words[:1] == ["make"] and "\n" not in command, f"a `sh serve` block is one make command: {command!r}"
         self.stop()
+        if "DISCOVERY=gossip" in words:
+            require("multicast")  # the learner's nodes gossip over loopback
         # `-o`: the scratch clone's `.venv` is the test's own, never rebuilt from here.
         served = f"make -o .venv/.installed {' '.join(words[1:])} {self.docs_env.serve_vars}"
         self.lines = []

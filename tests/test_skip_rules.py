@@ -1,7 +1,7 @@
 """The rule of tests/conftest.py, as a learner without root, Docker, Chromium or Node.js meets it.
 
 A small pytest session runs with this repository's conftest as a plugin, over one test
-per requirement marker, as an unprivileged user (`nobody` through `setpriv` when we are
+per requirement such a user lacks, as an unprivileged user (`nobody` through `setpriv` when we are
 root; ourselves otherwise) and with a PATH that has no docker, chromium or node. Outside
 CI each test skips with the line that says what it needs; under CI=true each one fails.
 """
@@ -18,30 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIREMENTS
+from tests.requirements import REQUIREMENTS
 from tests.support import ROOT
 
 SESSION_TIMEOUT = 120.0
+MISSING = ("netns", "docker", "browser", "node")  # what nobody, with no tools on PATH, lacks
 
-NEEDS_EVERYTHING = """
-import pytest
-
-@pytest.mark.netns
-def test_needs_root():
-    pass
-
-@pytest.mark.docker
-def test_needs_docker():
-    pass
-
-@pytest.mark.browser
-def test_needs_chromium():
-    pass
-
-@pytest.mark.node
-def test_needs_node():
-    pass
-"""
+# One test per requirement, each of which would pass if it ran.
+NEEDS_EVERYTHING = "import pytest\n" + "".join(
+    f"\n@pytest.mark.{name}\ndef test_needs_{name}():\n    pass\n" for name in MISSING
+)
 
 
 def unprivileged_session(folder: Path, *, ci: bool) -> subprocess.CompletedProcess[str]:
@@ -99,14 +85,14 @@ def test_without_what_they_need_the_suites_skip_with_one_line_each(folder: Path)
     result = unprivileged_session(folder, ci=False)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 skipped" in result.stdout
+    assert f"{len(MISSING)} skipped" in result.stdout
     skips = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("SKIPPED [1] ")]
-    assert sorted(skips) == sorted(needs for _check, needs in REQUIREMENTS.values()), result.stdout
+    assert sorted(skips) == sorted(REQUIREMENTS[name][1] for name in MISSING), result.stdout
 
 
 def test_under_ci_a_missing_requirement_fails(folder: Path) -> None:
     result = unprivileged_session(folder, ci=True)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "4 errors" in result.stdout  # the skip comes in setup, so each is an error of setup
-    assert result.stdout.count("skipped under CI=true") == 4, result.stdout
+    assert f"{len(MISSING)} errors" in result.stdout  # the skip comes in setup, so each is an error of setup
+    assert result.stdout.count("skipped under CI=true") == len(MISSING), result.stdout
