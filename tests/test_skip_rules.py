@@ -1,9 +1,10 @@
 """The rule of tests/conftest.py, as a learner without root, Docker, Chromium or Node.js meets it.
 
 A small pytest session runs with this repository's conftest as a plugin, over one test
-per requirement such a user lacks, as an unprivileged user (`nobody` through `setpriv` when we are
-root; ourselves otherwise) and with a PATH that has no docker, chromium or node. Outside
-CI each test skips with the line that says what it needs; under CI=true each one fails.
+per requirement such a user lacks, as an unprivileged user (`nobody` through `setpriv`
+when we are root; ourselves otherwise) and with a PATH that has no docker, chromium or
+node. Outside CI each test skips with the line that says what it needs; under CI=true
+each one fails.
 """
 
 from __future__ import annotations
