@@ -56,7 +56,7 @@ COOKIE = "partition-test-cookie-" + secrets.token_hex(8)
 DEADLINE = 30.0
 CLONE_NEWNET = 0x40000000
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.netns]
 
 
 # Reaching into a namespace from the test process ----------------------------------------------

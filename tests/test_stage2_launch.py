@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,22 +20,10 @@ import httpx
 import pytest
 
 from tests.cluster import ROOT, env_without, free_port, port_open, wait_until
+from tests.support import free_ports
 
 READY_LINE = "Ctrl-C stops everything"
 STARTUP_DEADLINE = 60.0
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (node a and node b)."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def children(pid: int) -> dict[int, str]:
@@ -95,7 +82,7 @@ class Launch:
 
 @contextlib.contextmanager
 def launched(tmp_path: Path, nodes: int = 2, extra: Sequence[str] = ()) -> Iterator[Launch]:
-    base_port, redis_port = free_port_pair(), free_port()
+    base_port, redis_port = free_ports(2), free_port()  # nodes a and b, Redis
     env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", str(nodes), "--base-port", str(base_port)]
     command += ["--redis-port", str(redis_port), *extra]
