@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,8 @@ COMMAND_TIMEOUT = 2.0  # a paused Redis must turn into "unavailable", not a hung
 WATCHDOG_INTERVAL = 1.0  # PING the subscription this often...
 WATCHDOG_DEADLINE = 3.0  # ...and call it dead when nothing came back for this long
 BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+BAD_LINE_LOG_EVERY = 1.0  # seconds: a flood of garbage costs one warning a second, the counter counts all
+MESSAGE_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 # Wire format on a node channel: "<kind> <rest>". m = stored message, b = broadcast,
 # anything else is cluster control traffic.
@@ -48,6 +52,10 @@ for i = 8, #ARGV do
 end
 return {id, ts}
 """
+
+
+class BadLine(ValueError):
+    """A line on our channel that is not one of ours: anyone who can reach Redis can PUBLISH."""
 
 
 def node_channel(node: str) -> str:
@@ -72,8 +80,14 @@ class RedisBroker:
         self.url = url
         self.node = node
         self.history_size = history_size
+        # encoding_errors="replace": bytes that are not UTF-8 (we never publish any) become
+        # U+FFFD and fail parsing as a bad line, instead of raising inside redis-py's reader.
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT, decode_responses=True
+            url,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            decode_responses=True,
+            encoding_errors="replace",
         )
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._deliver: Deliver | None = None
@@ -87,12 +101,16 @@ class RedisBroker:
         self.targets: Callable[[], list[str]] = lambda: [self.node]
         self.on_control: Callable[[str, str], None] = lambda kind, data: None
         self.on_health: Callable[[bool], None] = lambda healthy: None
+        self.on_bad_line: Callable[[], None] = lambda: None
+        self.bad_lines = 0
+        self._bad_line_logged_at = -BAD_LINE_LOG_EVERY
 
     # Broker interface --------------------------------------------------------------
 
     @property
     def available(self) -> bool:
-        return self._healthy is True
+        # The task test is belt and braces: _subscribe_forever only ends when stopped.
+        return self._healthy is True and self._task is not None and not self._task.done()
 
     @property
     def status(self) -> str:
@@ -169,6 +187,10 @@ class RedisBroker:
                 attempt = 0
             except (RedisError, OSError, TimeoutError) as error:
                 logs.event(log, "subscription lost", level=30, error=str(error) or type(error).__name__)
+            except Exception:
+                # A bug must not leave the node subscribed to nothing while /readyz says 200:
+                # log it, report not ready, and subscribe again like after any other loss.
+                log.exception("subscription crashed", extra={"fields": {"channel": node_channel(self.node)}})
             self._set_health(False)
             delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
             attempt += 1
@@ -197,7 +219,10 @@ class RedisBroker:
                 if message is not None:
                     last_heard = self.heard_at = now
                     if message["type"] == "message":
-                        self._dispatch(message["data"])
+                        try:
+                            self._dispatch(message["data"])
+                        except BadLine as error:
+                            self._drop_bad_line(message["data"], str(error))
                 if now >= next_ping:
                     next_ping = now + WATCHDOG_INTERVAL
                     async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -234,16 +259,50 @@ class RedisBroker:
         self._deliver_to_hub(Delivery(topic, frame, message_id))
 
     def _dispatch(self, line: str) -> None:
+        """Hand one line to the hub or the cluster; BadLine for anything we would never send."""
         kind, _, rest = line.partition(" ")
         if kind == "m":
-            topic, message_id, frame = rest.split(" ", 2)
-            self._deliver_stored(topic, message_id, frame)
+            topic, message_id, frame = _split(rest, 3)
+            if not MESSAGE_ID_RE.fullmatch(message_id):
+                raise BadLine("message id is not <ms>-<seq>")
+            self._deliver_stored(topic, message_id, _frame(frame))
         elif kind == "b":
-            topic, frame = rest.split(" ", 1)
-            self._deliver_to_hub(Delivery(topic, frame))
+            topic, frame = _split(rest, 2)
+            self._deliver_to_hub(Delivery(topic, _frame(frame)))
         else:
             self.on_control(kind, rest)
+
+    def _drop_bad_line(self, line: str, reason: str) -> None:
+        self.bad_lines += 1
+        self.on_bad_line()
+        now = time.monotonic()
+        if now - self._bad_line_logged_at >= BAD_LINE_LOG_EVERY:
+            self._bad_line_logged_at = now
+            logs.event(
+                log,
+                "bad line on our channel dropped",
+                level=logging.WARNING,
+                channel=node_channel(self.node),
+                reason=reason,
+                line=logs.untrusted(line),
+                dropped=self.bad_lines,
+            )
 
     def _deliver_to_hub(self, delivery: Delivery) -> None:
         if self._deliver is not None:
             self._deliver(delivery)
+
+
+def _split(rest: str, parts: int) -> list[str]:
+    fields = rest.split(" ", parts - 1)
+    if len(fields) != parts or not all(fields):
+        raise BadLine(f"expected {parts} fields")
+    return fields
+
+
+def _frame(frame: str) -> str:
+    # What we publish is an encoded Phoenix frame; sockets get it as is, so at least its shape
+    # is checked here (a full JSON parse per message would cost the hot path).
+    if not (frame.startswith("[") and frame.endswith("]")):
+        raise BadLine("frame is not a JSON array")
+    return frame

@@ -29,6 +29,7 @@ from shared.broker import BrokerUnavailable
 from shared.presence import Entry
 from shared.settings import NODE_NAME_RE
 from stage2_cluster import handshake
+from stage2_cluster.broker import BadLine, node_channel
 
 if TYPE_CHECKING:
     from stage2_cluster.node import ClusterNode
@@ -77,6 +78,8 @@ class Cluster:
         self.broker.targets = self.targets
         self.broker.on_control = self.on_control
         self.broker.on_health = self._on_health
+        bad_lines = node.metrics.bad_peer_lines.labels(channel=node_channel(self.name))
+        self.broker.on_bad_line = bad_lines.inc
         node.hub.replicate = self.replicate_presence
 
     @property
@@ -330,27 +333,41 @@ class Cluster:
     # Control traffic on our Redis channel --------------------------------------------
 
     def on_control(self, kind: str, data: str) -> None:
+        """A control line from our channel; BadLine (dropped and counted by the broker) if malformed."""
         if kind == "h":
+            if not NODE_NAME_RE.fullmatch(data):
+                raise BadLine("heartbeat without a node name")
             peer = self.peers.get(data)
             if peer is not None:
                 peer.last_heard = time.monotonic()
             return
+        if kind not in ("p", "s"):
+            raise BadLine("unknown kind")
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return
-        sender = message.get("node")
+            raise BadLine("not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("node"), str):
+            raise BadLine("not a JSON object with a node")
+        sender = message["node"]
         if sender not in self.peers:
             return  # only connected nodes may change what we know
-        self.peers[sender].last_heard = time.monotonic()
         if kind == "p":
-            self.node.hub.apply_remote(
-                message["topic"], _entries(sender, message["joins"]), _entries(sender, message["leaves"])
-            )
-        elif kind == "s":
-            for topic, items in message["topics"].items():
-                self.node.hub.sync_node(topic, sender, _entries(sender, items))
-            if message.get("want_reply"):
+            topic = message.get("topic")
+            if not isinstance(topic, str):
+                raise BadLine("presence without a topic")
+            joins, leaves = _entries(sender, message.get("joins")), _entries(sender, message.get("leaves"))
+            self.peers[sender].last_heard = time.monotonic()
+            self.node.hub.apply_remote(topic, joins, leaves)
+        else:
+            topics = message.get("topics")
+            if not isinstance(topics, dict):
+                raise BadLine("sync without topics")
+            entries = {topic: _entries(sender, items) for topic, items in topics.items()}
+            self.peers[sender].last_heard = time.monotonic()
+            for topic, items in entries.items():
+                self.node.hub.sync_node(topic, sender, items)
+            if message.get("want_reply") is True:
                 asyncio.get_running_loop().create_task(self._send_sync(sender, want_reply=False))
 
     def replicate_presence(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
@@ -380,5 +397,19 @@ def _items(entries: list[Entry]) -> list[list[Any]]:
     return [[entry.key, entry.meta] for entry in entries]
 
 
-def _entries(node: str, items: list[list[Any]]) -> list[Entry]:
-    return [Entry(node, key, meta) for key, meta in items]
+def _entries(node: str, items: object) -> list[Entry]:
+    """Presence entries from a peer's `[[key, meta], ...]`, each meta with its `phx_ref`."""
+    if not isinstance(items, list):
+        raise BadLine("presence entries are not a list")
+    entries = []
+    for item in items:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], dict)
+            and isinstance(item[1].get("phx_ref"), str)
+        ):
+            raise BadLine("presence entry is not [key, {phx_ref, ...}]")
+        entries.append(Entry(node, item[0], item[1]))
+    return entries

@@ -1,0 +1,133 @@
+"""Stage 2 against what anyone who can reach Redis may write: garbage on a node's channel,
+bad addresses in the registry, and the registry entries dead nodes leave behind.
+
+Real nodes and a real redis-server; the in-process broker test drives `RedisBroker` against
+the real server too, to make its subscription task fail on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.broker import Delivery
+from stage2_cluster.broker import RedisBroker, node_channel
+from tests import cluster as fixtures
+from tests.cluster import (
+    LOBBY,
+    Cluster,
+    PhoenixClient,
+    RedisServer,
+    async_wait_until,
+    full_name,
+    poll_readyz,
+    unique,
+)
+from tests.test_reliability_faults import record
+
+redis_server, cluster, two_nodes = fixtures.redis_server, fixtures.cluster, fixtures.two_nodes
+
+# Lines no node ever publishes: each must be dropped and counted, none may stop the node.
+GARBAGE = [
+    "m x",
+    "p 1",
+    "m",
+    "b",
+    "",
+    "m rooms:lobby not-an-id [1]",
+    "m rooms:lobby 1-1 not-a-frame",
+    "b rooms:lobby {}",
+    "h not a name",
+    "s {}",
+    "s []",
+    "p [1, 2]",
+    'p {"node": 5}',
+    "zz whatever",
+    "\x1b[31mred\x1b[0m\nforged log line " + "x" * 5000,
+]
+GARBAGE_BYTES = [b"m \xff\xfe\xfd", b"\xc3"]  # not UTF-8
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text page (0 when absent)."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def bad_lines_of(cluster: Cluster, name: str) -> float:
+    text = cluster.http.get(cluster.node(name).url + "/metrics").text
+    return metric(text, "chat_bad_peer_lines_total", channel=node_channel(full_name(name)))
+
+
+async def test_garbage_on_every_node_channel_is_dropped_and_counted_while_messages_still_cross(
+    two_nodes: Cluster,
+) -> None:
+    a, b = two_nodes.node("a"), two_nodes.node("b")
+    readyz: dict[str, list[tuple[float, int]]] = {"a": [], "b": []}
+    stop = asyncio.Event()
+    pollers = [asyncio.create_task(poll_readyz(node.url, readyz[name], stop)) for name, node in (("a", a), ("b", b))]
+    try:
+        async with PhoenixClient(a.ws_url) as alice, PhoenixClient(b.ws_url) as bob:
+            await alice.join(LOBBY, {"user": "alice"})
+            since = await bob.join(LOBBY, {"user": "bob"})
+            with two_nodes.redis.client() as client, two_nodes.redis.client() as raw:
+                raw.connection_pool.connection_kwargs["decode_responses"] = False
+                for name in ("a", "b"):
+                    channel = node_channel(full_name(name))
+                    for line in GARBAGE:
+                        assert client.publish(channel, line) == 1  # the node is subscribed
+                    for data in GARBAGE_BYTES:
+                        raw.publish(channel, data)
+            sent = len(GARBAGE) + len(GARBAGE_BYTES)
+            for name in ("a", "b"):
+                await async_wait_until(lambda n=name: bad_lines_of(two_nodes, n) == sent, what=f"{name} counted")
+            for body, sender, receiver in ((unique("a2b"), alice, bob), (unique("b2a"), bob, alice)):
+                assert (await sender.message(body)).ok
+                await receiver.wait_for_message(body, since=since if receiver is bob else 0)
+    finally:
+        stop.set()
+        await asyncio.gather(*pollers)
+    for name in ("a", "b"):
+        statuses = {status for _, status in readyz[name]}
+        assert statuses == {200}, f"{name}: the subscription never stopped, so /readyz must say 200: {statuses}"
+        warnings = [e for e in two_nodes.node(name).logs() if e.get("event") == "bad line on our channel dropped"]
+        assert warnings, "the first bad line is logged"
+        assert all(len(str(e["line"])) <= 130 and "\n" not in str(e["line"]) for e in warnings)
+    record(
+        "bad_peer_lines",
+        lines_per_node=sent,
+        counted={name: bad_lines_of(two_nodes, name) for name in ("a", "b")},
+        readyz_polls={name: len(readyz[name]) for name in ("a", "b")},
+        readyz_non_200=sum(1 for name in ("a", "b") for _, s in readyz[name] if s != 200),
+    )
+
+
+async def test_a_crashed_subscription_is_restarted_and_reported_not_ready_meanwhile(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url, "x@localhost", 100)
+    delivered: list[Delivery] = []
+    crashed = asyncio.Event()
+
+    def crash(kind: str, data: str) -> None:
+        crashed.set()
+        raise RuntimeError("a bug in a control handler")
+
+    broker.on_control = crash
+    health: list[bool] = []
+    broker.on_health = health.append
+    await broker.start(delivered.append)
+    try:
+        await async_wait_until(lambda: broker.available, what="subscribed")
+        await broker.send(["x@localhost"], "q boom")
+        async with asyncio.timeout(10):
+            await crashed.wait()
+        await async_wait_until(lambda: health[-2:] == [False, True], what="down, then subscribed again")
+        assert broker.available
+        await broker.send(["x@localhost"], "b rooms:lobby [1]")
+        await async_wait_until(lambda: delivered, what="delivery after the restart")
+        assert delivered[0].frame == "[1]"
+    finally:
+        await broker.stop()
