@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
 from shared.messages import ChatMessage, Draft
+from shared.settings import redact_url
 
 log = logs.get("redis")
 
@@ -176,7 +177,7 @@ class RedisBroker:
     def _set_health(self, healthy: bool) -> None:
         if healthy != self._healthy:
             self._healthy = healthy
-            logs.event(log, "redis reachable" if healthy else "redis unreachable", url=self.url)
+            logs.event(log, "redis reachable" if healthy else "redis unreachable", url=redact_url(self.url))
             self.on_health(healthy)
 
     async def _subscribe_forever(self) -> None:

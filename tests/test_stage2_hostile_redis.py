@@ -1,5 +1,6 @@
 """Stage 2 against what anyone who can reach Redis may write: garbage on a node's channel,
-bad addresses in the registry, and the registry entries dead nodes leave behind.
+bad addresses in the registry, and the registry entries dead nodes leave behind; and the
+Redis password, which keeps them out and must never reach a log line.
 
 Real nodes and a real redis-server; the in-process broker test drives `RedisBroker` against
 the real server too, to make its subscription task fail on purpose.
@@ -8,20 +9,28 @@ the real server too, to make its subscription task fail on purpose.
 from __future__ import annotations
 
 import asyncio
+import secrets
+import subprocess
+import sys
 
 from shared.broker import Delivery
+from shared.settings import Settings, redact_url
 from stage2_cluster.broker import RedisBroker, node_channel
 from tests import cluster as fixtures
 from tests.cluster import (
     LOBBY,
+    ROOT,
     Cluster,
     PhoenixClient,
     RedisServer,
     async_wait_until,
+    env_without,
     full_name,
     poll_readyz,
     unique,
+    wait_until,
 )
+from tests.support import running_node
 from tests.test_reliability_faults import record
 
 redis_server, cluster, two_nodes = fixtures.redis_server, fixtures.cluster, fixtures.two_nodes
@@ -131,3 +140,33 @@ async def test_a_crashed_subscription_is_restarted_and_reported_not_ready_meanwh
         assert delivered[0].frame == "[1]"
     finally:
         await broker.stop()
+
+
+def test_no_log_line_of_a_node_shows_the_redis_password() -> None:
+    password = "pw-" + secrets.token_hex(12)
+    with RedisServer(password=password) as redis, Cluster(redis) as nodes:
+        nodes.start("a", "b")
+        nodes.connected("a", "b")
+        redis.stop()  # "redis unreachable url=...", "subscription lost error=..." at each retry
+        wait_until(lambda: not nodes.ready(nodes.node("a")), what="a not ready without Redis")
+        redis.start()
+        wait_until(lambda: nodes.ready(nodes.node("a")), what="a ready again")
+        with running_node("stage2_cluster", nodes.node_env("c", REDIS_URL=redis.url.replace(password, "x"))) as c:
+            wait_until(lambda: any("subscription lost" in line for line in c.lines), what="c refused by Redis")
+        lines = [line for node in (*nodes.nodes.values(), c) for line in node.lines]
+    assert any("redis unreachable" in line and ":***@127.0.0.1" in line for line in lines)
+    assert [line for line in lines if password in line] == []
+
+
+def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
+    password = "pw-" + secrets.token_hex(12)
+    env = {**env_without("REDIS_URL"), "REDIS_URL": f"http://:{password}@127.0.0.1:1/0", "CLUSTER_COOKIE": "c" * 16}
+    result = subprocess.run(
+        [sys.executable, "-m", "stage2_cluster"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0
+    assert "REDIS_URL" in result.stdout + result.stderr
+    assert password not in result.stdout + result.stderr
+    settings = Settings.from_env({"REDIS_URL": f"redis://:{password}@h:1/0", "CLUSTER_COOKIE": "c" * 16})
+    assert password not in repr(settings)
+    assert redact_url(f"redis://user:{password}@h:1/0") == "redis://user:***@h:1/0"
