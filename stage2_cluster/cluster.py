@@ -171,21 +171,28 @@ class Cluster:
                 address, "/cluster/hello", {"node": self.name, "address": self.address, "challenge": mine}
             )
             if hello.get("node") != name:
-                raise ConnectError(502, f"{address} is {hello.get('node')!r}, not {name}")
-            if not handshake.valid(self.cookie, hello.get("proof"), "hello", name, self.name, self.address, mine):
-                raise ConnectError(502, f"{name} does not share our cluster cookie")
-            theirs = hello.get("challenge", "")
-            answer = handshake.proof(self.cookie, "confirm", self.name, name, str(theirs))
+                raise ConnectError(502, f"{address} is {logs.untrusted(str(hello.get('node')))!r}, not {name}")
+            theirs, given = hello.get("challenge"), hello.get("proof")
+            if not (
+                isinstance(theirs, str)
+                and handshake.CHALLENGE_RE.fullmatch(theirs)
+                and handshake.valid(self.cookie, given, "hello", name, self.name, self.address, mine, theirs)
+            ):
+                raise ConnectError(502, f"{name} does not share our cluster cookie (or its challenge was swapped)")
+            peers = self._peer_list()
+            answer = handshake.proof(self.cookie, "confirm", self.name, name, theirs, handshake.digest(peers))
             confirm = await self._post(
-                address,
-                "/cluster/confirm",
-                {"node": self.name, "challenge": theirs, "proof": answer, "peers": self._peer_list()},
+                address, "/cluster/confirm", {"node": self.name, "challenge": theirs, "proof": answer, "peers": peers}
             )
         except httpx.HTTPError as error:
             raise ConnectError(502, f"{name} at {address} unreachable: {type(error).__name__}") from None
+        their_peers = handshake.peer_list(confirm.get("peers"))
+        if their_peers is None or not handshake.valid(
+            self.cookie, confirm.get("proof"), "peers", name, self.name, mine, theirs, handshake.digest(their_peers)
+        ):
+            raise ConnectError(502, f"{name} answered a peer list without a valid proof")
         await self._add(name, address)
-        peers = confirm.get("peers", [])
-        return peers if isinstance(peers, list) else []
+        return their_peers
 
     async def _post(self, address: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to a peer and read its JSON answer. Whatever answers at an address (DNS, gossip
@@ -249,35 +256,45 @@ class Cluster:
         name, address, challenge = body.get("node"), body.get("address"), body.get("challenge")
         if not (isinstance(name, str) and NODE_NAME_RE.fullmatch(name)):
             raise ConnectError(400, "hello needs node: name@host")
-        if not isinstance(address, str) or not isinstance(challenge, str) or not 16 <= len(challenge) <= 128:
-            raise ConnectError(400, "hello needs address and challenge strings")
-        mine = self.challenges.issue(name, address)
+        if not isinstance(address, str) or not (
+            isinstance(challenge, str) and handshake.CHALLENGE_RE.fullmatch(challenge)
+        ):
+            raise ConnectError(400, "hello needs address and challenge (16 to 128 hex digits) strings")
+        mine = self.challenges.issue(name, address, challenge)
         return {
             "node": self.name,
             "challenge": mine,
-            "proof": handshake.proof(self.cookie, "hello", self.name, name, address, challenge),
+            "proof": handshake.proof(self.cookie, "hello", self.name, name, address, challenge, mine),
         }
 
     async def on_confirm(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = body.get("node")
+        name, challenge, given = body.get("node"), body.get("challenge"), body.get("proof")
         if not isinstance(name, str):
             raise ConnectError(400, "confirm needs node")
-        challenge = body.get("challenge")
-        address = self.challenges.redeem(challenge, name)
-        if address is None or not handshake.valid(
-            self.cookie, body.get("proof"), "confirm", name, self.name, str(challenge)
+        if not handshake.well_formed(given):
+            raise ConnectError(401, "confirm needs a proof: 64 hex digits")
+        theirs = handshake.peer_list(body.get("peers"))
+        if theirs is None:
+            raise ConnectError(400, 'confirm needs peers: [{"node": .., "address": ..}]')
+        redeemed = self.challenges.redeem(challenge, name)
+        if redeemed is None or not handshake.valid(
+            self.cookie, given, "confirm", name, self.name, str(challenge), handshake.digest(theirs)
         ):
             logs.event(log, "handshake refused", level=30, peer=name)
             raise ConnectError(403, "handshake failed: wrong cookie, unknown or reused challenge")
+        address, their_challenge = redeemed
         peers = self._peer_list()
         await self._add(name, address)
-        theirs = body.get("peers")
-        if isinstance(theirs, list):
-            self._connect_all(theirs)  # in the background: the caller waits for our answer
-        return {"node": self.name, "peers": peers}
+        self._connect_all(theirs)  # in the background: the caller waits for our answer
+        proof = handshake.proof(
+            self.cookie, "peers", self.name, name, their_challenge, str(challenge), handshake.digest(peers)
+        )
+        return {"node": self.name, "peers": peers, "proof": proof}
 
     async def on_goodbye(self, body: dict[str, Any]) -> None:
         name, stamp, nonce = body.get("node"), body.get("ts"), body.get("nonce")
+        if "proof" in body and not handshake.well_formed(body["proof"]):
+            raise ConnectError(401, "goodbye needs a proof: 64 hex digits")
         now = time.time()
         self._goodbyes = {n: t for n, t in self._goodbyes.items() if t > now}
         if (
