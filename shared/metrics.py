@@ -23,6 +23,12 @@ class Metrics:
         self.bad_peer_lines = Counter(
             "chat_bad_peer_lines", "Malformed lines on a Redis channel, dropped", ["channel"], registry=r
         )
+        self.bad_peer_addresses = Counter(
+            "chat_bad_peer_addresses",
+            "Peer addresses refused as not host:port, by where they came from",
+            ["source"],
+            registry=r,
+        )
         self.redis_up = Gauge("chat_redis_up", "1 while the configured Redis is reachable", registry=r)
 
     def render(self) -> bytes:

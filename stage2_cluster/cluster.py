@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -41,6 +44,10 @@ HEARTBEAT_INTERVAL = 1.0
 HTTP_TIMEOUT = 3.0
 MAX_ANSWER = 256 * 1024  # bytes of a peer's answer; a handshake's is a few hundred
 GOODBYE_WINDOW = 30.0  # seconds a signed goodbye stays acceptable
+MAX_ADDRESS = 259  # a 253-character host name, ":" and a port
+HOST_RE = re.compile(r"[A-Za-z0-9_\-.]{1,253}")
+PORT_RE = re.compile(r"[0-9]{1,5}")
+MAX_WARNED_ADDRESSES = 64  # bad addresses whose first refusal is logged at warning
 
 
 class ConnectError(Exception):
@@ -53,6 +60,22 @@ class ConnectError(Exception):
 
 def alive_key(node: str) -> str:
     return f"chat:alive:{node}"
+
+
+def valid_address(address: object) -> bool:
+    """`host:port` or `[ipv6]:port`, as `Cluster.address` writes it: nothing else (no scheme,
+    path, query or user), since it becomes the `http://{address}/cluster/...` we POST to."""
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+        return False
+    host, sep, port = address.rpartition(":")
+    if not sep or not PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    return HOST_RE.fullmatch(host) is not None
 
 
 @dataclass
@@ -74,6 +97,7 @@ class Cluster:
         self._goodbyes: dict[str, float] = {}  # nonce -> expiry, so a goodbye cannot be replayed
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._healthy_since: float | None = None
+        self._warned_addresses: set[str] = set()
         self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
         self.broker.targets = self.targets
         self.broker.on_control = self.on_control
@@ -152,13 +176,31 @@ class Cluster:
         except Exception as error:
             raise ConnectError(503, f"registry unavailable: {error}") from None
 
-    async def connect(self, name: str, address: str | None = None, *, transitive: bool = True) -> None:
+    def accept_address(self, address: object, source: str) -> bool:
+        """Every peer address goes through here, wherever it comes from (`source`: hello, peers,
+        registry, api, dns, gossip); a bad one is counted, logged and refused."""
+        if valid_address(address):
+            return True
+        self.node.metrics.bad_peer_addresses.labels(source=source).inc()
+        shown = logs.untrusted(str(address))
+        first = shown not in self._warned_addresses and len(self._warned_addresses) < MAX_WARNED_ADDRESSES
+        self._warned_addresses.add(shown)
+        level = logging.WARNING if first else logging.DEBUG  # a registry entry is seen every second
+        logs.event(log, "bad peer address refused", level=level, source=source, address=shown)
+        return False
+
+    async def connect(
+        self, name: str, address: str | None = None, *, source: str = "api", transitive: bool = True
+    ) -> None:
         """Node.connect/1: handshake with `name`, then with its peers."""
         if name == self.name or name in self.peers:
             return
-        address = address or await self.lookup(name)
         if address is None:
-            raise ConnectError(404, f"unknown node {name}: not in the registry and no address given")
+            address, source = await self.lookup(name), "registry"
+            if address is None:
+                raise ConnectError(404, f"unknown node {name}: not in the registry and no address given")
+        if not self.accept_address(address, source):
+            raise ConnectError(400 if source == "api" else 502, f'bad address for {name} ({source}): not "host:port"')
         peer_list = await self._handshake(name, address)
         if transitive:
             # Wait for the peer's peers too, so the caller's view of the cluster is whole.
@@ -222,23 +264,24 @@ class Cluster:
     def _connect_all(self, peers: list[dict[str, str]]) -> list[asyncio.Task[None]]:
         tasks = []
         for item in peers:
-            name, address = item.get("node"), item.get("address")
-            if isinstance(name, str) and isinstance(address, str) and NODE_NAME_RE.fullmatch(name):
-                task = self.connect_soon(name, address)
+            if NODE_NAME_RE.fullmatch(item["node"]):
+                task = self.connect_soon(item["node"], item["address"], source="peers")
                 if task is not None:
                     tasks.append(task)
         return tasks
 
-    def connect_soon(self, name: str, address: str | None = None) -> asyncio.Task[None] | None:
+    def connect_soon(self, name: str, address: str, *, source: str) -> asyncio.Task[None] | None:
         """Connect in the background (discovery, transitive connects); failures are logged."""
         if name == self.name or name in self.peers:
             return None
         if name in self._connecting:
             return self._connecting[name]
+        if not self.accept_address(address, source):
+            return None
 
         async def attempt() -> None:
             try:
-                await self.connect(name, address)
+                await self.connect(name, address, source=source)
             except ConnectError as error:
                 logs.event(log, "connect failed", level=30, peer=name, reason=str(error))
             finally:
@@ -256,10 +299,10 @@ class Cluster:
         name, address, challenge = body.get("node"), body.get("address"), body.get("challenge")
         if not (isinstance(name, str) and NODE_NAME_RE.fullmatch(name)):
             raise ConnectError(400, "hello needs node: name@host")
-        if not isinstance(address, str) or not (
-            isinstance(challenge, str) and handshake.CHALLENGE_RE.fullmatch(challenge)
-        ):
-            raise ConnectError(400, "hello needs address and challenge (16 to 128 hex digits) strings")
+        if not (isinstance(challenge, str) and handshake.CHALLENGE_RE.fullmatch(challenge)):
+            raise ConnectError(400, "hello needs a challenge: 16 to 128 hex digits")
+        if not self.accept_address(address, "hello"):
+            raise ConnectError(400, 'hello needs address: "host:port"')
         mine = self.challenges.issue(name, address, challenge)
         return {
             "node": self.name,

@@ -128,6 +128,8 @@ BAD_BODIES = {
     "node with a space": ({"json": {"node": "b c@localhost"}}, 400),
     "address not a string": ({"json": {"node": B, "address": 4001}}, 400),
     "address without port": ({"json": {"node": B, "address": "localhost"}}, 400),
+    "address with a path and a query": ({"json": {"node": B, "address": "127.0.0.1:1/x?y"}}, 400),
+    "address with a user": ({"json": {"node": B, "address": "me@127.0.0.1:1"}}, 400),
     "body over 64 KiB": ({"json": {"node": B, "pad": "x" * (65 * 1024)}}, 413),
 }
 
@@ -317,3 +319,27 @@ def test_a_handshake_changed_on_the_way_is_refused(apart: Cluster, tamper: str) 
     if tamper != "peers in the answer":  # there b accepted a's (intact) confirm before the answer was changed
         assert apart.nodes_of("b") == [B]
     record(f"handshake {tamper}", status=502, error=error)
+
+
+def bad_addresses(cluster: Cluster, source: str) -> float:
+    text = cluster.http.get(cluster.node("a").url + "/metrics").text
+    want = f'chat_bad_peer_addresses_total{{source="{source}"}} '
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(want)), 0.0)
+
+
+def test_a_bad_address_in_a_hello_or_a_peer_list_is_refused_and_counted(apart: Cluster) -> None:
+    hellos, peer_lists = bad_addresses(apart, "hello"), bad_addresses(apart, "peers")
+    body = {"node": FAKE, "address": "127.0.0.1:1/x?y", "challenge": secrets.token_hex(16)}
+    assert_json_error(call(apart, "POST", "/cluster/hello", auth=None, json=body), 400)
+    assert bad_addresses(apart, "hello") == hellos + 1
+
+    answer = hello(apart, f"127.0.0.1:{free_port()}")
+    peers = [{"node": "y@localhost", "address": "127.0.0.1:1/cluster/goodbye?"}]
+    assert call(apart, "POST", "/cluster/confirm", auth=None, json=confirm_body(answer, apart.cookie, peers)).is_success
+    try:
+        assert bad_addresses(apart, "peers") == peer_lists + 1
+        assert apart.nodes_of("a") == [A, FAKE]  # x is in, the peer it named with a bad address is not tried
+        assert not any("connect failed" in line and "y@localhost" in line for line in apart.node("a").lines)
+    finally:
+        call(apart, "DELETE", f"/api/nodes/{FAKE}")
+    record("bad peer addresses", hello=400, peer_list="ignored and counted", api=400)

@@ -16,6 +16,7 @@ import sys
 from shared.broker import Delivery
 from shared.settings import Settings, redact_url
 from stage2_cluster.broker import RedisBroker, node_channel
+from stage2_cluster.cluster import valid_address
 from tests import cluster as fixtures
 from tests.cluster import (
     LOBBY,
@@ -170,3 +171,48 @@ def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
     settings = Settings.from_env({"REDIS_URL": f"redis://:{password}@h:1/0", "CLUSTER_COOKIE": "c" * 16})
     assert password not in repr(settings)
     assert redact_url(f"redis://user:{password}@h:1/0") == "redis://user:***@h:1/0"
+
+
+VALID_ADDRESSES = ["10.0.0.1:4000", "localhost:1", "[::1]:4000", "chat-0.chat-nodes:65535", "h" * 253 + ":1"]
+BAD_ADDRESSES = [
+    "127.0.0.1:1/x?y",
+    "127.0.0.1:1/",
+    "user:pw@127.0.0.1:1",
+    "http://127.0.0.1:1",
+    "127.0.0.1",
+    "127.0.0.1:0",
+    "127.0.0.1:65536",
+    "127.0.0.1:\u0661",  # an Arabic-Indic digit: str.isdigit() says yes
+    "h" * 254 + ":1",
+    "[not-ipv6]:1",
+    "[10.0.0.1]:1",
+    "127.0.0.1:1#x",
+    "a b:1",
+    "",
+]
+
+
+def test_the_one_address_validator_takes_host_port_only() -> None:
+    assert [address for address in VALID_ADDRESSES if not valid_address(address)] == []
+    assert [address for address in BAD_ADDRESSES if valid_address(address)] == []
+    assert not valid_address(None)
+
+
+def test_a_registry_entry_with_a_bad_address_is_ignored_counted_and_logged(cluster: Cluster) -> None:
+    (a,) = cluster.start("a", DISCOVERY="redis")
+    ghost, address = "ghost@localhost", "127.0.0.1:1/x?y"
+    with cluster.redis.client() as client:
+        client.hset("chat:registry", ghost, address)
+        client.set(f"chat:alive:{ghost}", address, px=60_000)
+
+    def counted() -> float:
+        text = cluster.http.get(a.url + "/metrics").text
+        return metric(text, "chat_bad_peer_addresses_total", source="registry")
+
+    wait_until(lambda: counted() >= 2, what="the entry refused on two polls")
+    refusals = [e for e in a.logs() if e.get("event") == "bad peer address refused"]
+    assert [(e["level"], e["source"], e["address"]) for e in refusals[:1]] == [("warning", "registry", address)]
+    assert len(refusals) == 1  # one warning, not one a second
+    assert not any(e.get("peer") == ghost for e in a.logs())  # never tried
+    assert cluster.nodes_of("a") == [full_name("a")]
+    record("bad registry address", refused_polls=counted(), warnings=1)
