@@ -47,6 +47,7 @@ GOODBYE_WINDOW = 30.0  # seconds a signed goodbye stays acceptable
 MAX_ADDRESS = 259  # a 253-character host name, ":" and a port
 HOST_RE = re.compile(r"[A-Za-z0-9_\-.]{1,253}")
 PORT_RE = re.compile(r"[0-9]{1,5}")
+REGISTRY_KEEP = 10  # a registry entry outlives its node's alive key by this many NODE_DOWN_AFTER
 MAX_WARNED_ADDRESSES = 64  # bad addresses whose first refusal is logged at warning
 
 
@@ -98,6 +99,7 @@ class Cluster:
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._healthy_since: float | None = None
         self._warned_addresses: set[str] = set()
+        self._gone_since: dict[str, float] = {}  # registry entries without an alive key: since when
         self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
         self.broker.targets = self.targets
         self.broker.on_control = self.on_control
@@ -127,6 +129,7 @@ class Cluster:
         while True:
             with contextlib.suppress(BrokerUnavailable):
                 await self._register()
+                await self._prune_registry()
                 if self.peers:
                     await self.broker.send(list(self.peers), f"h {self.name}")
             self._drop_silent()
@@ -141,6 +144,27 @@ class Cluster:
                 await pipe.execute()
         except Exception as error:  # redis-py raises several kinds; all mean "not now"
             raise BrokerUnavailable(str(error)) from None
+
+    async def _prune_registry(self) -> None:
+        """Forget the registry entries of nodes whose alive key has been gone for REGISTRY_KEEP
+        times NODE_DOWN_AFTER, so that the hash does not grow with every node that ever ran.
+        Every node does it; a node that comes back registers again within a heartbeat."""
+        keep = REGISTRY_KEEP * self.settings.node_down_after
+        client = self.broker.client
+        try:
+            names = [name for name in await client.hkeys(REGISTRY) if name != self.name]
+            alive = await client.mget([alive_key(name) for name in names]) if names else []
+            now = time.monotonic()
+            dead = [name for name, value in zip(names, alive, strict=True) if value is None]
+            gone = {name: self._gone_since.get(name, now) for name in dead}
+            expired = [name for name, since in gone.items() if now - since > keep]
+            if expired:
+                await client.hdel(REGISTRY, *expired)
+        except Exception as error:  # redis-py raises several kinds; all mean "not now"
+            raise BrokerUnavailable(str(error)) from None
+        self._gone_since = {name: since for name, since in gone.items() if name not in expired}
+        for name in expired:
+            logs.event(log, "registry entry expired", peer=logs.untrusted(name), gone_s=round(now - gone[name], 1))
 
     async def close(self) -> None:
         for task in self._connecting.values():

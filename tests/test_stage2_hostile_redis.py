@@ -12,11 +12,12 @@ import asyncio
 import secrets
 import subprocess
 import sys
+import time
 
 from shared.broker import Delivery
 from shared.settings import Settings, redact_url
 from stage2_cluster.broker import RedisBroker, node_channel
-from stage2_cluster.cluster import valid_address
+from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
 from tests import cluster as fixtures
 from tests.cluster import (
     LOBBY,
@@ -216,3 +217,24 @@ def test_a_registry_entry_with_a_bad_address_is_ignored_counted_and_logged(clust
     assert not any(e.get("peer") == ghost for e in a.logs())  # never tried
     assert cluster.nodes_of("a") == [full_name("a")]
     record("bad registry address", refused_polls=counted(), warnings=1)
+
+
+def test_registry_entries_of_dead_nodes_expire(cluster: Cluster) -> None:
+    down_after = 0.5
+    keep = REGISTRY_KEEP * down_after
+    cluster.start("a", "b", NODE_DOWN_AFTER=str(down_after))
+    with cluster.redis.client() as client:
+        client.hset("chat:registry", "ghost@localhost", "127.0.0.1:1")  # never had an alive key
+        wait_until(lambda: client.hlen("chat:registry") == 3, what="a, b and the ghost registered")
+        cluster.kill("b")
+        killed = time.monotonic()
+        wait_until(
+            lambda: sorted(client.hkeys("chat:registry")) == [full_name("a")],
+            deadline=keep + 15,
+            what="b's and the ghost's entries gone, a's kept",
+        )
+        took = time.monotonic() - killed
+    expired = {e["peer"] for e in cluster.node("a").logs() if e.get("event") == "registry entry expired"}
+    assert expired == {full_name("b"), "ghost@localhost"}
+    assert took > keep  # not before its bound: a node that is only slow keeps its entry
+    record("registry expiry", node_down_after=down_after, bound_s=keep, gone_after_s=round(took, 2))
