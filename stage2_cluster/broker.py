@@ -98,6 +98,8 @@ class RedisBroker:
         # messages published while we were not subscribed are read back from the stream
         # (Pub/Sub does not keep them), and a message never goes out twice.
         self._last_ids: dict[str, tuple[int, int]] = {}
+        self._holding = 0  # catch-ups running: live stored messages wait in _held meanwhile
+        self._held: list[tuple[str, str, str]] = []
         self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
         self.targets: Callable[[], list[str]] = lambda: [self.node]
         self.on_control: Callable[[str, str], None] = lambda kind, data: None
@@ -235,29 +237,51 @@ class RedisBroker:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await pubsub.aclose()
 
-    async def _catch_up(self) -> None:
+    async def catch_up(self) -> int:
+        """Deliver what the stream holds past the last message delivered, for a peer regained.
+
+        Live messages arriving meanwhile are held and delivered after it, so that sockets
+        still get one room's messages in stream order; any the read had are skipped."""
+        self._holding += 1
+        try:
+            return await self._catch_up()
+        except (RedisError, OSError) as error:
+            raise BrokerUnavailable(str(error)) from None
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                held, self._held = self._held, []
+                for topic, message_id, frame in held:
+                    self._deliver_stored(topic, message_id, frame)
+
+    async def _catch_up(self) -> int:
         """Deliver what was stored in rooms we deliver to while we were not subscribed.
 
         Called once subscribed again: anything published from now on reaches us live
         (and is skipped by `_deliver_stored` if the stream read already had it). Only
         messages of nodes we are connected to, as live delivery follows connections."""
         senders = set(self.targets())
+        delivered = 0
         for topic, (ms, seq) in list(self._last_ids.items()):
             entries = await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+")
             for entry_id, fields in entries:
                 if fields["node"] not in senders:
                     continue
                 message = ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
-                self._deliver_stored(topic, entry_id, protocol.broadcast(topic, "new:msg", message.payload()))
+                delivered += self._deliver_stored(
+                    topic, entry_id, protocol.broadcast(topic, "new:msg", message.payload())
+                )
+        return delivered
 
-    def _deliver_stored(self, topic: str, message_id: str, frame: str) -> None:
+    def _deliver_stored(self, topic: str, message_id: str, frame: str) -> bool:
         ms, _, seq = message_id.partition("-")
         key = (int(ms), int(seq))
         last = self._last_ids.get(topic)
         if last is not None and key <= last:
-            return  # already delivered by the catch-up after a reconnect
+            return False  # already delivered by a catch-up
         self._last_ids[topic] = key
         self._deliver_to_hub(Delivery(topic, frame, message_id))
+        return True
 
     def _dispatch(self, line: str) -> None:
         """Hand one line to the hub or the cluster; BadLine for anything we would never send."""
@@ -266,7 +290,10 @@ class RedisBroker:
             topic, message_id, frame = _split(rest, 3)
             if not MESSAGE_ID_RE.fullmatch(message_id):
                 raise BadLine("message id is not <ms>-<seq>")
-            self._deliver_stored(topic, message_id, _frame(frame))
+            if self._holding:
+                self._held.append((topic, message_id, _frame(frame)))
+            else:
+                self._deliver_stored(topic, message_id, _frame(frame))
         elif kind == "b":
             topic, frame = _split(rest, 2)
             self._deliver_to_hub(Delivery(topic, _frame(frame)))

@@ -48,6 +48,7 @@ MAX_ADDRESS = 259  # a 253-character host name, ":" and a port
 HOST_RE = re.compile(r"[A-Za-z0-9_\-.]{1,253}")
 PORT_RE = re.compile(r"[0-9]{1,5}")
 REGISTRY_KEEP = 10  # a registry entry outlives its node's alive key by this many NODE_DOWN_AFTER
+# ...and a peer dropped for silence is still sent our messages as long (see targets()).
 MAX_WARNED_ADDRESSES = 64  # bad addresses whose first refusal is logged at warning
 
 
@@ -94,6 +95,8 @@ class Cluster:
         self.cookie: str = node.settings.cluster_cookie or ""
         self.broker = node.redis
         self.peers: dict[str, Peer] = {}
+        # Peers dropped for silence -> when: still sent our messages for LOST_KEEP seconds.
+        self.lost: dict[str, float] = {}
         self.challenges = handshake.Challenges()
         self._goodbyes: dict[str, float] = {}  # nonce -> expiry, so a goodbye cannot be replayed
         self._connecting: dict[str, asyncio.Task[None]] = {}
@@ -117,7 +120,12 @@ class Cluster:
         return f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
 
     def targets(self) -> list[str]:
-        return [self.name, *self.peers]
+        """Where our messages go: ourselves, our peers, and the peers we dropped for silence.
+
+        A peer we stopped hearing may still hear us, or hear again before we connect again
+        (a partition heals on its side first). Publishing to it until then keeps its
+        sockets' view gap-free and in order; it costs a PUBLISH nobody may receive."""
+        return [self.name, *self.peers, *self.lost]
 
     def nodes(self) -> list[str]:
         return [self.name, *sorted(self.peers)]
@@ -181,6 +189,8 @@ class Cluster:
 
     def _drop_silent(self) -> None:
         now = time.monotonic()
+        keep = REGISTRY_KEEP * self.settings.node_down_after
+        self.lost = {name: since for name, since in self.lost.items() if now - since <= keep}
         if self._healthy_since is None or now - self._healthy_since < self.settings.node_down_after:
             return
         # Silence counts only up to the last time Redis answered us: a Redis that stopped
@@ -190,6 +200,7 @@ class Cluster:
         for peer in list(self.peers.values()):
             if heard - peer.last_heard > self.settings.node_down_after:
                 self._remove(peer.name, "no heartbeat", silence_s=round(now - peer.last_heard, 2))
+                self.lost[peer.name] = now
 
     # Connecting --------------------------------------------------------------------
 
@@ -380,14 +391,31 @@ class Cluster:
 
     async def _add(self, name: str, address: str) -> None:
         if name in self.peers:
+            # It handshakes although we list it: it had dropped us, and may have stopped
+            # sending us its messages (past LOST_KEEP) before it came back.
             self.peers[name].address = address
+            await self._catch_up(name)
             return
+        regained = self.lost.pop(name, None) is not None
         self.peers[name] = Peer(name, address)
         self.node.metrics.cluster_nodes.set(len(self.peers) + 1)
         logs.event(log, "node connected", peer=name, address=address, nodes=len(self.peers) + 1)
         await self._send_sync(name, want_reply=True)
+        if regained:
+            await self._catch_up(name)
+
+    async def _catch_up(self, name: str) -> None:
+        """Deliver to our sockets what the stream holds past the last message they got."""
+        try:
+            delivered = await self.broker.catch_up()
+        except BrokerUnavailable as error:
+            # Our subscription is down too: it catches up by itself when it is back.
+            logs.event(log, "catch-up after reconnecting skipped", level=30, peer=name, reason=str(error))
+            return
+        logs.event(log, "caught up after reconnecting", peer=name, messages=delivered)
 
     def _remove(self, name: str, reason: str, **fields: object) -> None:
+        self.lost.pop(name, None)  # removed on purpose: it stays out
         if self.peers.pop(name, None) is None:
             return
         self.node.metrics.cluster_nodes.set(len(self.peers) + 1)
