@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -64,17 +65,22 @@ def stage1() -> Iterator[DocsEnv]:
 def stage2() -> Iterator[DocsEnv]:
     """What `make stage2 NODES=3 DISCOVERY=manual` starts: a real redis-server and nodes
     a@localhost, b@localhost, c@localhost (`python -m stage2_cluster`), not yet connected,
-    on free ports, sharing a known cookie. The cookie is exported as a learner who ran
-    `export CLUSTER_COOKIE=$(cat .stage2/cookie)` has it; CHAT_URL points `chatctl` at
+    on free ports, sharing a known cookie, Redis with a password. Both are exported as a
+    learner who ran `export CLUSTER_COOKIE=... REDIS_PASSWORD=...` has them; CHAT_URL points `chatctl` at
     node a, where it looks by default."""
-    with RedisServer() as redis, Cluster(redis, discovery="manual") as cluster:
+    password = "docs-redis-password-" + secrets.token_hex(8)
+    with RedisServer(password=password) as redis, Cluster(redis, discovery="manual") as cluster:
         cluster.start("a", "b", "c")
         redis_address = f"127.0.0.1:{redis.port}"
         replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address}
         for name, documented in zip("abc", (4000, 4001, 4002), strict=True):
             address = f"127.0.0.1:{cluster.node(name).port}"
             replacements |= {f"localhost:{documented}": address, f"127.0.0.1:{documented}": address}
-        env = {"CLUSTER_COOKIE": cluster.cookie, "CHAT_URL": f"http://{replacements['localhost:4000']}"}
+        env = {
+            "CLUSTER_COOKIE": cluster.cookie,
+            "REDIS_PASSWORD": password,
+            "CHAT_URL": f"http://{replacements['localhost:4000']}",
+        }
         yield DocsEnv(replacements, env)
 
 

@@ -72,34 +72,61 @@ def bad_lines_of(cluster: Cluster, name: str) -> float:
     return metric(text, "chat_bad_peer_lines_total", channel=node_channel(full_name(name)))
 
 
+ATTACK_POLLS = 20  # /readyz answers per node seen during the attack, at least
+
+
+def publish_garbage(cluster: Cluster) -> int:
+    """One round of every garbage line to every node's channel; the lines sent per node."""
+    with cluster.redis.client() as client, cluster.redis.client() as raw:
+        raw.connection_pool.connection_kwargs["decode_responses"] = False
+        for name in cluster.nodes:
+            channel = node_channel(full_name(name))
+            for line in GARBAGE:
+                assert client.publish(channel, line) == 1  # the node is subscribed
+            for data in GARBAGE_BYTES:
+                raw.publish(channel, data)
+    return len(GARBAGE) + len(GARBAGE_BYTES)
+
+
 async def test_garbage_on_every_node_channel_is_dropped_and_counted_while_messages_still_cross(
     two_nodes: Cluster,
 ) -> None:
     a, b = two_nodes.node("a"), two_nodes.node("b")
     readyz: dict[str, list[tuple[float, int]]] = {"a": [], "b": []}
-    stop = asyncio.Event()
-    pollers = [asyncio.create_task(poll_readyz(node.url, readyz[name], stop)) for name, node in (("a", a), ("b", b))]
+    stop_polling, stop_attack = asyncio.Event(), asyncio.Event()
+    sent = 0
+
+    async def attack() -> None:
+        nonlocal sent
+        while not stop_attack.is_set():
+            sent += await asyncio.to_thread(publish_garbage, two_nodes)
+
+    pollers = [
+        asyncio.create_task(poll_readyz(node.url, readyz[name], stop_polling, every=0.05))
+        for name, node in (("a", a), ("b", b))
+    ]
+    attacker = asyncio.create_task(attack())
     try:
         async with PhoenixClient(a.ws_url) as alice, PhoenixClient(b.ws_url) as bob:
             await alice.join(LOBBY, {"user": "alice"})
             since = await bob.join(LOBBY, {"user": "bob"})
-            with two_nodes.redis.client() as client, two_nodes.redis.client() as raw:
-                raw.connection_pool.connection_kwargs["decode_responses"] = False
-                for name in ("a", "b"):
-                    channel = node_channel(full_name(name))
-                    for line in GARBAGE:
-                        assert client.publish(channel, line) == 1  # the node is subscribed
-                    for data in GARBAGE_BYTES:
-                        raw.publish(channel, data)
-            sent = len(GARBAGE) + len(GARBAGE_BYTES)
-            for name in ("a", "b"):
-                await async_wait_until(lambda n=name: bad_lines_of(two_nodes, n) == sent, what=f"{name} counted")
             for body, sender, receiver in ((unique("a2b"), alice, bob), (unique("b2a"), bob, alice)):
                 assert (await sender.message(body)).ok
                 await receiver.wait_for_message(body, since=since if receiver is bob else 0)
+            await async_wait_until(
+                lambda: all(len(r) >= ATTACK_POLLS for r in readyz.values()), what="readyz polled during the attack"
+            )
+            stop_attack.set()
+            await attacker
+            for name in ("a", "b"):
+                await async_wait_until(lambda n=name: bad_lines_of(two_nodes, n) == sent, what=f"{name} counted all")
+            last = unique("after")
+            assert (await alice.message(last)).ok
+            await bob.wait_for_message(last, since=since)
     finally:
-        stop.set()
-        await asyncio.gather(*pollers)
+        stop_attack.set()
+        stop_polling.set()
+        await asyncio.gather(attacker, *pollers, return_exceptions=True)
     for name in ("a", "b"):
         statuses = {status for _, status in readyz[name]}
         assert statuses == {200}, f"{name}: the subscription never stopped, so /readyz must say 200: {statuses}"
@@ -110,6 +137,10 @@ async def test_garbage_on_every_node_channel_is_dropped_and_counted_while_messag
         "bad_peer_lines",
         lines_per_node=sent,
         counted={name: bad_lines_of(two_nodes, name) for name in ("a", "b")},
+        warnings_logged={
+            name: sum(1 for e in two_nodes.node(name).logs() if e.get("event") == "bad line on our channel dropped")
+            for name in ("a", "b")
+        },
         readyz_polls={name: len(readyz[name]) for name in ("a", "b")},
         readyz_non_200=sum(1 for name in ("a", "b") for _, s in readyz[name] if s != 200),
     )
