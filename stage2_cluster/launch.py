@@ -95,6 +95,11 @@ class Launcher:
                 f"stage2: port {port} is in use; set REDIS_PORT=<free port> or REDIS_URL=redis://host:port"
             )
         password = os.environ.get("REDIS_PASSWORD") or self.kept("redis-password") or secrets.token_urlsafe(24)
+        if len(password) < 16 or not all(c.isascii() and c.isprintable() and c not in ' "\\' for c in password):
+            raise SystemExit(
+                "stage2: REDIS_PASSWORD must be at least 16 printable ASCII characters, without spaces, "
+                "quotes or backslashes"
+            )
         self.keep("redis-password", password)
         # In a config file (mode 0600) rather than on the command line, where `ps` would show
         # the password. appendfsync everysec: a crash of Redis loses nothing it acknowledged,

@@ -254,3 +254,14 @@ def test_bad_arguments_exit_2_without_starting_anything(tmp_path: Path, argv: li
     assert result.returncode == 2
     assert "usage: stage2" in result.stderr
     assert not (tmp_path / ".stage2").exists()
+
+
+@pytest.mark.parametrize("password", ["short", 'with "quotes" and spaces 0123456789'])
+def test_a_redis_password_that_redis_cannot_take_is_refused_with_one_line(tmp_path: Path, password: str) -> None:
+    env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "REDIS_PASSWORD": password}
+    command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", "1", "--redis-port", str(free_port())]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "stage2: REDIS_PASSWORD must be at least 16 printable ASCII characters, without spaces, quotes or backslashes"
+    ]
