@@ -257,17 +257,20 @@ class RedisBroker:
     async def _catch_up(self) -> int:
         """Deliver what was stored in rooms we deliver to while we were not subscribed.
 
-        Called once subscribed again: anything published from now on reaches us live
-        (and is skipped by `_deliver_stored` if the stream read already had it). Only
-        messages of nodes we are connected to, as live delivery follows connections."""
+        Called once subscribed again (and by `catch_up`): anything published from then on
+        reaches us live (and is skipped by `_deliver_stored` if the stream read already had
+        it). Only messages of nodes we send to, as live delivery follows connections."""
         senders = set(self.targets())
         delivered = 0
         for topic, (ms, seq) in list(self._last_ids.items()):
             entries = await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+")
             for entry_id, fields in entries:
-                if fields["node"] not in senders:
+                if fields.get("node") not in senders:
                     continue
-                message = ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
+                try:
+                    message = ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
+                except (KeyError, ValueError):
+                    continue  # not written by the publish script: an XADD of someone with Redis access
                 delivered += self._deliver_stored(
                     topic, entry_id, protocol.broadcast(topic, "new:msg", message.payload())
                 )
