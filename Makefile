@@ -15,6 +15,8 @@ BASE_PORT ?= 4000
 DISCOVERY ?= redis
 REDIS_PORT ?= 6379
 # NEW_COOKIE=1: a new cluster cookie; by default the one in .stage2/cookie is kept.
+# REDIS_PASSWORD (environment): the embedded Redis's password; by default the one in
+# .stage2/redis-password is kept (a new one on the first run).
 NEW_COOKIE ?=
 
 # Stage 3 options: the local Kubernetes (kind | minikube), the number of chat pods

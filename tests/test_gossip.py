@@ -99,11 +99,6 @@ def test_invalid_packets_are_dropped(packet: bytes) -> None:
     assert gossip.Codec(None).decode(packet) is None
 
 
-def test_valid_addresses() -> None:
-    for address in ("10.0.0.1:4000", "localhost:1", "[::1]:4000", "chat-0.chat-nodes:65535"):
-        assert gossip.valid_address(address), address
-
-
 def test_the_group_is_joined_on_the_interface_of_host_or_pod_ip() -> None:
     assert gossip.interface_address(Settings(host="10.1.2.3")) == "10.1.2.3"
     assert gossip.interface_address(Settings(host="0.0.0.0", pod_ip="10.9.9.9")) == "10.9.9.9"
