@@ -31,6 +31,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -62,9 +63,10 @@ class RawWebSocket:
     For what a well-behaved library will not do: invalid UTF-8, unmasked or reserved-bit
     frames, and never reading (a slow consumer, with a small receive buffer)."""
 
-    def __init__(self, sock: socket.socket, status: int, rest: bytes) -> None:
+    def __init__(self, sock: socket.socket, head: bytes, rest: bytes) -> None:
         self.sock = sock
-        self.status = status
+        self.head = head  # the response's status line and headers
+        self.status = int(head.split()[1])
         self.buffer = rest
 
     @classmethod
@@ -77,6 +79,7 @@ class RawWebSocket:
         origin: str | None = None,
         rcvbuf: int | None = None,
         timeout: float = DEADLINE,
+        headers: tuple[str, ...] = (),
     ) -> RawWebSocket:
         sock = socket.socket()
         try:
@@ -95,6 +98,7 @@ class RawWebSocket:
             ]
             if origin is not None:
                 lines.append(f"Origin: {origin}")
+            lines += headers
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             response = b""
             while b"\r\n\r\n" not in response:
@@ -106,7 +110,7 @@ class RawWebSocket:
             sock.close()
             raise
         head, _, rest = response.partition(b"\r\n\r\n")
-        return cls(sock, int(head.split()[1]), rest)
+        return cls(sock, head, rest)
 
     def send_frame(
         self, payload: bytes, *, opcode: int = 1, fin: bool = True, rsv: int = 0, masked: bool = True
@@ -440,6 +444,85 @@ def test_a_frame_announcing_an_absurd_length_is_cut_without_reading_it(nodes: Cl
     finally:
         ws.close()
     assert healthy(nodes)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def deflate_bomb(inflated: int) -> bytes:
+    """One permessage-deflate payload (raw deflate, sync flush, RFC 7692 §7.2.1) of `inflated` bytes of text."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = b"a" * (1 << 20)
+    parts = [compressor.compress(chunk) for _ in range(inflated // len(chunk))]
+    data = b"".join(parts) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4]  # without the 00 00 ff ff the receiver adds back
+
+
+def test_a_deflate_bomb_closes_with_1009_and_is_never_inflated_whole(stage1_node: NodeProcess) -> None:
+    from tests.test_reliability_faults import record
+
+    bomb = deflate_bomb(200 * 1024 * 1024)
+    pid = stage1_node.proc.pid  # type: ignore[union-attr]
+    offer = ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",)
+    sockets = [RawWebSocket.open("127.0.0.1", stage1_node.port, headers=offer) for _ in range(4)]
+    try:
+        assert all(b"permessage-deflate" in ws.head.lower() for ws in sockets), sockets[0].head
+        before = peak_rss_mb(pid)
+        started = time.monotonic()
+        for ws in sockets:
+            ws.send_frame(bomb, rsv=4)  # RSV1: a compressed message
+        codes = [ws.close_code() for ws in sockets]
+        took = time.monotonic() - started
+        after = peak_rss_mb(pid)
+    finally:
+        for ws in sockets:
+            ws.close()
+    record(
+        "deflate_bomb",
+        clients=len(sockets),
+        compressed_kb=round(len(bomb) / 1024),
+        inflates_to_mb=200,
+        close_codes=codes,
+        peak_rss_before_mb=round(before, 1),
+        peak_rss_after_mb=round(after, 1),
+        peak_rss_growth_mb=round(after - before, 1),
+        seconds=round(took, 2),
+    )
+    assert codes == [1009] * 4
+    assert after - before < 32, f"peak RSS grew {after - before:.1f} MB: the bomb was inflated"
+    assert httpx.get(stage1_node.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_compressed_chat_frame_under_the_limit_is_inflated_and_served(stage1_node: NodeProcess) -> None:
+    """The bound costs nothing to honest clients: a compressed join and push are answered as usual."""
+    offer = ("Sec-WebSocket-Extensions: permessage-deflate",)
+    ws = RawWebSocket.open("127.0.0.1", stage1_node.port, headers=offer)
+    try:
+        body = "é" * 2000  # 4000 bytes that compress to a few dozen
+        for frame in (
+            ["1", "1", "rooms:lobby", "phx_join", {"user": "zip"}],
+            ["1", "2", "rooms:lobby", "new:msg", {"user": "zip", "body": body}],
+        ):
+            compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+            data = compressor.compress(json.dumps(frame).encode()) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            ws.send_frame(data[:-4], rsv=4)
+        replies = {}
+        while "2" not in replies:
+            opcode, payload = ws.read_frame()
+            assert opcode == 1, (opcode, payload[:80])  # the server's own frames are not compressed
+            message = json.loads(payload)
+            if message[3] == "phx_reply":
+                replies[message[1]] = message[4]
+    finally:
+        ws.close()
+    assert replies["1"]["status"] == "ok"
+    assert replies["2"] == {"status": "ok", "response": {"msg": body, "id": replies["2"]["response"]["id"]}}
 
 
 @pytest.mark.parametrize(
