@@ -27,7 +27,11 @@ log = logs.get("socket")
 
 
 class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up."""
+    """`rate` tokens a second, at most `burst` saved up.
+
+    Every frame takes a token, a refused one too: a flood runs the bucket into debt (at
+    most `burst` deep), so a sender that keeps flooding gets nothing through until it
+    has been quiet long enough to pay it back, instead of one frame per refill."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
@@ -40,9 +44,10 @@ class TokenBucket:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        self.tokens -= 1
+        if self.tokens >= 0:
             return True
+        self.tokens = max(self.tokens, -self.burst)
         return False
 
 
@@ -208,12 +213,14 @@ class PhoenixSocket:
         if isinstance(data, bytes):
             raise protocol.ProtocolError("binary frames are not accepted; send JSON text")
         frame = protocol.decode(data)
-        if frame.topic == protocol.PHOENIX_TOPIC and frame.event == protocol.HEARTBEAT:
-            self.send(protocol.reply(frame, "ok"))
-            return
+        # Heartbeats count too: past the limit one is answered `rate_limited` like any frame
+        # (phoenix.js takes any reply to its heartbeat as a sign of life).
         if not self.bucket.take():
             self.hub.metrics.messages_rejected.labels("rate_limited").inc()
             self.send(protocol.reply(frame, "error", {"reason": "rate_limited"}))
+            return
+        if frame.topic == protocol.PHOENIX_TOPIC and frame.event == protocol.HEARTBEAT:
+            self.send(protocol.reply(frame, "ok"))
             return
         channel = self.channels.get(frame.topic)
         if frame.event == protocol.JOIN:

@@ -141,11 +141,12 @@ def decoded(data: str | bytes) -> list[Any] | int:
 def expect(model: Model, frame: list[Any]) -> tuple[list[list[Any]], list[list[Any]], Stored | None]:
     """(frames to the socket, frames to another member of the room, the message stored) for one decoded frame."""
     join_ref, _ref, topic, event, payload = frame
+    model.tokens -= 1  # every frame costs a token, heartbeats and refused frames too
+    if model.tokens < 0:
+        model.tokens = max(model.tokens, -model.burst)
+        return [error(frame, "rate_limited")], [], None
     if topic == "phoenix" and event == "heartbeat":
         return [reply(frame, "ok")], [], None
-    if model.tokens < 1:
-        return [error(frame, "rate_limited")], [], None
-    model.tokens -= 1
     if event == "phx_join":
         out: list[list[Any]] = []
         if topic == LOBBY and model.joined:
