@@ -9,6 +9,7 @@ while frames wait in the outbox, so an idle socket holds no task of its own.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -21,7 +22,10 @@ if TYPE_CHECKING:
     from shared.hub import Hub
 
 IDLE_TIMEOUT = 60.0  # seconds without any frame; phoenix.js heartbeats every 30 s
-OUTBOX_LIMIT = 4 * 1024 * 1024  # bytes queued for one socket before it counts as too slow
+# Bytes queued for one socket before it counts as too slow: the largest honest burst is a
+# join's replay, HISTORY_SIZE (100) messages of up to 8 KB of UTF-8 each. All sockets
+# together are bounded tighter, by the hub's outbox budget (docs/protocol.md, Limits).
+OUTBOX_LIMIT = 1024 * 1024
 
 log = logs.get("socket")
 
@@ -79,7 +83,7 @@ class PhoenixSocket:
         self.hub = hub
         self.channels: dict[str, RoomChannel] = {}
         self.outbox: list[str] = []  # taken whole by the writer: an empty list costs next to nothing
-        self.outbox_bytes = 0  # characters, in fact: frames are mostly ASCII and this is a bound, not a meter
+        self.outbox_bytes = 0  # the memory the queued strings take (sys.getsizeof)
         self.outbox_limit = outbox_limit
         self.idle_timeout = idle_timeout  # the node's sweep closes a socket silent this long
         self.last_in = time.monotonic()  # when the last frame came in
@@ -106,12 +110,21 @@ class PhoenixSocket:
             return
         if self.transport is not None and self.write_now(wire if wire is not None else text_frame(frame)):
             return
-        self.outbox_bytes += len(frame)
-        if self.outbox_bytes > self.outbox_limit:
-            self.hub.metrics.drops.inc()
-            log.warning("socket dropped: outgoing buffer full", extra={"fields": {"queued": len(self.outbox)}})
+        size = sys.getsizeof(frame)
+        hub = self.hub
+        if self.outbox_bytes + size > self.outbox_limit or (
+            self._send is not None and hub.outbox_bytes + size > hub.outbox_budget
+        ):
+            hub.metrics.drops.inc()
+            log.warning(
+                "socket dropped: outgoing buffer full",
+                extra={"fields": {"queued": len(self.outbox), "node_queued": hub.outbox_bytes}},
+            )
             self._finish(protocol.CLOSE_POLICY)
             return
+        self.outbox_bytes += size
+        if self._send is not None:  # a served socket: its queue counts against the node's budget
+            hub.outbox_bytes += size
         self.outbox.append(frame)
         self._write_soon()
 
@@ -125,13 +138,15 @@ class PhoenixSocket:
 
     def write_now(self, wire: bytes) -> bool:
         """Write framed bytes straight to the transport if nothing waits before them and the
-        client keeps up; False when they must take the queue instead."""
+        client keeps up; False when they must take the queue instead. The transport never
+        holds more than HIGH_WATER bytes written this way: what it cannot take is queued,
+        where the outbox bounds count it."""
         transport = self.transport
         if (
             transport is not None
             and not self.outbox
             and not self._sending
-            and transport.get_write_buffer_size() < HIGH_WATER
+            and transport.get_write_buffer_size() + len(wire) <= HIGH_WATER
             and not transport.is_closing()
         ):
             transport.write(wire)
@@ -173,8 +188,10 @@ class PhoenixSocket:
             frames, self.outbox = self.outbox, []
             self._sending = True
             for frame in frames:
-                self.outbox_bytes -= len(frame)
-                await send(frame)
+                await send(frame)  # returns once Hypercorn's transport has drained below its mark
+                size = sys.getsizeof(frame)  # counted until then: a stalled client's frame is still here
+                self.outbox_bytes -= size
+                self.hub.outbox_bytes -= size
             self._sending = False
         self._writer = None  # from here on, a new frame starts a new writer
         if self._closing is not None and not self._handling:
@@ -272,6 +289,7 @@ class PhoenixSocket:
         `transport`, when given, is the fast path (transport.py)."""
         self.transport = transport
         self._send = send
+        self.hub.outbox_bytes += self.outbox_bytes  # from here on the node's budget counts this queue
         self.last_in = time.monotonic()
         self._task = asyncio.current_task()
         try:
@@ -290,6 +308,9 @@ class PhoenixSocket:
             self._waiting = False
             if self._writer is not None:
                 self._writer.cancel()
+            # What was never sent is let go, and given back to the node's budget.
+            self.hub.outbox_bytes -= self.outbox_bytes
+            self.outbox, self.outbox_bytes = [], 0
             for channel in list(self.channels.values()):
                 self._leave(channel)
         if self._error is not None:

@@ -29,6 +29,7 @@ import os
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -548,6 +549,75 @@ def test_a_heartbeat_flood_is_rate_limited_like_any_frame(stage1_node: NodeProce
     record("heartbeat_flood", heartbeats=flood, replies=replies, next_frame=after)
     # The burst, and what refilled while the flood was read (the debt is tests/test_channel.py's).
     assert replies["ok"] >= 20 and replies["rate_limited"] == flood - replies["ok"] > 0, replies
+
+
+# The node's address space is capped in the child before it starts (limits survive exec).
+CAPPED = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({0}, {0})); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
+    """40 sockets that never read each ask for the history again and again: every join
+    replays 100 messages of 8 KB, framed for that socket alone. The node has 128 MiB of
+    address space in all; each stalled socket is dropped and the node serves on."""
+    from tests.cluster import PhoenixClient, run_async
+    from tests.test_reliability_faults import record
+
+    stalled_count, rejoins, cap = 40, 20, 128 * 1024 * 1024
+    env = {"PING_INTERVAL": "0", "MAX_CONNECTIONS": "64", "RATE_LIMIT": "10000/10000"}
+    node = NodeProcess("stage1_dev", env, prefix=[sys.executable, "-c", CAPPED.format(cap)])
+    stalled: list[RawWebSocket] = []
+    body = "🙂" * 2000  # 8000 bytes of UTF-8, 8 KB in memory
+
+    async def fill_history() -> None:
+        async with PhoenixClient(node.ws_url) as writer:
+            await writer.join("rooms:lobby", {"user": "writer"})
+            for _ in range(100):
+                assert (await writer.push("rooms:lobby", "new:msg", {"user": "writer", "body": body})).ok
+
+    async def still_serving() -> tuple[bool, int]:
+        async with PhoenixClient(node.ws_url) as late:
+            await late.join("rooms:lobby", {"user": "late"})
+            reply = await late.push("rooms:lobby", "new:msg", {"user": "late", "body": "still here"})
+            await late.wait_for_message("still here")
+            return reply.ok, len(late.messages())
+
+    try:
+        node.start()
+        wait_until(lambda: httpx.get(node.url + "/healthz", timeout=2).status_code == 200, DEADLINE, "node answers")
+        pid = node.proc.pid  # type: ignore[union-attr]
+        run_async(fill_history)
+        before = peak_rss_mb(pid)
+        for n in range(stalled_count):
+            ws = RawWebSocket.open("127.0.0.1", node.port, rcvbuf=4096)
+            join = _frame(f'["1","1","rooms:lobby","phx_join",{{"user":"stalled-{n}"}}]'.encode())
+            with contextlib.suppress(OSError):  # the node may drop it before the last join is sent
+                ws.sock.sendall(join * rejoins)
+            stalled.append(ws)
+        codes = [ws.close_code() for ws in stalled]
+        after = peak_rss_mb(pid)
+        served, history_replayed = run_async(still_serving)
+    finally:
+        for ws in stalled:
+            ws.close()
+        node.stop()
+    failures = [line for line in node.logs() if line.get("level") in ("error", "critical")]
+    record(
+        "stalled_sockets_capped_node",
+        stalled=stalled_count,
+        joins_each=rejoins,
+        replay_kb_per_join=800,
+        address_space_cap_mb=cap // (1024 * 1024),
+        stalled_close_codes=sorted(set(codes), key=str),
+        peak_rss_before_mb=round(before, 1),
+        peak_rss_after_mb=round(after, 1),
+        errors_logged=len(failures),
+    )
+    assert codes == [1008] * stalled_count, codes  # each dropped as too slow
+    assert served and history_replayed == 101
+    assert failures == [], failures[:3]
+    assert node.proc.returncode == 0  # type: ignore[union-attr]  # it stopped on SIGTERM, not before
 
 
 @pytest.mark.parametrize(
