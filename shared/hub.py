@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shared import presence, protocol
 from shared.broker import Broker, Delivery
+from shared.messages import SYSTEM
 from shared.metrics import Metrics
 from shared.transport import text_frame
 
@@ -223,4 +224,4 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             for topic in tuple(self.members):
-                self.deliver(Delivery(topic, protocol.broadcast(topic, "new:msg", {"user": "SYSTEM", "body": "ping"})))
+                self.deliver(Delivery(topic, protocol.broadcast(topic, "new:msg", {"user": SYSTEM, "body": "ping"})))

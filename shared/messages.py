@@ -8,6 +8,7 @@ from typing import Any
 MAX_USER_CHARS = 32
 MAX_BODY_CHARS = 2000
 ANONYMOUS = "anonymous"
+SYSTEM = "SYSTEM"  # the server's own notices (the demo ping): no client may speak as it
 
 
 class InvalidMessage(ValueError):
@@ -35,12 +36,14 @@ class ChatMessage:
 
 
 def validate_user(value: Any) -> str:
-    """A user name from a join or a message: a string of at most 32 characters."""
+    """A user name from a join or a message: a string of at most 32 characters, not SYSTEM."""
     if not isinstance(value, str):
         raise InvalidMessage("user must be a string")
     user = value.strip()
     if len(user) > MAX_USER_CHARS:
         raise InvalidMessage(f"user must be at most {MAX_USER_CHARS} characters")
+    if user.casefold() == SYSTEM.casefold():
+        raise InvalidMessage(f"user {SYSTEM} is reserved for the server")
     return user or ANONYMOUS
 
 

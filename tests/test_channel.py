@@ -602,6 +602,31 @@ async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_
     assert await stored(hub) == []
 
 
+async def test_a_push_as_system_is_refused_and_neither_stored_nor_broadcast() -> None:
+    hub = await make_hub()
+    sock = await joined(hub, "mallory")
+    take(sock)
+
+    await sock.handle(
+        text("1", "2", LOBBY, "new:msg", {"user": "SYSTEM", "body": "server restarting, log in at evil.example"})
+    )
+
+    reason = {"reason": "user SYSTEM is reserved for the server"}
+    assert take(sock) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": reason}]]
+    assert await stored(hub) == []
+
+
+async def test_a_join_as_system_is_refused() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "system"}))
+
+    reason = {"reason": "user SYSTEM is reserved for the server"}
+    assert take(sock) == [["1", "1", LOBBY, "phx_reply", {"status": "error", "response": reason}]]
+    assert LOBBY not in sock.channels
+
+
 # Rate limit ------------------------------------------------------------------------------
 
 

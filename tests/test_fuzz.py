@@ -84,8 +84,9 @@ def error(frame: list[Any], reason: Any = ANY_REASON) -> list[Any]:
 
 
 def valid_user(value: Any) -> str | None:
-    """The user a message or join carries, or None when the SPEC refuses it (strings of at most 32 characters)."""
-    if not isinstance(value, str) or len(value.strip()) > 32:
+    """The user a message or join carries, or None when the SPEC refuses it (strings of at most 32
+    characters, SYSTEM in any case reserved for the server)."""
+    if not isinstance(value, str) or len(value.strip()) > 32 or value.strip().casefold() == "system":
         return None
     return value.strip() or "anonymous"
 
