@@ -641,6 +641,39 @@ def test_upgrades_from_a_disallowed_origin_get_403(nodes: Cluster, origin: str) 
     assert allowed.status == 101
 
 
+def test_hostile_origins_and_paths_are_logged_escaped_and_truncated(nodes: Cluster) -> None:
+    """An Origin of 10 KB with C1 controls (0x9b is the 8-bit ANSI CSI, 0x85 a line break
+    to Python), and a path with a newline and an ANSI escape, to routes that log them."""
+    from shared.logs import FIELD_LIMIT
+
+    a = nodes.node("a")
+    origin = "http://evil.example/\x85fake line\x9b31m" + "x" * 10_000
+    sock = socket.create_connection(("127.0.0.1", a.port), timeout=DEADLINE)
+    with sock:
+        request = (
+            f"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: {origin}\r\n\r\n"
+        )
+        sock.sendall(request.encode("latin-1"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 403")
+    path = "/api/nodes/b%0A12:00:00%20info%20forged%1B[31m" + "y" * 5000
+    assert nodes.http.delete(a.url + path).status_code == 401
+
+    def logged(event: str) -> list[dict[str, Any]]:
+        return [line for line in a.logs() if line.get("event") == event]
+
+    refused = wait_until(lambda: logged("websocket refused: origin not allowed"), 5, "the refusal logged")[-1]
+    denied = wait_until(lambda: logged("node API refused: missing or wrong cookie"), 5, "the 401 logged")[-1]
+    for value, starts in (
+        (refused["origin"], "http://evil.example/\\x85fake line\\x9b31m"),
+        (denied["path"], "/api/nodes/b\\n12:00:00 info forged\\x1b[31m"),
+    ):
+        assert value.startswith(starts), value[:80]
+        assert value.isprintable() and len(value) <= FIELD_LIMIT + 30
+    assert not [line for line in a.lines if line.startswith(("12:00:00", "fake line"))], "a forged log line"
+
+
 # The cluster: goodbyes ---------------------------------------------------------------------------------
 
 
