@@ -103,6 +103,7 @@ class Stored:
     id: str
     user: str
     body: str
+    client_msg_id: str | None = None
 
 
 @dataclass
@@ -185,7 +186,15 @@ def expect(model: Model, frame: list[Any]) -> tuple[list[list[Any]], list[list[A
     user, body = valid_user(payload.get("user")), valid_body(payload.get("body"))
     if "user" not in payload or user is None or body is None:
         return [error(frame)], [], None
-    message = Stored("", user, body)
+    client_msg_id = payload.get("client_msg_id")
+    if client_msg_id is not None and not (isinstance(client_msg_id, str) and 1 <= len(client_msg_id) <= 64):
+        return [error(frame)], [], None
+    # The same user's client_msg_id still in history: that message, stored and broadcast once.
+    if client_msg_id is not None:
+        for kept in model.stored[-HISTORY:]:
+            if (kept.user, kept.client_msg_id) == (user, client_msg_id):
+                return [reply(frame, "ok", {"msg": kept.body, "id": kept.id})], [], None
+    message = Stored("", user, body, client_msg_id)
     broadcast = [None, None, LOBBY, "new:msg", {"id": ANY_ID, "user": user, "body": body, "node": NODE, "ts": ANY_TS}]
     return [broadcast, reply(frame, "ok", {"msg": body, "id": ANY_ID})], [broadcast], message
 
@@ -268,6 +277,8 @@ TRICKY_TEXT = [
 TEXT = st.sampled_from(TRICKY_TEXT) | st.sampled_from(TRICKY_TEXT) | st.text(max_size=40)
 USERS = TEXT | st.sampled_from(ODD_JSON)
 BODIES = TEXT | TEXT | st.sampled_from(ODD_JSON)
+# A few ids, so that retries of the same one come up often; then ones at and past the limits.
+CLIENT_MSG_IDS = st.sampled_from(["c1", "c2", "x" * 64, "", "x" * 65]) | st.sampled_from(ODD_JSON)
 SEEN_IDS = st.sampled_from(
     [
         "0-0",
@@ -298,6 +309,9 @@ def payloads(draw: st.DrawFn) -> dict[str, Any]:
         payload["body"] = draw(BODIES)
     if shape == 8:
         payload["last_seen_id"] = draw(SEEN_IDS)
+    if shape in (3, 7, 11):  # with a user of a small pool too, so that retries by the same user come up
+        payload["user"] = draw(st.sampled_from(["dora", "eve"]) | USERS)
+        payload["client_msg_id"] = draw(CLIENT_MSG_IDS)
     if shape == 15:
         payload[draw(st.sampled_from(["extra", "", "user ", "Body", "id", "node"]))] = draw(JSON_VALUES)
     return payload
