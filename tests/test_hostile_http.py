@@ -479,11 +479,9 @@ def test_a_deflate_bomb_closes_with_1009_and_is_never_inflated_whole(stage1_node
     try:
         assert all(b"permessage-deflate" in ws.head.lower() for ws in sockets), sockets[0].head
         before = peak_rss_mb(pid)
-        started = time.monotonic()
         for ws in sockets:
             ws.send_frame(bomb, rsv=4)  # RSV1: a compressed message
         codes = [ws.close_code() for ws in sockets]
-        took = time.monotonic() - started
         after = peak_rss_mb(pid)
     finally:
         for ws in sockets:
@@ -497,7 +495,6 @@ def test_a_deflate_bomb_closes_with_1009_and_is_never_inflated_whole(stage1_node
         peak_rss_before_mb=round(before, 1),
         peak_rss_after_mb=round(after, 1),
         peak_rss_growth_mb=round(after - before, 1),
-        seconds=round(took, 2),
     )
     assert codes == [1009] * 4
     assert after - before < 32, f"peak RSS grew {after - before:.1f} MB: the bomb was inflated"
