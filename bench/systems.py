@@ -1,7 +1,8 @@
 """The two systems under test, each a real Redis plus two real server processes.
 
-- `chatlab`: two `python -m stage2_cluster` nodes, DISCOVERY=redis, PING_INTERVAL=0 and
-  every other setting at its default (history, presence, validation, rate limit on).
+- `chatlab`: two `python -m stage2_cluster` nodes, DISCOVERY=redis, PING_INTERVAL=0, MAX_CONNECTIONS
+  raised past the workloads, and every other setting at its default (history, presence,
+  validation, rate limit on).
 - `socketio`: two uvicorn processes serving `bench.peer_socketio` (python-socketio with
   AsyncRedisManager), sharing the Redis.
 
@@ -232,6 +233,7 @@ class ChatLab(Cluster):
             "CLUSTER_COOKIE": self.cookie,
             "DISCOVERY": "redis",
             "PING_INTERVAL": "0",
+            "MAX_CONNECTIONS": "20000",  # W3 and W4 hold thousands per node; no memory limit here
         }
         return self._spawn(name, [sys.executable, "-m", "stage2_cluster"], env, port)
 

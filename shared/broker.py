@@ -53,7 +53,10 @@ class Broker(Protocol):
     async def stop(self) -> None: ...
 
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
-        """Store `draft` and broadcast it as `new:msg` in one step; raises BrokerUnavailable."""
+        """Store `draft` and broadcast it as `new:msg` in one step; raises BrokerUnavailable.
+
+        When the same user's message with the draft's `client_msg_id` is still in history,
+        that message is returned instead, and nothing is stored or broadcast."""
 
     async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
         """Send an event to every member but `exclude` without storing it; raises BrokerUnavailable."""
@@ -81,10 +84,12 @@ class MemoryBroker:
         self._deliver = None
 
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
+        room = self._rooms.setdefault(topic, RoomHistory(self._history_size))
+        if draft.client_msg_id is not None and (stored := room.find(draft.user, draft.client_msg_id)):
+            return stored
         now_ms = int(time.time() * 1000)
         message = ChatMessage(self._clock.next(now_ms), draft.user, draft.body, node, now_ms)
-        room = self._rooms.setdefault(topic, RoomHistory(self._history_size))
-        room.append(message)
+        room.append(message, draft.client_msg_id)
         self._send(Delivery(topic, protocol.broadcast(topic, "new:msg", message.payload()), message.id))
         return message
 

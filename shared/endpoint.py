@@ -75,6 +75,9 @@ class SocketEndpoint:
             return 400, f"unsupported protocol version {vsn[:16]!r}; this server speaks vsn=2.0.0"
         if self.chat.draining:
             return 503, "node is draining"
+        if len(self.chat.sockets) >= self.chat.settings.max_connections:
+            log.info("websocket refused: node full", extra={"fields": {"sockets": len(self.chat.sockets)}})
+            return 503, "node is full: too many connections, try again or another node"
         return None
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,13 +85,14 @@ class SocketEndpoint:
         if refused is not None:
             await refuse(scope, send, *refused)
             return
-        await send({"type": "websocket.accept"})
         chat = self.chat
         sock = PhoenixSocket(chat.hub)
         frames = Frames(receive, send)
         transport = find_transport(send)
+        # Counted before the first await, so that upgrades arriving together cannot pass MAX_CONNECTIONS.
         chat.attach(sock, fast=transport is not None)
         try:
+            await send({"type": "websocket.accept"})
             code = await sock.run(frames.receive, frames.send, transport)
         except Exception:
             log.exception("socket crashed")

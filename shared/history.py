@@ -39,14 +39,30 @@ class IdClock:
 
 
 class RoomHistory:
-    """The last `size` messages of one room, oldest first."""
+    """The last `size` messages of one room, oldest first, and which of them each user's
+    `client_msg_id` names."""
 
     def __init__(self, size: int) -> None:
         self._messages: deque[ChatMessage] = deque(maxlen=size)
+        self._keys: deque[tuple[str, str] | None] = deque(maxlen=size)  # each message's (user, client_msg_id)
+        self._client_ids: dict[tuple[str, str], ChatMessage] = {}
 
-    def append(self, message: ChatMessage) -> None:
-        if self._messages.maxlen:
-            self._messages.append(message)
+    def append(self, message: ChatMessage, client_msg_id: str | None = None) -> None:
+        if not self._messages.maxlen:
+            return
+        if len(self._messages) == self._messages.maxlen:  # the oldest leaves history, and its id with it
+            key = self._keys[0]
+            if key is not None and self._client_ids.get(key) is self._messages[0]:
+                del self._client_ids[key]
+        key = None if client_msg_id is None else (message.user, client_msg_id)
+        self._messages.append(message)
+        self._keys.append(key)
+        if key is not None:
+            self._client_ids[key] = message
+
+    def find(self, user: str, client_msg_id: str) -> ChatMessage | None:
+        """The message `user` pushed with `client_msg_id`, while it is still in history."""
+        return self._client_ids.get((user, client_msg_id))
 
     def after(self, last_seen_id: str | None) -> list[ChatMessage]:
         """Everything newer than `last_seen_id`, or everything kept when it is None."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shared import presence, protocol
 from shared.broker import Broker, Delivery
+from shared.messages import SYSTEM
 from shared.metrics import Metrics
 from shared.transport import text_frame
 
@@ -28,6 +29,10 @@ class Member(Protocol):
 
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None: ...
 
+
+# Each connection's share of the node's outbox budget: MAX_CONNECTIONS of them bound what
+# all slow sockets together may hold queued (docs/protocol.md, Limits).
+OUTBOX_SHARE = 32 * 1024
 
 PRESENCE_BATCH_SECONDS = 0.05
 EVENT_BATCH_SECONDS = 0.02
@@ -80,6 +85,8 @@ class Hub:
         self._events: dict[str, list[Delivery]] = {}  # per topic, events waiting to go out together
         self._flush_cost: dict[str, float] = {}  # per topic, seconds the last flush of events took
         self.replicate: Callable[[str, list[presence.Entry], list[presence.Entry]], None] | None = None
+        self.outbox_budget = settings.max_connections * OUTBOX_SHARE
+        self.outbox_bytes = 0  # queued in the outboxes of every served socket of this node
 
     @property
     def node(self) -> str:
@@ -217,4 +224,4 @@ class Hub:
         while True:
             await asyncio.sleep(interval)
             for topic in tuple(self.members):
-                self.deliver(Delivery(topic, protocol.broadcast(topic, "new:msg", {"user": "SYSTEM", "body": "ping"})))
+                self.deliver(Delivery(topic, protocol.broadcast(topic, "new:msg", {"user": SYSTEM, "body": "ping"})))

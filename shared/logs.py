@@ -13,6 +13,21 @@ import time
 from typing import Any
 
 LOGGER_NAME = "chat"
+FIELD_LIMIT = 200  # characters of a field's value kept in a log line
+
+
+def clean(value: str, limit: int = FIELD_LIMIT) -> str:
+    """`value` safe to write in a log line: at most `limit` characters (and a count of the
+    rest), every unprintable character (newlines, ANSI escapes, bidi overrides) escaped.
+
+    Fields often carry what a client sent (an Origin, a path, a node name from an
+    unauthenticated request): without this, one request could forge log lines, drive
+    the reader's terminal, or write megabytes per line."""
+    if len(value) > limit:
+        value = f"{value[:limit]}...(+{len(value) - limit} chars)"
+    if value.isprintable():
+        return value
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in value)
 
 
 class _Formatter(logging.Formatter):
@@ -22,13 +37,14 @@ class _Formatter(logging.Formatter):
         self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = getattr(record, "fields", {})
+        # Every text field is cleaned here, whoever logs it, so no call site can forget.
+        fields = {k: clean(v) if isinstance(v, str) else v for k, v in getattr(record, "fields", {}).items()}
         if self.as_json:
             line = {
                 "ts": round(record.created, 3),
                 "level": record.levelname.lower(),
                 "node": self.node,
-                "event": record.getMessage(),
+                "event": clean(record.getMessage(), 1000),
                 **fields,
             }
             if record.exc_info:
@@ -36,7 +52,7 @@ class _Formatter(logging.Formatter):
             return json.dumps(line, default=str)
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         extras = " ".join(f"{k}={v}" for k, v in fields.items())
-        text = f"{stamp} {record.levelname.lower():5} {self.node} {record.getMessage()} {extras}".rstrip()
+        text = f"{stamp} {record.levelname.lower():5} {self.node} {clean(record.getMessage(), 1000)} {extras}".rstrip()
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from shared import logs
+from shared import deflate, logs
 from shared.app import create_app
 from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
@@ -36,6 +36,7 @@ def listen(settings: Settings) -> socket.socket:
 
 
 def hypercorn_config() -> Config:
+    deflate.install()  # a compressed message is bounded while it inflates
     config = Config()
     config.backlog = 1024
     config.websocket_max_message_size = MAX_FRAME_BYTES  # Hypercorn closes with 1009 past it

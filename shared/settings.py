@@ -42,6 +42,7 @@ class Settings:
     history_size: int = 100
     allowed_origins: tuple[str, ...] = ()  # empty = same host as the request
     rate_limit: tuple[float, int] = (10.0, 20)  # per second, burst
+    max_connections: int = 1000  # sockets one node holds; docs/protocol.md shows the memory arithmetic
     node_down_after: float = 5.0  # seconds without a heartbeat before peers drop a node
     gossip_secret: str | None = field(default=None, repr=False)  # DISCOVERY=gossip: encrypts the packets
 
@@ -74,6 +75,9 @@ class Settings:
             history_size=int(_number("HISTORY_SIZE", get("HISTORY_SIZE"), base.history_size, 0, 100_000, integer=True)),
             allowed_origins=_origins(get("ALLOWED_ORIGINS"), base.allowed_origins),
             rate_limit=_rate_limit(get("RATE_LIMIT"), base.rate_limit),
+            max_connections=int(
+                _number("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), base.max_connections, 1, 1_000_000, integer=True)
+            ),
             node_down_after=_number("NODE_DOWN_AFTER", get("NODE_DOWN_AFTER"), base.node_down_after, 0.5, 600),
             gossip_secret=_secret("GOSSIP_SECRET", get("GOSSIP_SECRET"), base.gossip_secret),
         )

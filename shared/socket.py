@@ -9,6 +9,7 @@ while frames wait in the outbox, so an idle socket holds no task of its own.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -21,13 +22,20 @@ if TYPE_CHECKING:
     from shared.hub import Hub
 
 IDLE_TIMEOUT = 60.0  # seconds without any frame; phoenix.js heartbeats every 30 s
-OUTBOX_LIMIT = 4 * 1024 * 1024  # bytes queued for one socket before it counts as too slow
+# Bytes queued for one socket before it counts as too slow: the largest honest burst is a
+# join's replay, HISTORY_SIZE (100) messages of up to 8 KB of UTF-8 each. All sockets
+# together are bounded tighter, by the hub's outbox budget (docs/protocol.md, Limits).
+OUTBOX_LIMIT = 1024 * 1024
 
 log = logs.get("socket")
 
 
 class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up."""
+    """`rate` tokens a second, at most `burst` saved up.
+
+    Every frame takes a token, a refused one too: a flood runs the bucket into debt (at
+    most `burst` deep), so a sender that keeps flooding gets nothing through until it
+    has been quiet long enough to pay it back, instead of one frame per refill."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
@@ -40,9 +48,10 @@ class TokenBucket:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        self.tokens -= 1
+        if self.tokens >= 0:
             return True
+        self.tokens = max(self.tokens, -self.burst)
         return False
 
 
@@ -74,7 +83,7 @@ class PhoenixSocket:
         self.hub = hub
         self.channels: dict[str, RoomChannel] = {}
         self.outbox: list[str] = []  # taken whole by the writer: an empty list costs next to nothing
-        self.outbox_bytes = 0  # characters, in fact: frames are mostly ASCII and this is a bound, not a meter
+        self.outbox_bytes = 0  # the memory the queued strings take (sys.getsizeof)
         self.outbox_limit = outbox_limit
         self.idle_timeout = idle_timeout  # the node's sweep closes a socket silent this long
         self.last_in = time.monotonic()  # when the last frame came in
@@ -101,12 +110,21 @@ class PhoenixSocket:
             return
         if self.transport is not None and self.write_now(wire if wire is not None else text_frame(frame)):
             return
-        self.outbox_bytes += len(frame)
-        if self.outbox_bytes > self.outbox_limit:
-            self.hub.metrics.drops.inc()
-            log.warning("socket dropped: outgoing buffer full", extra={"fields": {"queued": len(self.outbox)}})
+        size = sys.getsizeof(frame)
+        hub = self.hub
+        if self.outbox_bytes + size > self.outbox_limit or (
+            self._send is not None and hub.outbox_bytes + size > hub.outbox_budget
+        ):
+            hub.metrics.drops.inc()
+            log.warning(
+                "socket dropped: outgoing buffer full",
+                extra={"fields": {"queued": len(self.outbox), "node_queued": hub.outbox_bytes}},
+            )
             self._finish(protocol.CLOSE_POLICY)
             return
+        self.outbox_bytes += size
+        if self._send is not None:  # a served socket: its queue counts against the node's budget
+            hub.outbox_bytes += size
         self.outbox.append(frame)
         self._write_soon()
 
@@ -120,13 +138,15 @@ class PhoenixSocket:
 
     def write_now(self, wire: bytes) -> bool:
         """Write framed bytes straight to the transport if nothing waits before them and the
-        client keeps up; False when they must take the queue instead."""
+        client keeps up; False when they must take the queue instead. The transport never
+        holds more than HIGH_WATER bytes written this way: what it cannot take is queued,
+        where the outbox bounds count it."""
         transport = self.transport
         if (
             transport is not None
             and not self.outbox
             and not self._sending
-            and transport.get_write_buffer_size() < HIGH_WATER
+            and transport.get_write_buffer_size() + len(wire) <= HIGH_WATER
             and not transport.is_closing()
         ):
             transport.write(wire)
@@ -168,8 +188,10 @@ class PhoenixSocket:
             frames, self.outbox = self.outbox, []
             self._sending = True
             for frame in frames:
-                self.outbox_bytes -= len(frame)
-                await send(frame)
+                await send(frame)  # returns once Hypercorn's transport has drained below its mark
+                size = sys.getsizeof(frame)  # counted until then: a stalled client's frame is still here
+                self.outbox_bytes -= size
+                self.hub.outbox_bytes -= size
             self._sending = False
         self._writer = None  # from here on, a new frame starts a new writer
         if self._closing is not None and not self._handling:
@@ -208,12 +230,14 @@ class PhoenixSocket:
         if isinstance(data, bytes):
             raise protocol.ProtocolError("binary frames are not accepted; send JSON text")
         frame = protocol.decode(data)
-        if frame.topic == protocol.PHOENIX_TOPIC and frame.event == protocol.HEARTBEAT:
-            self.send(protocol.reply(frame, "ok"))
-            return
+        # Heartbeats count too: past the limit one is answered `rate_limited` like any frame
+        # (phoenix.js takes any reply to its heartbeat as a sign of life).
         if not self.bucket.take():
             self.hub.metrics.messages_rejected.labels("rate_limited").inc()
             self.send(protocol.reply(frame, "error", {"reason": "rate_limited"}))
+            return
+        if frame.topic == protocol.PHOENIX_TOPIC and frame.event == protocol.HEARTBEAT:
+            self.send(protocol.reply(frame, "ok"))
             return
         channel = self.channels.get(frame.topic)
         if frame.event == protocol.JOIN:
@@ -265,6 +289,7 @@ class PhoenixSocket:
         `transport`, when given, is the fast path (transport.py)."""
         self.transport = transport
         self._send = send
+        self.hub.outbox_bytes += self.outbox_bytes  # from here on the node's budget counts this queue
         self.last_in = time.monotonic()
         self._task = asyncio.current_task()
         try:
@@ -283,6 +308,9 @@ class PhoenixSocket:
             self._waiting = False
             if self._writer is not None:
                 self._writer.cancel()
+            # What was never sent is let go, and given back to the node's budget.
+            self.hub.outbox_bytes -= self.outbox_bytes
+            self.outbox, self.outbox_bytes = [], 0
             for channel in list(self.channels.values()):
                 self._leave(channel)
         if self._error is not None:

@@ -42,13 +42,50 @@ MESSAGE_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 # Wire format on a node channel: "<kind> <rest>". m = stored message, b = broadcast,
 # anything else is cluster control traffic.
+#
+# A push with a client_msg_id (ARGV[8], '' when none) is looked up first in the room's
+# hash KEYS[2] of (user, client_msg_id) -> id: if that id is still in the stream, the
+# stored message is returned and nothing is added or published. In the same script, so
+# two retries racing each other are stored once. Ids that left the stream are pruned
+# whenever the hash grows past twice the history, so it stays in proportion to it.
 PUBLISH_SCRIPT = """
+local function before(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local field = nil
+if ARGV[8] ~= '' then
+  field = #ARGV[2] .. ':' .. ARGV[2] .. ARGV[8]
+  local known = redis.call('HGET', KEYS[2], field)
+  if known then
+    local entry = redis.call('XRANGE', KEYS[1], known, known)
+    if #entry == 1 then
+      local stored = {}
+      for i = 1, #entry[1][2], 2 do stored[entry[1][2][i]] = entry[1][2][i + 1] end
+      return {known, stored['ts'], stored['body'], stored['node']}
+    end
+  end
+end
 local t = redis.call('TIME')
 local ts = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*',
                       'user', ARGV[2], 'body', ARGV[3], 'node', ARGV[4], 'ts', ts)
+if field then
+  redis.call('HSET', KEYS[2], field, id)
+  if redis.call('HLEN', KEYS[2]) > 2 * tonumber(ARGV[1]) + 16 then
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      if oldest[1] == nil or before(all[i + 1], oldest[1][1]) then
+        redis.call('HDEL', KEYS[2], all[i])
+      end
+    end
+  end
+end
 local line = 'm ' .. ARGV[5] .. ' ' .. id .. ' ' .. ARGV[6] .. id .. ARGV[7] .. ts .. '}]'
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   redis.call('PUBLISH', ARGV[i], line)
 end
 return {id, ts}
@@ -65,6 +102,10 @@ def node_channel(node: str) -> str:
 
 def stream_key(topic: str) -> str:
     return f"chat:room:{topic}"
+
+
+def client_ids_key(topic: str) -> str:
+    return f"chat:client-ids:{topic}"
 
 
 def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
@@ -135,11 +176,16 @@ class RedisBroker:
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
         prefix, middle = _frame_parts(topic, draft, node)
         channels = [node_channel(name) for name in self.targets()]
-        args = [self.history_size, draft.user, draft.body, node, topic, prefix, middle, *channels]
+        client_msg_id = draft.client_msg_id or ""
+        args = [self.history_size, draft.user, draft.body, node, topic, prefix, middle, client_msg_id, *channels]
         try:
-            message_id, ts = await self._script(keys=[stream_key(topic)], args=args)
+            result = await self._script(keys=[stream_key(topic), client_ids_key(topic)], args=args)
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(str(error)) from None
+        if len(result) == 4:  # stored before under this client_msg_id: that message, not a new one
+            message_id, ts, body, stored_by = result
+            return ChatMessage(message_id, draft.user, body, stored_by, int(ts))
+        message_id, ts = result
         return ChatMessage(message_id, draft.user, draft.body, node, int(ts))
 
     async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:

@@ -602,6 +602,31 @@ async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_
     assert await stored(hub) == []
 
 
+async def test_a_push_as_system_is_refused_and_neither_stored_nor_broadcast() -> None:
+    hub = await make_hub()
+    sock = await joined(hub, "mallory")
+    take(sock)
+
+    await sock.handle(
+        text("1", "2", LOBBY, "new:msg", {"user": "SYSTEM", "body": "server restarting, log in at evil.example"})
+    )
+
+    reason = {"reason": "user SYSTEM is reserved for the server"}
+    assert take(sock) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": reason}]]
+    assert await stored(hub) == []
+
+
+async def test_a_join_as_system_is_refused() -> None:
+    hub = await make_hub()
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "system"}))
+
+    reason = {"reason": "user SYSTEM is reserved for the server"}
+    assert take(sock) == [["1", "1", LOBBY, "phx_reply", {"status": "error", "response": reason}]]
+    assert LOBBY not in sock.channels
+
+
 # Rate limit ------------------------------------------------------------------------------
 
 
@@ -647,25 +672,62 @@ async def test_the_21st_quick_push_replies_rate_limited_and_is_not_stored(frozen
     assert len(await stored(hub)) == 19
 
 
-async def test_heartbeats_are_not_rate_limited(frozen_clock: FrozenTime) -> None:
+async def test_a_heartbeat_past_the_limit_replies_rate_limited(frozen_clock: FrozenTime) -> None:
     hub = await make_hub(rate_limit=(10.0, 20))
     sock = await rate_limited_socket(hub)
 
-    for n in range(50):
-        await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
+    await sock.handle(text(None, "hb", "phoenix", "heartbeat"))
 
-    assert take(sock) == [[None, f"hb{n}", "phoenix", "phx_reply", OK] for n in range(50)]
+    assert take(sock) == [
+        [None, "hb", "phoenix", "phx_reply", {"status": "error", "response": {"reason": "rate_limited"}}]
+    ]
 
 
-async def test_heartbeats_do_not_use_up_the_burst(frozen_clock: FrozenTime) -> None:
+async def test_heartbeats_use_up_the_burst(frozen_clock: FrozenTime) -> None:
     hub = await make_hub(rate_limit=(10.0, 20))
     sock = PhoenixSocket(hub)
-    for n in range(50):
+    for n in range(20):
         await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
 
-    assert take(sock)[50] == ["1", "1", LOBBY, "phx_reply", OK]
+    replies = take(sock)
+    assert replies[:20] == [[None, f"hb{n}", "phoenix", "phx_reply", OK] for n in range(20)]
+    assert replies[20] == ["1", "1", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "rate_limited"}}]
+
+
+async def test_invalid_pushes_use_up_the_burst(frozen_clock: FrozenTime) -> None:
+    hub = await make_hub(rate_limit=(10.0, 20))
+    sock = PhoenixSocket(hub)
+    for n in range(20):
+        await sock.handle(text(None, str(n), LOBBY, "new:msg", {"user": "eve", "body": ""}))
+
+    await sock.handle(text("1", "join", LOBBY, "phx_join", {"user": "eve"}))
+
+    assert take(sock)[-1] == [
+        "1",
+        "join",
+        LOBBY,
+        "phx_reply",
+        {"status": "error", "response": {"reason": "rate_limited"}},
+    ]
+
+
+async def test_frames_refused_for_the_rate_cost_a_token_too(frozen_clock: FrozenTime) -> None:
+    """A flooder that keeps sending runs into debt: one second's refill is not enough to get through."""
+    hub = await make_hub(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(hub)
+    for n in range(30):  # refused, and each one costs: 20 tokens of debt (the floor)
+        await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
+    take(sock)
+
+    frozen_clock.now += 2.0  # 20 tokens: the debt paid, nothing saved
+    await sock.handle(text(None, "late", "phoenix", "heartbeat"))
+    frozen_clock.now += 0.2  # the refused one cost a token too: two more to get one through
+    await sock.handle(text(None, "paid", "phoenix", "heartbeat"))
+
+    reasons = [f[4]["response"].get("reason", f[4]["status"]) for f in take(sock)]
+    assert reasons == ["rate_limited", "ok"]
 
 
 async def test_the_bucket_refills_at_the_rate_per_second(frozen_clock: FrozenTime) -> None:

@@ -261,7 +261,8 @@ async def play_floods(node: NodeProcess, sockets: int = SOCKETS) -> list[Flood]:
 
 
 def run_floods(prefix: str, sockets: int = SOCKETS) -> dict[str, Flood]:
-    with running_node("stage1_dev", {"PING_INTERVAL": "0"}) as node:
+    # The soak's 1000 sockets and the probes pass the default MAX_CONNECTIONS: room for them all.
+    with running_node("stage1_dev", {"PING_INTERVAL": "0", "MAX_CONNECTIONS": str(2 * sockets)}) as node:
         result = run_async(lambda: play_floods(node, sockets))
         assert node.proc is not None and node.proc.poll() is None
     for flood in result:

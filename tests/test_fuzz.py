@@ -84,8 +84,9 @@ def error(frame: list[Any], reason: Any = ANY_REASON) -> list[Any]:
 
 
 def valid_user(value: Any) -> str | None:
-    """The user a message or join carries, or None when the SPEC refuses it (strings of at most 32 characters)."""
-    if not isinstance(value, str) or len(value.strip()) > 32:
+    """The user a message or join carries, or None when the SPEC refuses it (strings of at most 32
+    characters, SYSTEM in any case reserved for the server)."""
+    if not isinstance(value, str) or len(value.strip()) > 32 or value.strip().casefold() == "system":
         return None
     return value.strip() or "anonymous"
 
@@ -102,6 +103,7 @@ class Stored:
     id: str
     user: str
     body: str
+    client_msg_id: str | None = None
 
 
 @dataclass
@@ -141,11 +143,12 @@ def decoded(data: str | bytes) -> list[Any] | int:
 def expect(model: Model, frame: list[Any]) -> tuple[list[list[Any]], list[list[Any]], Stored | None]:
     """(frames to the socket, frames to another member of the room, the message stored) for one decoded frame."""
     join_ref, _ref, topic, event, payload = frame
+    model.tokens -= 1  # every frame costs a token, heartbeats and refused frames too
+    if model.tokens < 0:
+        model.tokens = max(model.tokens, -model.burst)
+        return [error(frame, "rate_limited")], [], None
     if topic == "phoenix" and event == "heartbeat":
         return [reply(frame, "ok")], [], None
-    if model.tokens < 1:
-        return [error(frame, "rate_limited")], [], None
-    model.tokens -= 1
     if event == "phx_join":
         out: list[list[Any]] = []
         if topic == LOBBY and model.joined:
@@ -183,7 +186,15 @@ def expect(model: Model, frame: list[Any]) -> tuple[list[list[Any]], list[list[A
     user, body = valid_user(payload.get("user")), valid_body(payload.get("body"))
     if "user" not in payload or user is None or body is None:
         return [error(frame)], [], None
-    message = Stored("", user, body)
+    client_msg_id = payload.get("client_msg_id")
+    if client_msg_id is not None and not (isinstance(client_msg_id, str) and 1 <= len(client_msg_id) <= 64):
+        return [error(frame)], [], None
+    # The same user's client_msg_id still in history: that message, stored and broadcast once.
+    if client_msg_id is not None:
+        for kept in model.stored[-HISTORY:]:
+            if (kept.user, kept.client_msg_id) == (user, client_msg_id):
+                return [reply(frame, "ok", {"msg": kept.body, "id": kept.id})], [], None
+    message = Stored("", user, body, client_msg_id)
     broadcast = [None, None, LOBBY, "new:msg", {"id": ANY_ID, "user": user, "body": body, "node": NODE, "ts": ANY_TS}]
     return [broadcast, reply(frame, "ok", {"msg": body, "id": ANY_ID})], [broadcast], message
 
@@ -266,6 +277,8 @@ TRICKY_TEXT = [
 TEXT = st.sampled_from(TRICKY_TEXT) | st.sampled_from(TRICKY_TEXT) | st.text(max_size=40)
 USERS = TEXT | st.sampled_from(ODD_JSON)
 BODIES = TEXT | TEXT | st.sampled_from(ODD_JSON)
+# A few ids, so that retries of the same one come up often; then ones at and past the limits.
+CLIENT_MSG_IDS = st.sampled_from(["c1", "c2", "x" * 64, "", "x" * 65]) | st.sampled_from(ODD_JSON)
 SEEN_IDS = st.sampled_from(
     [
         "0-0",
@@ -296,6 +309,9 @@ def payloads(draw: st.DrawFn) -> dict[str, Any]:
         payload["body"] = draw(BODIES)
     if shape == 8:
         payload["last_seen_id"] = draw(SEEN_IDS)
+    if shape in (3, 7, 11):  # with a user of a small pool too, so that retries by the same user come up
+        payload["user"] = draw(st.sampled_from(["dora", "eve"]) | USERS)
+        payload["client_msg_id"] = draw(CLIENT_MSG_IDS)
     if shape == 15:
         payload[draw(st.sampled_from(["extra", "", "user ", "Body", "id", "node"]))] = draw(JSON_VALUES)
     return payload

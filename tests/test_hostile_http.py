@@ -29,8 +29,10 @@ import os
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -56,15 +58,33 @@ def _mask(data: bytes, key: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(data), "big")
 
 
+def _frame(payload: bytes, opcode: int = 1, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+    """One client frame on the wire."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    size = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if size < 126:
+        header = struct.pack("!BB", first, mask_bit | size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + _mask(payload, key)
+
+
 class RawWebSocket:
     """A WebSocket client that sends any bytes as frames and reads only when asked to.
 
     For what a well-behaved library will not do: invalid UTF-8, unmasked or reserved-bit
     frames, and never reading (a slow consumer, with a small receive buffer)."""
 
-    def __init__(self, sock: socket.socket, status: int, rest: bytes) -> None:
+    def __init__(self, sock: socket.socket, head: bytes, rest: bytes) -> None:
         self.sock = sock
-        self.status = status
+        self.head = head  # the response's status line and headers
+        self.status = int(head.split()[1])
         self.buffer = rest
 
     @classmethod
@@ -77,6 +97,7 @@ class RawWebSocket:
         origin: str | None = None,
         rcvbuf: int | None = None,
         timeout: float = DEADLINE,
+        headers: tuple[str, ...] = (),
     ) -> RawWebSocket:
         sock = socket.socket()
         try:
@@ -95,6 +116,7 @@ class RawWebSocket:
             ]
             if origin is not None:
                 lines.append(f"Origin: {origin}")
+            lines += headers
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             response = b""
             while b"\r\n\r\n" not in response:
@@ -106,25 +128,12 @@ class RawWebSocket:
             sock.close()
             raise
         head, _, rest = response.partition(b"\r\n\r\n")
-        return cls(sock, int(head.split()[1]), rest)
+        return cls(sock, head, rest)
 
     def send_frame(
         self, payload: bytes, *, opcode: int = 1, fin: bool = True, rsv: int = 0, masked: bool = True
     ) -> None:
-        first = (0x80 if fin else 0) | (rsv << 4) | opcode
-        size = len(payload)
-        mask_bit = 0x80 if masked else 0
-        if size < 126:
-            header = struct.pack("!BB", first, mask_bit | size)
-        elif size < 1 << 16:
-            header = struct.pack("!BBH", first, mask_bit | 126, size)
-        else:
-            header = struct.pack("!BBQ", first, mask_bit | 127, size)
-        if masked:
-            key = os.urandom(4)
-            self.sock.sendall(header + key + _mask(payload, key))
-        else:
-            self.sock.sendall(header + payload)
+        self.sock.sendall(_frame(payload, opcode, fin=fin, rsv=rsv, masked=masked))
 
     def send_text(self, text: str) -> None:
         self.send_frame(text.encode())
@@ -442,6 +451,172 @@ def test_a_frame_announcing_an_absurd_length_is_cut_without_reading_it(nodes: Cl
     assert healthy(nodes)
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set so far (VmHWM), in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def deflate_bomb(inflated: int) -> bytes:
+    """One permessage-deflate payload (raw deflate, sync flush, RFC 7692 §7.2.1) of `inflated` bytes of text."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = b"a" * (1 << 20)
+    parts = [compressor.compress(chunk) for _ in range(inflated // len(chunk))]
+    data = b"".join(parts) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return data[:-4]  # without the 00 00 ff ff the receiver adds back
+
+
+def test_a_deflate_bomb_closes_with_1009_and_is_never_inflated_whole(stage1_node: NodeProcess) -> None:
+    from tests.test_reliability_faults import record
+
+    bomb = deflate_bomb(200 * 1024 * 1024)
+    pid = stage1_node.proc.pid  # type: ignore[union-attr]
+    offer = ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",)
+    sockets = [RawWebSocket.open("127.0.0.1", stage1_node.port, headers=offer) for _ in range(4)]
+    try:
+        assert all(b"permessage-deflate" in ws.head.lower() for ws in sockets), sockets[0].head
+        before = peak_rss_mb(pid)
+        for ws in sockets:
+            ws.send_frame(bomb, rsv=4)  # RSV1: a compressed message
+        codes = [ws.close_code() for ws in sockets]
+        after = peak_rss_mb(pid)
+    finally:
+        for ws in sockets:
+            ws.close()
+    record(
+        "deflate_bomb",
+        clients=len(sockets),
+        compressed_kb=round(len(bomb) / 1024),
+        inflates_to_mb=200,
+        close_codes=codes,
+        peak_rss_before_mb=round(before, 1),
+        peak_rss_after_mb=round(after, 1),
+        peak_rss_growth_mb=round(after - before, 1),
+    )
+    assert codes == [1009] * 4
+    assert after - before < 32, f"peak RSS grew {after - before:.1f} MB: the bomb was inflated"
+    assert httpx.get(stage1_node.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_compressed_chat_frame_under_the_limit_is_inflated_and_served(stage1_node: NodeProcess) -> None:
+    """The bound costs nothing to honest clients: a compressed join and push are answered as usual."""
+    offer = ("Sec-WebSocket-Extensions: permessage-deflate",)
+    ws = RawWebSocket.open("127.0.0.1", stage1_node.port, headers=offer)
+    try:
+        body = "é" * 2000  # 4000 bytes that compress to a few dozen
+        for frame in (
+            ["1", "1", "rooms:lobby", "phx_join", {"user": "zip"}],
+            ["1", "2", "rooms:lobby", "new:msg", {"user": "zip", "body": body}],
+        ):
+            compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+            data = compressor.compress(json.dumps(frame).encode()) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            ws.send_frame(data[:-4], rsv=4)
+        replies = {}
+        while "2" not in replies:
+            opcode, payload = ws.read_frame()
+            assert opcode == 1, (opcode, payload[:80])  # the server's own frames are not compressed
+            message = json.loads(payload)
+            if message[3] == "phx_reply":
+                replies[message[1]] = message[4]
+    finally:
+        ws.close()
+    assert replies["1"]["status"] == "ok"
+    assert replies["2"] == {"status": "ok", "response": {"msg": body, "id": replies["2"]["response"]["id"]}}
+
+
+def test_a_heartbeat_flood_is_rate_limited_like_any_frame(stage1_node: NodeProcess) -> None:
+    from tests.test_reliability_faults import record
+
+    ws = RawWebSocket.open("127.0.0.1", stage1_node.port)
+    try:
+        flood = 500
+        ws.sock.sendall(b"".join(_frame(f'[null,"{n}","phoenix","heartbeat",{{}}]'.encode()) for n in range(flood)))
+        replies: dict[str, int] = {}
+        for _ in range(flood):
+            status = json.loads(ws.read_frame()[1])[4]
+            key = status["response"].get("reason", status["status"])
+            replies[key] = replies.get(key, 0) + 1
+        ws.send_text('[null,"after","phoenix","heartbeat",{}]')
+        after = json.loads(ws.read_frame()[1])[4]["response"].get("reason")
+    finally:
+        ws.close()
+    record("heartbeat_flood", heartbeats=flood, replies=replies, next_frame=after)
+    # The burst, and what refilled while the flood was read (the debt is tests/test_channel.py's).
+    assert replies["ok"] >= 20 and replies["rate_limited"] == flood - replies["ok"] > 0, replies
+
+
+# The node's address space is capped in the child before it starts (limits survive exec).
+CAPPED = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({0}, {0})); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
+    """40 sockets that never read each ask for the history again and again: every join
+    replays 100 messages of 8 KB, framed for that socket alone. The node has 128 MiB of
+    address space in all; each stalled socket is dropped and the node serves on."""
+    from tests.cluster import PhoenixClient, run_async
+    from tests.test_reliability_faults import record
+
+    stalled_count, rejoins, cap = 40, 20, 128 * 1024 * 1024
+    env = {"PING_INTERVAL": "0", "MAX_CONNECTIONS": "64", "RATE_LIMIT": "10000/10000"}
+    node = NodeProcess("stage1_dev", env, prefix=[sys.executable, "-c", CAPPED.format(cap)])
+    stalled: list[RawWebSocket] = []
+    body = "🙂" * 2000  # 8000 bytes of UTF-8, 8 KB in memory
+
+    async def fill_history() -> None:
+        async with PhoenixClient(node.ws_url) as writer:
+            await writer.join("rooms:lobby", {"user": "writer"})
+            for _ in range(100):
+                assert (await writer.push("rooms:lobby", "new:msg", {"user": "writer", "body": body})).ok
+
+    async def still_serving() -> tuple[bool, int]:
+        async with PhoenixClient(node.ws_url) as late:
+            await late.join("rooms:lobby", {"user": "late"})
+            reply = await late.push("rooms:lobby", "new:msg", {"user": "late", "body": "still here"})
+            await late.wait_for_message("still here")
+            return reply.ok, len(late.messages())
+
+    try:
+        node.start()
+        wait_until(lambda: httpx.get(node.url + "/healthz", timeout=2).status_code == 200, DEADLINE, "node answers")
+        pid = node.proc.pid  # type: ignore[union-attr]
+        run_async(fill_history)
+        before = peak_rss_mb(pid)
+        for n in range(stalled_count):
+            ws = RawWebSocket.open("127.0.0.1", node.port, rcvbuf=4096)
+            join = _frame(f'["1","1","rooms:lobby","phx_join",{{"user":"stalled-{n}"}}]'.encode())
+            with contextlib.suppress(OSError):  # the node may drop it before the last join is sent
+                ws.sock.sendall(join * rejoins)
+            stalled.append(ws)
+        codes = [ws.close_code() for ws in stalled]
+        after = peak_rss_mb(pid)
+        served, history_replayed = run_async(still_serving)
+    finally:
+        for ws in stalled:
+            ws.close()
+        node.stop()
+    failures = [line for line in node.logs() if line.get("level") in ("error", "critical")]
+    record(
+        "stalled_sockets_capped_node",
+        stalled=stalled_count,
+        joins_each=rejoins,
+        replay_kb_per_join=800,
+        address_space_cap_mb=cap // (1024 * 1024),
+        stalled_close_codes=sorted(set(codes), key=str),
+        peak_rss_before_mb=round(before, 1),
+        peak_rss_after_mb=round(after, 1),
+        errors_logged=len(failures),
+    )
+    assert codes == [1008] * stalled_count, codes  # each dropped as too slow
+    assert served and history_replayed == 101
+    assert failures == [], failures[:3]
+    assert node.proc.returncode == 0  # type: ignore[union-attr]  # it stopped on SIGTERM, not before
+
+
 @pytest.mark.parametrize(
     "origin",
     [
@@ -461,6 +636,39 @@ def test_upgrades_from_a_disallowed_origin_get_403(nodes: Cluster, origin: str) 
     allowed = RawWebSocket.open("127.0.0.1", a.port, origin=f"http://127.0.0.1:{a.port}")
     allowed.close()
     assert allowed.status == 101
+
+
+def test_hostile_origins_and_paths_are_logged_escaped_and_truncated(nodes: Cluster) -> None:
+    """An Origin of 10 KB with C1 controls (0x9b is the 8-bit ANSI CSI, 0x85 a line break
+    to Python), and a path with a newline and an ANSI escape, to routes that log them."""
+    from shared.logs import FIELD_LIMIT
+
+    a = nodes.node("a")
+    origin = "http://evil.example/\x85fake line\x9b31m" + "x" * 10_000
+    sock = socket.create_connection(("127.0.0.1", a.port), timeout=DEADLINE)
+    with sock:
+        request = (
+            f"GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: {origin}\r\n\r\n"
+        )
+        sock.sendall(request.encode("latin-1"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 403")
+    path = "/api/nodes/b%0A12:00:00%20info%20forged%1B[31m" + "y" * 5000
+    assert nodes.http.delete(a.url + path).status_code == 401
+
+    def logged(event: str) -> list[dict[str, Any]]:
+        return [line for line in a.logs() if line.get("event") == event]
+
+    refused = wait_until(lambda: logged("websocket refused: origin not allowed"), 5, "the refusal logged")[-1]
+    denied = wait_until(lambda: logged("node API refused: missing or wrong cookie"), 5, "the 401 logged")[-1]
+    for value, starts in (
+        (refused["origin"], "http://evil.example/\\x85fake line\\x9b31m"),
+        (denied["path"], "/api/nodes/b\\n12:00:00 info forged\\x1b[31m"),
+    ):
+        assert value.startswith(starts), value[:80]
+        assert value.isprintable() and len(value) <= FIELD_LIMIT + 30
+    assert not [line for line in a.lines if line.startswith(("12:00:00", "fake line"))], "a forged log line"
 
 
 # The cluster: goodbyes ---------------------------------------------------------------------------------

@@ -31,6 +31,17 @@ def test_user_of_33_characters_is_refused() -> None:
         validate_draft({"user": "u" * 33, "body": "x"})
 
 
+@pytest.mark.parametrize("user", ["SYSTEM", " SYSTEM ", "system", "System"])
+def test_the_name_system_is_reserved_for_the_server(user: str) -> None:
+    with pytest.raises(InvalidMessage, match="user SYSTEM is reserved for the server"):
+        validate_user(user)
+
+
+def test_names_that_merely_contain_system_are_accepted() -> None:
+    assert validate_user("SYSTEMS") == "SYSTEMS"
+    assert validate_user("not SYSTEM") == "not SYSTEM"
+
+
 def test_user_is_counted_in_characters_not_bytes() -> None:
     assert validate_draft({"user": "я" * 32, "body": "x"}).user == "я" * 32
 

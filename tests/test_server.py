@@ -108,6 +108,34 @@ async def test_same_host_origin_is_accepted(stage1_node: NodeProcess) -> None:
         assert await recv(ws) == [None, "1", "phoenix", "phx_reply", OK]
 
 
+async def test_past_max_connections_the_upgrade_gets_503_json_until_one_leaves() -> None:
+    with running_node("stage1_dev", {"PING_INTERVAL": "0", "MAX_CONNECTIONS": "3"}) as node:
+        first, *others = [await connect(node.ws_url) for _ in range(3)]
+        try:
+            # Upgrades arriving together cannot slip past the cap: one socket more, five tries at once.
+            tries = await asyncio.gather(*(connect(node.ws_url) for _ in range(5)), return_exceptions=True)
+            assert all(isinstance(refused, InvalidStatus) for refused in tries), tries
+            response = tries[0].response  # type: ignore[union-attr]
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/json"
+            assert json.loads(response.body) == {
+                "error": "node is full: too many connections, try again or another node"
+            }
+            await first.close()
+            async with asyncio.timeout(DEADLINE):
+                while True:  # the freed place is taken as soon as the node has let the socket go
+                    try:
+                        async with connect(node.ws_url) as again:
+                            await send(again, None, "1", "phoenix", "heartbeat", {})
+                            assert await recv(again) == [None, "1", "phoenix", "phx_reply", OK]
+                            break
+                    except InvalidStatus:
+                        await asyncio.sleep(0.05)
+        finally:
+            for ws in (first, *others):
+                await ws.close()
+
+
 # Chat --------------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ CONFIG_VARS = (
     "HISTORY_SIZE",
     "ALLOWED_ORIGINS",
     "RATE_LIMIT",
+    "MAX_CONNECTIONS",
     "NODE_DOWN_AFTER",
     "GOSSIP_SECRET",
 )
@@ -54,6 +55,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.history_size == 100
     assert settings.allowed_origins == ()
     assert settings.rate_limit == (10.0, 20)
+    assert settings.max_connections == 1000
     assert settings.gossip_secret is None
     assert settings.clustered is False
 
@@ -86,6 +88,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
             "HISTORY_SIZE": "7",
             "ALLOWED_ORIGINS": "http://localhost:4000, https://chat.example/",
             "RATE_LIMIT": "2.5/7",
+            "MAX_CONNECTIONS": "250",
             "NODE_DOWN_AFTER": "3",
         }
     )
@@ -102,6 +105,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
     assert settings.history_size == 7
     assert settings.allowed_origins == ("http://localhost:4000", "https://chat.example")
     assert settings.rate_limit == (2.5, 7)
+    assert settings.max_connections == 250
     assert settings.node_down_after == 3
 
 
@@ -146,6 +150,9 @@ def test_allowed_origins_accepts_a_star() -> None:
         ("RATE_LIMIT", "10"),
         ("RATE_LIMIT", "0/20"),
         ("RATE_LIMIT", "10/0"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS", "1e3"),
+        ("MAX_CONNECTIONS", "lots"),
         ("NODE_DOWN_AFTER", "0"),
         ("GOSSIP_SECRET", "short"),
     ],

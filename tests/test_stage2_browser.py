@@ -11,7 +11,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from tests import cluster as fixtures
 from tests.browser import VIEWPORT, ChatPages, screenshot_dir, send
-from tests.cluster import Cluster, full_name
+from tests.cluster import Cluster, full_name, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -109,4 +109,32 @@ def test_screenshot_of_a_conversation_across_three_nodes(cluster: Cluster, pages
     shot = screenshot_dir() / "stage2.png"
     bob.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
+    assert pages.errors == []
+
+
+def rejected_unavailable(cluster: Cluster, name: str) -> float:
+    text = cluster.http.get(cluster.node(name).url + "/metrics").text
+    wanted = 'chat_messages_rejected_total{reason="unavailable"} '
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted)), 0.0)
+
+
+def test_a_message_sent_while_redis_is_down_is_retried_by_the_page_and_shown_once(
+    cluster: Cluster, pages: ChatPages
+) -> None:
+    (a,) = cluster.start("a")
+    alice = pages.open(a.url, "alice")
+    expect(alice.locator("#connection")).to_have_attribute("data-state", "online")
+    cluster.redis.stop()
+    wait_until(lambda: not cluster.ready(a), what="the node notices Redis is gone")
+
+    alice.fill("#message-input", "sent while redis was down")
+    alice.press("#message-input", "Enter")
+    wait_until(lambda: rejected_unavailable(cluster, "a") >= 1, what="the push answered unavailable")
+    cluster.redis.start()
+
+    # The page sends it again (every 2 s, 5 times) under the same client_msg_id.
+    expect(message(alice, "sent while redis was down")).to_have_count(1, timeout=15_000)
+    expect(alice.locator("#messages li.error")).to_have_count(0)
+    with cluster.redis.client() as client:
+        assert client.hkeys("chat:client-ids:rooms:lobby") != []  # the page sent a client_msg_id
     assert pages.errors == []

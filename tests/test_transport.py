@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import websockets
@@ -61,3 +65,59 @@ async def test_a_real_server_writes_broadcasts_on_the_fast_path_to_a_deflate_cli
                     break
     assert frame[:3] == [None, None, "rooms:lobby"]
     assert frame[4]["user"] == "alice"
+
+
+def h2c_websocket(port: int) -> tuple[list[tuple[str, str]], list[object]]:
+    """Open a WebSocket over cleartext HTTP/2 (RFC 8441), send one heartbeat, and return the
+    response headers and the heartbeat's answer as a WebSocket frame inside h2 DATA."""
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        headers: list[tuple[str, str]] = []
+        data = b""
+        stream_id = None
+
+        def read() -> list[h2.events.Event]:
+            received = sock.recv(65536)
+            assert received, "the node closed the connection"
+            events = conn.receive_data(received)
+            sock.sendall(conn.data_to_send())
+            return events
+
+        while stream_id is None or not data.startswith(b"\x81") or len(data) < 2 + (data[1] & 0x7F):
+            for event in read():
+                if isinstance(event, h2.events.RemoteSettingsChanged) and stream_id is None:
+                    stream_id = conn.get_next_available_stream_id()
+                    conn.send_headers(
+                        stream_id,
+                        [
+                            (":method", "CONNECT"),
+                            (":protocol", "websocket"),
+                            (":scheme", "http"),
+                            (":path", "/socket/websocket?vsn=2.0.0"),
+                            (":authority", f"127.0.0.1:{port}"),
+                            ("sec-websocket-version", "13"),
+                        ],
+                    )
+                    sock.sendall(conn.data_to_send())
+                elif isinstance(event, h2.events.ResponseReceived):  # accepted: frames may follow
+                    headers = list(event.headers)  # type: ignore[arg-type]
+                    heartbeat = b'[null,"1","phoenix","heartbeat",{}]'
+                    conn.send_data(event.stream_id, bytes([0x81, 0x80 | len(heartbeat)]) + b"\0\0\0\0" + heartbeat)
+                    sock.sendall(conn.data_to_send())
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    data += event.data
+                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise AssertionError(f"the node ended the stream: {event}")
+        return headers, json.loads(data[2 : 2 + (data[1] & 0x7F)])
+
+
+def test_a_websocket_over_h2c_is_served_through_asgi_not_the_fast_path(stage1_node: NodeProcess) -> None:
+    # The fast path writes HTTP/1.1 WebSocket frames to the transport; under HTTP/2 that
+    # would corrupt the connection, so such a socket is served through ASGI (h2 DATA frames).
+    headers, reply = h2c_websocket(stage1_node.port)
+    assert (":status", "200") in headers
+    assert reply == [None, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}]

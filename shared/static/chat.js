@@ -229,17 +229,30 @@
 
   // --- The composer -----------------------------------------------------------------
 
+  const UNAVAILABLE_RETRIES = 5, UNAVAILABLE_RETRY_MS = 2000;
+  // getRandomValues, unlike randomUUID, also exists on a page served over plain http.
+  const randomId = () => Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+
   ui.composer.addEventListener("submit", (event) => event.preventDefault());
   ui.input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || event.isComposing) return;
     event.preventDefault();
     const body = ui.input.value.trim();
     if (!body || !isOpen() || !joinRef) return;
-    send(TOPIC, "new:msg", { user: ui.username.value.trim(), body }, (status, response) => {
-      if (status === "ok") return;
-      showEvent("not sent: " + (response.reason || status), "error");
+    const push = { user: ui.username.value.trim(), body, client_msg_id: randomId() };
+    const notSent = (reason) => {
+      showEvent("not sent: " + reason, "error");
       if (!ui.input.value) ui.input.value = body;  // give the text back rather than lose it
+    };
+    const attempt = (retries) => send(TOPIC, "new:msg", push, (status, response) => {
+      if (status === "ok") return;
+      const reason = response.reason || status;
+      // Redis may be back in a moment. `unavailable` does not prove the message was not
+      // stored; sent again with the same client_msg_id, it is stored once either way.
+      if (reason !== "unavailable" || retries === 0) return notSent(reason);
+      setTimeout(() => (isOpen() && joinRef ? attempt(retries - 1) : notSent(reason)), UNAVAILABLE_RETRY_MS);
     });
+    attempt(UNAVAILABLE_RETRIES);
     ui.input.value = "";
   });
 

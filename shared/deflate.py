@@ -1,0 +1,107 @@
+"""permessage-deflate with the inflated size bounded while it inflates.
+
+Hypercorn accepts permessage-deflate (RFC 7692) and wsproto inflates every chunk of a
+compressed message whole, before any size check: a 200 KB message that inflates to
+200 MB is 200 MB in memory before the 64 KiB limit is looked at. Here a message is
+inflated at most `MAX_FRAME_BYTES + MARGIN` bytes (zlib's `max_length`); past that, the
+rest of it is read and thrown away without inflating, and what was handed on is already
+over the limit, so the socket closes with 1009 as any frame over 64 KiB does.
+
+Why bound and not refuse the extension: refusing also takes patching Hypercorn (it offers
+deflate unconditionally), and a bound keeps compression for the clients that use it
+(browsers all offer it). `install()` swaps the class Hypercorn's handshake instantiates;
+tests/test_hostile_http.py (the bomb) fails if a Hypercorn upgrade changes that.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from hypercorn.protocol import ws_stream
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+from shared.protocol import MAX_FRAME_BYTES
+
+# Up to 3 bytes past the cut may be the rest of a UTF-8 character that is trimmed off
+# again, so what is handed on stays over MAX_FRAME_BYTES and valid UTF-8.
+MARGIN = 4
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """wsproto's PerMessageDeflate, inflating at most `limit` bytes of one message."""
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES + MARGIN) -> None:
+        super().__init__()
+        self.limit = limit
+        self._inflated = 0  # bytes of the current message handed on so far
+        self._over = False  # the current message passed the limit: discard the rest
+        self._text = False
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        if opcode is not Opcode.CONTINUATION:
+            self._text = opcode is Opcode.TEXT
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        if self._over:
+            return b""
+        assert self._decompressor is not None
+        room = self.limit - self._inflated
+        try:
+            out = self._decompressor.decompress(bytes(data), room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if len(out) > room:
+            # Over the limit: keep what came out (trimmed to whole characters) and inflate
+            # nothing more of this message; the context is lost, and so is the socket.
+            self._over = True
+            self._decompressor = None
+            out = _whole_characters(out) if self._text else out
+        self._inflated += len(out)
+        return out
+
+    def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
+        if not fin:
+            return None
+        if self._over:
+            self._over, self._inflated, self._inbound_compressed = False, 0, None
+            return b""
+        room = self.limit - self._inflated
+        self._inflated = 0
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return super().frame_inbound_complete(proto, fin)
+        assert self._decompressor is not None
+        try:
+            # The final flush, bounded too: the message's last bytes may be the bomb.
+            data = self._decompressor.decompress(b"\x00\x00\xff\xff", room + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if len(data) > room:
+            self._decompressor = None
+            self._inbound_compressed = None
+            return _whole_characters(data) if self._text else data
+        no_context_takeover = self.server_no_context_takeover if proto.client else self.client_no_context_takeover
+        if no_context_takeover:
+            self._decompressor = None
+        self._inbound_compressed = None
+        return data
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """`data` without a UTF-8 character cut short at its end."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # the last character's first byte
+            length = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data[:-back] if length > back else data
+    return data
+
+
+def install() -> None:
+    """Make Hypercorn's WebSocket handshake offer BoundedDeflate instead of wsproto's."""
+    ws_stream.PerMessageDeflate = BoundedDeflate  # type: ignore[misc]

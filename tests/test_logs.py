@@ -1,0 +1,39 @@
+"""Log lines: one per event, whatever a client puts in the fields (shared/logs.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from shared import logs
+
+HOSTILE = "http://evil.example\n12:00:00 info  a@localhost node ready\x1b[31m\x9b2J\u202e" + "x" * 10_000
+
+
+def line(as_json: bool, **fields: object) -> str:
+    record = logging.LogRecord("chat.test", logging.INFO, __file__, 1, "websocket refused", None, None)
+    record.fields = fields
+    return logs._Formatter("a@localhost", as_json=as_json).format(record)
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "terminal"])
+def test_a_hostile_field_stays_on_one_short_line_without_control_characters(as_json: bool) -> None:
+    text = line(as_json, origin=HOSTILE)
+
+    assert len(text.splitlines()) == 1
+    assert text.isprintable()
+    assert len(text) < 400
+    shown = json.loads(text)["origin"] if as_json else text.partition("origin=")[2]
+    assert shown.startswith("http://evil.example\\n12:00:00 info  a@localhost node ready\\x1b[31m\\x9b2J\\u202e")
+    assert shown.endswith(f"...(+{len(HOSTILE) - logs.FIELD_LIMIT} chars)")
+
+
+def test_a_plain_field_is_kept_as_it_is() -> None:
+    assert logs.clean("http://localhost:4000") == "http://localhost:4000"
+    assert logs.clean("привет 🙂") == "привет 🙂"
+
+
+def test_fields_that_are_not_text_are_left_to_the_format() -> None:
+    assert json.loads(line(True, sockets=3, peers=["b@localhost"]))["peers"] == ["b@localhost"]
