@@ -361,7 +361,7 @@ class RedisBroker:
                 level=logging.WARNING,
                 channel=node_channel(self.node),
                 reason=reason,
-                line=logs.untrusted(line),
+                line=line,  # the formatter cuts and escapes it
                 dropped=self.bad_lines,
             )
 

@@ -172,7 +172,7 @@ class Cluster:
             raise BrokerUnavailable(str(error)) from None
         self._gone_since = {name: since for name, since in gone.items() if name not in expired}
         for name in expired:
-            logs.event(log, "registry entry expired", peer=logs.untrusted(name), gone_s=round(now - gone[name], 1))
+            logs.event(log, "registry entry expired", peer=name, gone_s=round(now - gone[name], 1))
 
     async def close(self) -> None:
         for task in self._connecting.values():
@@ -217,7 +217,7 @@ class Cluster:
         if valid_address(address):
             return True
         self.node.metrics.bad_peer_addresses.labels(source=source).inc()
-        shown = logs.untrusted(str(address))
+        shown = logs.clean(str(address), 120)  # also the key of the warned-once set
         first = shown not in self._warned_addresses and len(self._warned_addresses) < MAX_WARNED_ADDRESSES
         self._warned_addresses.add(shown)
         level = logging.WARNING if first else logging.DEBUG  # a registry entry is seen every second
@@ -248,7 +248,7 @@ class Cluster:
                 address, "/cluster/hello", {"node": self.name, "address": self.address, "challenge": mine}
             )
             if hello.get("node") != name:
-                raise ConnectError(502, f"{address} is {logs.untrusted(str(hello.get('node')))!r}, not {name}")
+                raise ConnectError(502, f"{address} is {logs.clean(str(hello.get('node')), 120)!r}, not {name}")
             theirs, given = hello.get("challenge"), hello.get("proof")
             if not (
                 isinstance(theirs, str)
