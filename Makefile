@@ -24,10 +24,11 @@ REPLICAS ?= 3
 DRY_RUN ?=
 STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-run)
 
-.PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots
+.PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots \
+	stage3-compose stage3-compose-down
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The virtualenv is a file target: rebuilt only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +46,14 @@ stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 
 stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOVERY=manual|redis|gossip)
 	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT) $(if $(NEW_COOKIE),--new-cookie)
+
+# Stage 3 in containers (Compose): NODES chat containers and Redis, from stage3_k8s/compose.yaml.
+# Run again with another NODES to rescale; PULL_POLICY=never builds stand-ins instead of pulling.
+stage3-compose: $(VENV)/.installed ## Build the image, run Redis + NODES chat containers with Compose, wait, print the URLs
+	$(BIN)/python -m stage3_k8s.compose_lab up --nodes $(NODES)
+
+stage3-compose-down: $(VENV)/.installed ## Remove the Compose containers, network, Redis volume and .stage3/compose.env
+	$(BIN)/python -m stage3_k8s.compose_lab down
 
 stage3: $(VENV)/.installed ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
 	$(STAGE3) up
