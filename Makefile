@@ -52,7 +52,7 @@ stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOV
 stage3-compose: $(VENV)/.installed ## Build the image, run Redis + NODES chat containers with Compose, wait, print the URLs
 	$(BIN)/python -m stage3_k8s.compose_lab up --nodes $(NODES)
 
-stage3-compose-down: $(VENV)/.installed ## Remove the Compose containers, network, Redis volume and .stage3/compose.env
+stage3-compose-down: $(VENV)/.installed ## Remove the Compose containers, network, Redis volume and .stage3/chatlab.env
 	$(BIN)/python -m stage3_k8s.compose_lab down
 
 stage3: $(VENV)/.installed ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL

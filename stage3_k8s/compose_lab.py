@@ -8,7 +8,7 @@ finding the others through Docker's DNS (the network alias `chat-nodes`).
     python -m stage3_k8s.compose_lab down           # containers, network, volume, secrets
 
 The Redis password and the cluster cookie are made on the first run into
-.stage3/compose.env (mode 600, git-ignored) and handed to Compose with --env-file; they
+.stage3/chatlab.env (mode 600, git-ignored) and handed to Compose with --env-file; they
 are never printed. Where no registry answers, the base images are stand-ins built from
 Debian packages (stage3_k8s/standin.py).
 """
@@ -42,7 +42,6 @@ PROJECT = "chatlab"  # compose.yaml's `name:`
 SERVICE = "chat"
 CHAT_IMAGE = "chatlab:0.1.0"
 STATE_DIR = ROOT / ".stage3"
-ENV_FILE = STATE_DIR / "compose.env"
 SECRETS = ("REDIS_PASSWORD", "CLUSTER_COOKIE")
 CONVERGE_DEADLINE = 120.0
 
@@ -105,7 +104,7 @@ def compose_command() -> list[str]:
     )
 
 
-def ensure_secrets(path: Path = ENV_FILE) -> Path:
+def ensure_secrets(path: Path) -> Path:
     """The env file with a Redis password and a cluster cookie, made once, readable by us only."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,12 +134,15 @@ class Node:
 
 
 class Lab:
-    """One Compose project of compose.yaml: the learner's (`chatlab`) or a test's."""
+    """One Compose project of compose.yaml: the learner's (`chatlab`, or COMPOSE_PROJECT_NAME)
+    or a test's, with its secrets in .stage3/<project>.env unless told otherwise."""
 
-    def __init__(self, project: str = PROJECT, env_file: Path = ENV_FILE, env: Mapping[str, str] | None = None):
-        self.project = project
-        self.env_file = env_file
+    def __init__(
+        self, project: str | None = None, env_file: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.env = {**os.environ, **(env or {})}
+        self.project = project or self.env.get("COMPOSE_PROJECT_NAME", "").strip() or PROJECT
+        self.env_file = env_file or STATE_DIR / f"{self.project}.env"
         self._compose: list[str] | None = None
 
     # Commands ------------------------------------------------------------------------------
