@@ -123,7 +123,6 @@ def ensure(*, force: bool = False) -> str:
     redis = redis_image()
     missing = [image for image in (BASE_IMAGE, redis) if force or not image_exists(image)]
     if not missing:
-        progress(f"stand-in images {BASE_IMAGE} and {redis} already built")
         return BASE_IMAGE
     mirror = apt_mirror()
     started = time.monotonic()

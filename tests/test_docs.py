@@ -25,13 +25,16 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from tests import docs_runner
+from stage3_k8s import compose_lab
+from tests import containers, docs_runner
 from tests.cluster import Cluster, RedisServer
 from tests.docs_runner import ROOT, Page
 from tests.support import running_node
@@ -78,9 +81,30 @@ def stage2() -> Iterator[DocsEnv]:
         yield DocsEnv(replacements, env)
 
 
+@contextlib.contextmanager
+def compose() -> Iterator[DocsEnv]:
+    """The real Docker engine for `make stage3-compose` and `docker compose`, under a project
+    of its own (`chatlab-docs`, its secrets in `.stage3/chatlab-docs.env`), so that a learner's
+    `chatlab` is left alone. Nothing is pulled: the stand-in base images are built first
+    (once; over a minute, longer than one command may take). Whatever the page started is
+    removed at the end, as `make stage3-compose-down` does."""
+    if reason := containers.docker_unavailable():
+        pytest.skip(reason)
+    containers.stand_in_images()
+    project = "chatlab-docs"
+    with tempfile.TemporaryDirectory(prefix="chatlab-docker-config-") as config:
+        env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project}
+        env |= containers.compose_as_docker_plugin(Path(config))
+        try:
+            yield DocsEnv({".stage3/chatlab.env": f".stage3/{project}.env"}, env)
+        finally:
+            compose_lab.down(compose_lab.Lab(project, env=env))
+
+
 ENVIRONMENTS: dict[str, Callable[[], AbstractContextManager[DocsEnv]]] = {
     "stage1": stage1,
     "stage2": stage2,
+    "compose": compose,
 }
 
 PAGES = docs_runner.pages()
