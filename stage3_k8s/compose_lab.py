@@ -93,7 +93,7 @@ def bundled_compose() -> Path | None:
 
 def compose_command() -> list[str]:
     """`docker compose` when the plugin is installed, else the virtualenv's Compose v2."""
-    if run(["docker", "compose", "version"]).returncode == 0:
+    if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
         return ["docker", "compose"]
     binary = bundled_compose()
     if binary is not None:
@@ -175,11 +175,13 @@ class Lab:
         standin.ensure()
         return wanted[0] if wanted[0] not in missing else standin.BASE_IMAGE
 
-    def build(self, base: str, image: str = CHAT_IMAGE) -> float:
+    def build(self, base: str, image: str | None = None) -> float:
         """`docker build` of the Dockerfile on `base`, printing its steps; returns the seconds it took.
 
-        Host network: pip in the build reaches the package index the way this machine does.
+        The tag is compose.yaml's: CHAT_IMAGE, else chatlab:0.1.0. Host network: pip in the
+        build reaches the package index the way this machine does.
         """
+        image = image or self.env.get("CHAT_IMAGE", "").strip() or CHAT_IMAGE
         say(f"building {image} on {base}")
         started = time.monotonic()
         command = ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}"]

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import itertools
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from stage3_k8s import compose_lab
 from stage3_k8s.compose_lab import CONVERGE_DEADLINE, Lab, Node, ensure_secrets
 from tests.cluster import LOBBY, JoinError, PhoenixClient, Push, report_timing, run_async, unique
 from tests.containers import TEST_ENV, docker_unavailable, stand_in_images
@@ -169,6 +171,20 @@ def test_the_node_runs_as_uid_10001_on_a_read_only_root_with_the_pods_limits(lab
     assert host["Memory"] == 256 * 2**20  # the Deployment's limit
     published = info["NetworkSettings"]["Ports"]["4000/tcp"]
     assert {p["HostIp"] for p in published} == {"127.0.0.1"}
+
+
+def test_the_launcher_prints_each_nodes_url_and_never_a_secret(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    """What `make stage3-compose NODES=3` runs, on the module's project: build, up, wait, URLs."""
+    compose_lab.up(lab, 3, pull=False)
+    out = capsys.readouterr()
+    nodes = lab.nodes()
+    assert "[stage3-compose] every node lists all 3 after " in out.out
+    for node in nodes:
+        assert re.search(rf"^\[stage3-compose\] {node.container}  {node.name} +{node.url}$", out.out, re.MULTILINE)
+    secrets = dict(line.split("=", 1) for line in lab.env_file.read_text().splitlines())
+    redis_log = lab.compose("logs", "redis").stdout
+    for value in secrets.values():
+        assert value not in out.out + out.err + redis_log
 
 
 # Scaling --------------------------------------------------------------------------------------
