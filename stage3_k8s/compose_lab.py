@@ -191,7 +191,9 @@ class Lab:
             assert proc.stdout is not None
             for line in proc.stdout:
                 tail = [*tail[-19:], line.rstrip()]
-                if line.startswith("Step "):  # the classic builder's progress, one line per instruction
+                # One line per instruction: the classic builder's `Step 3/20 : ...`, or
+                # BuildKit's plain `#7 [build 3/8] RUN ...`.
+                if line.startswith("Step ") or re.match(r"#\d+ \[", line):
                     say("  " + line.strip()[:110])
         if proc.returncode != 0:
             raise LabError(f"docker build failed ({proc.returncode}):\n" + "\n".join(tail))
