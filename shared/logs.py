@@ -58,3 +58,10 @@ def get(name: str) -> logging.Logger:
 
 def event(logger: logging.Logger, message: str, level: int = logging.INFO, **fields: Any) -> None:
     logger.log(level, message, extra={"fields": fields})
+
+
+def untrusted(text: str, limit: int = 120) -> str:
+    """A value someone else chose, fit for a log line: cut at `limit` characters, control
+    and non-ASCII characters escaped, so it cannot forge lines or flood them."""
+    escaped = text[:limit].encode("unicode_escape").decode("ascii")
+    return escaped[:limit] + "..." if len(text) > limit or len(escaped) > limit else escaped

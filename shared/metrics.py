@@ -20,6 +20,15 @@ class Metrics:
         self.deliveries = Counter("chat_deliveries", "Frames queued to local sockets by broadcasts", registry=r)
         self.drops = Counter("chat_drops", "Sockets disconnected for not keeping up", registry=r)
         self.cluster_nodes = Gauge("chat_cluster_nodes", "Nodes this node is connected to, itself included", registry=r)
+        self.bad_peer_lines = Counter(
+            "chat_bad_peer_lines", "Malformed lines on a Redis channel, dropped", ["channel"], registry=r
+        )
+        self.bad_peer_addresses = Counter(
+            "chat_bad_peer_addresses",
+            "Peer addresses refused as not host:port, by where they came from",
+            ["source"],
+            registry=r,
+        )
         self.redis_up = Gauge("chat_redis_up", "1 while the configured Redis is reachable", registry=r)
 
     def render(self) -> bytes:

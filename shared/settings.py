@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 DISCOVERY_MODES = ("none", "manual", "redis", "gossip", "dns")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}@[A-Za-z0-9_\-.:]{1,255}$")
@@ -30,7 +30,7 @@ class Settings:
     port: int = 4000
     host: str = "127.0.0.1"
     node_name: str = "nonode@nohost"
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password: see redact_url
     cluster_cookie: str | None = field(default=None, repr=False)
     discovery: str = "none"
     dns_service: str = "chat-nodes"
@@ -157,8 +157,22 @@ def _redis_url(raw: str | None, default: str | None) -> str | None:
         return default
     parts = urlsplit(raw)
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ConfigError("REDIS_URL", f"must be redis://host:port[/db], rediss:// or unix://path, got {raw!r}")
+        raise ConfigError(
+            "REDIS_URL", f"must be redis://host:port[/db], rediss:// or unix://path, got {redact_url(raw)!r}"
+        )
     return raw
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a log line or an error message: a password in it becomes `***`.
+
+    The one place REDIS_URL is made printable; nothing prints the URL any other way."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def _choice(var: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:

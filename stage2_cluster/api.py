@@ -22,7 +22,6 @@ from stage2_cluster.cluster import ConnectError
 
 bp = Blueprint("cluster", __name__)
 log = logs.get("api")
-ADDRESS_MAX = 300
 
 
 def needs_cookie(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -68,9 +67,7 @@ async def connect() -> Response:
     name, address = body.get("node"), body.get("address")
     if not isinstance(name, str) or not NODE_NAME_RE.fullmatch(name):
         raise ConnectError(400, 'body needs "node": "name@host"')
-    if address is not None and (
-        not isinstance(address, str) or not 3 <= len(address) <= ADDRESS_MAX or ":" not in address
-    ):
+    if address is not None and not node().cluster.accept_address(address, "api"):
         raise ConnectError(400, '"address" must be "host:port"')
     await node().cluster.connect(name, address)
     return view_of_nodes()

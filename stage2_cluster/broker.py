@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ from redis.exceptions import RedisError
 from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
 from shared.messages import ChatMessage, Draft
+from shared.settings import redact_url
 
 log = logs.get("redis")
 
@@ -34,6 +37,8 @@ COMMAND_TIMEOUT = 2.0  # a paused Redis must turn into "unavailable", not a hung
 WATCHDOG_INTERVAL = 1.0  # PING the subscription this often...
 WATCHDOG_DEADLINE = 3.0  # ...and call it dead when nothing came back for this long
 BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
+BAD_LINE_LOG_EVERY = 1.0  # seconds: a flood of garbage costs one warning a second, the counter counts all
+MESSAGE_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 # Wire format on a node channel: "<kind> <rest>". m = stored message, b = broadcast,
 # anything else is cluster control traffic.
@@ -48,6 +53,10 @@ for i = 8, #ARGV do
 end
 return {id, ts}
 """
+
+
+class BadLine(ValueError):
+    """A line on our channel that is not one of ours: anyone who can reach Redis can PUBLISH."""
 
 
 def node_channel(node: str) -> str:
@@ -72,8 +81,14 @@ class RedisBroker:
         self.url = url
         self.node = node
         self.history_size = history_size
+        # encoding_errors="replace": bytes that are not UTF-8 (we never publish any) become
+        # U+FFFD and fail parsing as a bad line, instead of raising inside redis-py's reader.
         self.client = aioredis.Redis.from_url(
-            url, socket_timeout=COMMAND_TIMEOUT, socket_connect_timeout=COMMAND_TIMEOUT, decode_responses=True
+            url,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            decode_responses=True,
+            encoding_errors="replace",
         )
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._deliver: Deliver | None = None
@@ -83,16 +98,22 @@ class RedisBroker:
         # messages published while we were not subscribed are read back from the stream
         # (Pub/Sub does not keep them), and a message never goes out twice.
         self._last_ids: dict[str, tuple[int, int]] = {}
+        self._holding = 0  # catch-ups running: live stored messages wait in _held meanwhile
+        self._held: list[tuple[str, str, str]] = []
         self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
         self.targets: Callable[[], list[str]] = lambda: [self.node]
         self.on_control: Callable[[str, str], None] = lambda kind, data: None
         self.on_health: Callable[[bool], None] = lambda healthy: None
+        self.on_bad_line: Callable[[], None] = lambda: None
+        self.bad_lines = 0
+        self._bad_line_logged_at = -BAD_LINE_LOG_EVERY
 
     # Broker interface --------------------------------------------------------------
 
     @property
     def available(self) -> bool:
-        return self._healthy is True
+        # The task test is belt and braces: _subscribe_forever only ends when stopped.
+        return self._healthy is True and self._task is not None and not self._task.done()
 
     @property
     def status(self) -> str:
@@ -158,7 +179,7 @@ class RedisBroker:
     def _set_health(self, healthy: bool) -> None:
         if healthy != self._healthy:
             self._healthy = healthy
-            logs.event(log, "redis reachable" if healthy else "redis unreachable", url=self.url)
+            logs.event(log, "redis reachable" if healthy else "redis unreachable", url=redact_url(self.url))
             self.on_health(healthy)
 
     async def _subscribe_forever(self) -> None:
@@ -169,6 +190,10 @@ class RedisBroker:
                 attempt = 0
             except (RedisError, OSError, TimeoutError) as error:
                 logs.event(log, "subscription lost", level=30, error=str(error) or type(error).__name__)
+            except Exception:
+                # A bug must not leave the node subscribed to nothing while /readyz says 200:
+                # log it, report not ready, and subscribe again like after any other loss.
+                log.exception("subscription crashed", extra={"fields": {"channel": node_channel(self.node)}})
             self._set_health(False)
             delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
             attempt += 1
@@ -197,7 +222,10 @@ class RedisBroker:
                 if message is not None:
                     last_heard = self.heard_at = now
                     if message["type"] == "message":
-                        self._dispatch(message["data"])
+                        try:
+                            self._dispatch(message["data"])
+                        except BadLine as error:
+                            self._drop_bad_line(message["data"], str(error))
                 if now >= next_ping:
                     next_ping = now + WATCHDOG_INTERVAL
                     async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -209,41 +237,103 @@ class RedisBroker:
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await pubsub.aclose()
 
-    async def _catch_up(self) -> None:
+    async def catch_up(self) -> int:
+        """Deliver what the stream holds past the last message delivered, for a peer regained.
+
+        Live messages arriving meanwhile are held and delivered after it, so that sockets
+        still get one room's messages in stream order; any the read had are skipped."""
+        self._holding += 1
+        try:
+            return await self._catch_up()
+        except (RedisError, OSError) as error:
+            raise BrokerUnavailable(str(error)) from None
+        finally:
+            self._holding -= 1
+            if not self._holding:
+                held, self._held = self._held, []
+                for topic, message_id, frame in held:
+                    self._deliver_stored(topic, message_id, frame)
+
+    async def _catch_up(self) -> int:
         """Deliver what was stored in rooms we deliver to while we were not subscribed.
 
-        Called once subscribed again: anything published from now on reaches us live
-        (and is skipped by `_deliver_stored` if the stream read already had it). Only
-        messages of nodes we are connected to, as live delivery follows connections."""
+        Called once subscribed again (and by `catch_up`): anything published from then on
+        reaches us live (and is skipped by `_deliver_stored` if the stream read already had
+        it). Only messages of nodes we send to, as live delivery follows connections."""
         senders = set(self.targets())
+        delivered = 0
         for topic, (ms, seq) in list(self._last_ids.items()):
             entries = await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+")
             for entry_id, fields in entries:
-                if fields["node"] not in senders:
+                if fields.get("node") not in senders:
                     continue
-                message = ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
-                self._deliver_stored(topic, entry_id, protocol.broadcast(topic, "new:msg", message.payload()))
+                try:
+                    message = ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
+                except (KeyError, ValueError):
+                    continue  # not written by the publish script: an XADD of someone with Redis access
+                delivered += self._deliver_stored(
+                    topic, entry_id, protocol.broadcast(topic, "new:msg", message.payload())
+                )
+        return delivered
 
-    def _deliver_stored(self, topic: str, message_id: str, frame: str) -> None:
+    def _deliver_stored(self, topic: str, message_id: str, frame: str) -> bool:
         ms, _, seq = message_id.partition("-")
         key = (int(ms), int(seq))
         last = self._last_ids.get(topic)
         if last is not None and key <= last:
-            return  # already delivered by the catch-up after a reconnect
+            return False  # already delivered by a catch-up
         self._last_ids[topic] = key
         self._deliver_to_hub(Delivery(topic, frame, message_id))
+        return True
 
     def _dispatch(self, line: str) -> None:
+        """Hand one line to the hub or the cluster; BadLine for anything we would never send."""
         kind, _, rest = line.partition(" ")
         if kind == "m":
-            topic, message_id, frame = rest.split(" ", 2)
-            self._deliver_stored(topic, message_id, frame)
+            topic, message_id, frame = _split(rest, 3)
+            if not MESSAGE_ID_RE.fullmatch(message_id):
+                raise BadLine("message id is not <ms>-<seq>")
+            if self._holding:
+                self._held.append((topic, message_id, _frame(frame)))
+            else:
+                self._deliver_stored(topic, message_id, _frame(frame))
         elif kind == "b":
-            topic, frame = rest.split(" ", 1)
-            self._deliver_to_hub(Delivery(topic, frame))
+            topic, frame = _split(rest, 2)
+            self._deliver_to_hub(Delivery(topic, _frame(frame)))
         else:
             self.on_control(kind, rest)
+
+    def _drop_bad_line(self, line: str, reason: str) -> None:
+        self.bad_lines += 1
+        self.on_bad_line()
+        now = time.monotonic()
+        if now - self._bad_line_logged_at >= BAD_LINE_LOG_EVERY:
+            self._bad_line_logged_at = now
+            logs.event(
+                log,
+                "bad line on our channel dropped",
+                level=logging.WARNING,
+                channel=node_channel(self.node),
+                reason=reason,
+                line=logs.untrusted(line),
+                dropped=self.bad_lines,
+            )
 
     def _deliver_to_hub(self, delivery: Delivery) -> None:
         if self._deliver is not None:
             self._deliver(delivery)
+
+
+def _split(rest: str, parts: int) -> list[str]:
+    fields = rest.split(" ", parts - 1)
+    if len(fields) != parts or not all(fields):
+        raise BadLine(f"expected {parts} fields")
+    return fields
+
+
+def _frame(frame: str) -> str:
+    # What we publish is an encoded Phoenix frame; sockets get it as is, so at least its shape
+    # is checked here (a full JSON parse per message would cost the hot path).
+    if not (frame.startswith("[") and frame.endswith("]")):
+        raise BadLine("frame is not a JSON array")
+    return frame

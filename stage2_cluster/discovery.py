@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.settings import Settings
+from shared.settings import NODE_NAME_RE, Settings
 from stage2_cluster.cluster import REGISTRY, Cluster, alive_key
 
 POLL_INTERVAL = 1.0
@@ -28,8 +28,8 @@ async def redis_registry(cluster: Cluster) -> None:
             if names:
                 alive = await client.mget([alive_key(name) for name in names])
                 for name, address in zip(names, alive, strict=True):
-                    if address is not None:
-                        cluster.connect_soon(name, address)
+                    if address is not None and NODE_NAME_RE.fullmatch(name):
+                        cluster.connect_soon(name, address, source="registry")
         except (RedisError, OSError):
             pass  # Redis away: the subscription already reports it; try again next round
         await asyncio.sleep(POLL_INTERVAL)

@@ -26,7 +26,6 @@ import ipaddress
 import logging
 import os
 import random
-import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared import logs
 from shared.settings import NODE_NAME_RE, Settings
+from stage2_cluster.cluster import valid_address
 
 if TYPE_CHECKING:
     from stage2_cluster.cluster import Cluster
@@ -51,7 +51,6 @@ MAX_PENDING = 16  # connect attempts in flight from gossip: a flood of forged na
 MAX_WARNED = 64  # senders whose first dropped packet is logged at warning
 NONCE_BYTES = 12
 AAD = b"chatlab gossip v1"  # binds a ciphertext to this protocol, not just to the key
-HOST_RE = re.compile(r"[A-Za-z0-9_\-.]{1,253}")
 
 
 class Codec:
@@ -89,19 +88,6 @@ class Codec:
         if not (isinstance(address, str) and valid_address(address)):
             return None
         return name, address
-
-
-def valid_address(address: str) -> bool:
-    """`host:port` or `[ipv6]:port`, as `Cluster.address` writes it."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return False
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            return ipaddress.ip_address(host[1:-1]).version == 6
-        except ValueError:
-            return False
-    return HOST_RE.fullmatch(host) is not None
 
 
 def interface_address(settings: Settings) -> str:
@@ -164,7 +150,7 @@ class Listener(asyncio.DatagramProtocol):
             return
         if len(self.pending) >= MAX_PENDING:
             return  # the next heartbeat from a real node comes within seconds
-        task = cluster.connect_soon(name, address)
+        task = cluster.connect_soon(name, address, source="gossip")
         if task is not None:
             self.pending[name] = task
             task.add_done_callback(lambda _task: self.pending.pop(name, None))

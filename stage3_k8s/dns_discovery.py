@@ -119,7 +119,7 @@ class DnsDiscovery:
         gone = [name for name in self.listed if name not in listed and name in self.cluster.peers]
         self.listed = listed
         for name, address in listed.items():
-            self.cluster.connect_soon(name, address)
+            self.cluster.connect_soon(name, address, source="dns")
         if gone:
             # Concurrently: each goodbye to a vanished pod may wait for its HTTP timeout.
             await asyncio.gather(*(self.cluster.disconnect(name, reason="gone from DNS") for name in gone))

@@ -6,7 +6,7 @@ Three helpers, each usable on its own:
   `stop()` (SIGTERM or SIGKILL), `pause()` (SIGSTOP, a half-open Redis), `resume()`
   (SIGCONT) and `start()` again on the same port. `persistent=True` keeps data in an
   append-only file (fsync on every write) so that a restart keeps the streams, as a
-  production Redis would.
+  production Redis would; `password=` makes it require one (and puts it in `url`).
 - `Cluster`: stage-2 nodes (`python -m stage2_cluster`) `a@localhost`, `b@localhost`..
   on free ports, sharing one Redis and one cookie, plus the node API (`connect`,
   `disconnect`, `nodes_of`) and waits for what the cluster reports.
@@ -148,16 +148,18 @@ class RedisServer:
     dir, so that every write Redis acknowledged survives SIGTERM and SIGKILL.
     """
 
-    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False, password: str | None = None) -> None:
         self.port = port or free_port()
         self.persistent = persistent
+        self.password = password
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._dir: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        userinfo = f":{self.password}@" if self.password else ""
+        return f"redis://{userinfo}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -169,6 +171,8 @@ class RedisServer:
 
     def command(self) -> list[str]:
         cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.password:
+            cmd += ["--requirepass", self.password]
         if self.persistent:
             if self._dir is None:
                 self._dir = tempfile.mkdtemp(prefix="chatlab-redis-")
@@ -235,6 +239,7 @@ class RedisServer:
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
+            password=self.password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             decode_responses=True,

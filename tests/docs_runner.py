@@ -38,6 +38,26 @@ class Check:
 
 
 @dataclass
+class Serve:
+    """A `sh serve` block: what the learner leaves running in the first terminal."""
+
+    command: str
+    line: int
+
+
+@dataclass
+class Tab:
+    """One line of a `text browser` block: a URL and the navbar fields its tab shows."""
+
+    url: str
+    fields: dict[str, str]
+    line: int
+
+
+Step = Check | Serve | Tab
+
+
+@dataclass
 class Page:
     path: Path
     text: str
@@ -46,7 +66,7 @@ class Page:
 
     @property
     def name(self) -> str:
-        return self.path.relative_to(ROOT).as_posix()
+        return self.path.relative_to(ROOT).as_posix() if self.path.is_relative_to(ROOT) else self.path.name
 
     @property
     def needs(self) -> list[str]:
@@ -57,15 +77,31 @@ class Page:
         return names
 
     @property
-    def checks(self) -> list[Check]:
-        checks = []
+    def steps(self) -> list[Step]:
+        """What the test does for this page, in page order: start, run, look."""
+        steps: list[Step] = []
         for i, fence in enumerate(self.fences):
-            if fence.info.split() != ["sh", "verify"]:
-                continue
-            following = self.fences[i + 1] if i + 1 < len(self.fences) else None
-            expected = following.text if following and following.info.split() == ["text", "expected"] else None
-            checks.append(Check(fence.text, expected, fence.line))
-        return checks
+            info = fence.info.split()
+            if info == ["sh", "verify"]:
+                following = self.fences[i + 1] if i + 1 < len(self.fences) else None
+                expected = following.text if following and following.info.split() == ["text", "expected"] else None
+                steps.append(Check(fence.text, expected, fence.line))
+            elif info == ["sh", "serve"]:
+                steps.append(Serve(fence.text.strip(), fence.line))
+            elif info == ["text", "browser"]:
+                lines = enumerate(fence.text.splitlines(), fence.line + 1)
+                steps += [tab(line, number) for number, line in lines if line.strip()]
+        return steps
+
+
+FIELD_RE = re.compile(r"(?P<name>[a-z]+): (?P<value>.+?)(?= {2,}[a-z]+: |$)")
+
+
+def tab(line: str, number: int) -> Tab:
+    """`http://localhost:4000  self: a@localhost  nodes: [a@localhost]`: fields apart by two spaces."""
+    url, _, rest = line.strip().partition(" ")
+    fields = {match["name"]: match["value"] for match in FIELD_RE.finditer(rest.strip())}
+    return Tab(url, fields, number)
 
 
 def pages() -> list[Page]:
@@ -109,14 +145,14 @@ def normalize(output: str) -> list[str]:
     return lines
 
 
-def _line_pattern(line: str) -> re.Pattern[str]:
+def line_pattern(line: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in line.split(ANY)))
 
 
 def matches(expected: str, actual: str) -> bool:
     """`actual` fits `expected`: a line `...` stands for any lines, `<any>` for any text within a line."""
     want, got = normalize(expected), normalize(actual)
-    patterns = [None if line.strip() == ANY_LINES else _line_pattern(line) for line in want]
+    patterns = [None if line.strip() == ANY_LINES else line_pattern(line) for line in want]
     memo: dict[tuple[int, int], bool] = {}
 
     def fit(i: int, j: int) -> bool:

@@ -32,6 +32,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (nodes a, b, .. of `make stage2`)."""
+    for _ in range(100):
+        first = free_port(host)
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(first + 1, first + count):
+                    stack.enter_context(socket.socket()).bind((host, port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 @dataclass
 class NodeProcess:
     """A `python -m <module>` node with its log collected in memory."""

@@ -6,16 +6,18 @@ running in the thread that drives the browser.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from tests.browser import ChatPages, screenshot_dir, send, set_username, stage1_node
-from tests.support import NodeProcess
+from tests.support import NodeProcess, running_node
 
 pytestmark = pytest.mark.browser
 
+TIMES = "\N{MULTIPLICATION SIGN}"  # how the page counts repeats: a name, then TIMES, then 2
 RESTART_DEADLINE_MS = 30_000  # the page retries after about 0.5, 1, 2, 5, then every 10 seconds
 
 # Lines that stick out of their list, or a list or the page that scrolls sideways.
@@ -78,6 +80,70 @@ def test_user_text_is_shown_as_literal_text(node: NodeProcess, pages: ChatPages)
         expect(page.locator("#presence")).to_contain_text(user)
         expect(page.locator("#messages img, #messages b, #presence b")).to_have_count(0)
         assert page.evaluate("typeof window.__xss") == "undefined"
+    assert pages.errors == []
+
+
+def test_a_new_visitor_joins_only_once_named_and_the_room_hears_only_the_name(
+    node: NodeProcess, pages: ChatPages
+) -> None:
+    alice = pages.open(node.url, "alice")
+    visitor = pages.visit(node.url)
+
+    connection = visitor.locator("#connection")
+    expect(connection).to_have_attribute("data-state", "nameless")
+    expect(connection).to_have_text("type a name to join")
+    expect(visitor.locator("#username")).to_be_focused()
+    set_username(visitor, "bob")
+    expect(connection).to_have_attribute("data-state", "online")
+
+    expect(alice.locator("#messages .event")).to_have_text(["[alice entered]", "[bob entered]"])
+    for page in (alice, visitor):
+        expect(page.locator("#presence li")).to_have_text(["alice", "bob"])
+        expect(page.locator("body")).not_to_contain_text("anonymous")
+    assert pages.errors == []
+
+
+def test_a_second_tab_is_the_same_user_and_a_private_window_another(node: NodeProcess, pages: ChatPages) -> None:
+    alice = pages.open(node.url, "alice")
+    second_tab = alice.context.new_page()  # the same browser profile: the name is remembered
+    second_tab.goto(node.url)
+    expect(second_tab.locator("#connection")).to_have_attribute("data-state", "online")
+    expect(second_tab.locator("#username")).to_have_value("alice")
+    expect(alice.locator("#presence li")).to_have_text(["alice" + TIMES + "2"])
+
+    private = pages.visit(node.url)  # a context of its own, as a private window
+    expect(private.locator("#connection")).to_have_attribute("data-state", "nameless")
+    set_username(private, "bob")
+    expect(alice.locator("#presence li")).to_have_text(["alice" + TIMES + "2", "bob"])
+    assert pages.errors == []
+
+
+def test_the_demo_pings_fold_into_one_line_under_the_conversation(pages: ChatPages) -> None:
+    with running_node("stage1_dev", {"PING_INTERVAL": "0.2"}) as node:
+        alice = pages.open(node.url, "alice")
+        send(alice, "before the pings")
+        ping = alice.locator("#ping")
+        expect(ping).to_have_text(re.compile(r"^\[SYSTEM\] ping last at .+ · " + TIMES + r"([3-9]|\d\d+)$"))
+        send(alice, "after the pings")
+
+        # The conversation holds the join and the two messages, nothing in between.
+        expect(alice.locator("#messages li")).to_have_count(3)
+        expect(alice.locator("#messages")).not_to_contain_text("[SYSTEM]")
+        expect(ping).to_be_visible()
+    assert pages.errors == []
+
+
+def test_users_named_like_object_properties_are_listed_and_leave(node: NodeProcess, pages: ChatPages) -> None:
+    watcher = pages.open(node.url, "alice")
+    named = {name: pages.open(node.url, name) for name in ("__proto__", "constructor", "toString")}
+
+    expect(watcher.locator("#presence li")).to_have_text(["__proto__", "alice", "constructor", "toString"])
+    named["__proto__"].context.close()
+    named["constructor"].context.close()
+    expect(watcher.locator("#presence li")).to_have_text(["alice", "toString"])
+    expect(watcher.locator("#online-count")).to_have_text("2")
+    send(named["toString"], "still here")
+    expect(watcher.locator("#messages")).to_contain_text("[toString] still here")
     assert pages.errors == []
 
 

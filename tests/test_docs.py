@@ -1,20 +1,35 @@
-"""The docs run: every documented command is executed and its output compared.
+"""The docs run: every page is followed as a learner follows it, and its output compared.
 
 Convention for README.md, stage*/README.md and docs/*.md:
 
-- A fenced block with the info string `sh verify` is a command a learner types, run with
-  bash from the repository root (`set -e -o pipefail`, 60 s at most).
+- A fenced block with the info string `sh verify` is a command a learner types in their
+  second terminal. All of a page's commands run in ONE bash session, in page order, from
+  the root of a clone (`set -e -o pipefail`, 60 s a block): what one block exports or
+  changes, every later block still has, as in the learner's terminal.
 - If the next fenced block has the info string `text expected`, the command's output
   (stdout and stderr, colour codes removed) must match it: line by line, exactly, after
   trailing whitespace is stripped; a line `...` stands for any number of lines and
   `<any>` inside a line for any text (ids, timestamps, refs).
-- A page declares what its commands need with an HTML comment, `<!-- verify-with: stage1 -->`.
-  Each name is a key of ENVIRONMENTS below: a context manager that starts what the page
-  needs and yields the text to rewrite in the commands (`localhost:4000` becomes the port
-  the test chose) and extra environment variables. The commands of a page run in order
-  against one environment, so a later block sees what an earlier one did. A page without
-  the comment runs its commands with nothing started. A later stage teaches the docs its
-  own setup (Redis and three nodes, say) by adding an entry to ENVIRONMENTS.
+- A block `sh serve` is what the learner leaves running in the first terminal (one `make`
+  command, such as `make stage2 NODES=3 DISCOVERY=manual`). The test runs it in the
+  background on the ports it chose and waits until its nodes answer. A later `sh serve`
+  is a restart: the running one gets Ctrl-C (SIGINT) and ends first, and the blocks after
+  it run against the new one, in the same session.
+- A block `text browser` says what the browser shows: one line per tab, its URL, then
+  fields two spaces apart, each named by the page element's id (`self`, `nodes`, `redis`,
+  `connection`), e.g. `http://localhost:4000  self: a@localhost  nodes: [a@localhost]`.
+  The test opens each URL in Chromium (a tab stays open for the rest of the page, and
+  follows restarts as a learner's does) and waits until every field reads so.
+- A page names the setup its commands need with an HTML comment,
+  `<!-- verify-with: stage1 -->`: a key of ENVIRONMENTS below, which picks free ports,
+  says how to rewrite the documented ones (`localhost:4000` becomes the port the test
+  chose) and what the first terminal runs when the page has no `sh serve` before its
+  first command. A page without the comment runs its commands with nothing started.
+
+Commands run from the repository's root; a stage 2 page's from a scratch clone whose
+entries link to the repository's, with a `.stage2/` of its own, so that a docs run never
+touches the cookie of a real `make stage2`. The served `make` never rebuilds `.venv`,
+which the test itself runs from.
 
 Also checked: relative links and repository paths in backticks exist, and `make help`
 lists every target the pages mention.
@@ -24,84 +39,128 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import re
+import secrets
+import shlex
+import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
+from playwright.sync_api import Page as BrowserPage
+from playwright.sync_api import expect
 
 from stage3_k8s import compose_lab
 from tests import containers, docs_runner
-from tests.cluster import Cluster, RedisServer
-from tests.docs_runner import ROOT, Page
-from tests.support import running_node
+from tests.browser import ChatPages
+from tests.docs_runner import ROOT, Page, Serve, Tab
+from tests.requirements import require
+from tests.support import free_port, free_ports, wait_until
 
 COMMAND_TIMEOUT = 60.0
+SERVE_DEADLINE = 90.0  # a served `make` and its nodes, on a loaded machine
+STOP_DEADLINE = 30.0  # Ctrl-C: every node drains and says goodbye, then Redis stops
+BROWSER_DEADLINE_MS = 10_000  # the navbar polls /api/nodes every 3 s
 
 # Files that another test writes, checked there: the browser test's screenshot.
 GENERATED = {"docs/img/stage1.png"}
+# Not linked into the scratch clone: the launcher's state, which the pages' runs make anew.
+UNLINKED = {".stage2"}
 
 
 @dataclass
 class DocsEnv:
     replacements: dict[str, str] = field(default_factory=dict)  # text in a command -> text to run
-    env: dict[str, str] = field(default_factory=dict)  # extra environment for the commands
-
-    def merge(self, other: DocsEnv) -> None:
-        self.replacements.update(other.replacements)
-        self.env.update(other.env)
-
-
-@contextlib.contextmanager
-def stage1() -> Iterator[DocsEnv]:
-    """A real `python -m stage1_dev`, as `make stage1` runs it, on a free port."""
-    with running_node("stage1_dev") as node:
-        address = f"127.0.0.1:{node.port}"
-        yield DocsEnv({"localhost:4000": address, "127.0.0.1:4000": address})
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for both terminals
+    serve_vars: str = ""  # appended to a served `make` command: the ports the test chose
+    default_serve: str | None = None  # the first terminal's command, when the page shows none
+    ready: list[str] = field(default_factory=list)  # URLs that answer 200 once served
+    # Whether what a served command starts has settled as the page's log shows it, e.g.
+    # nodes that discover each other are connected; the learner reads that log first.
+    settled: Callable[[str], bool] = lambda _command: True
+    clone: bool = False  # run from a scratch clone, for state that a real run keeps in the folder
+    # Removes what the page's commands made beyond the first terminal (containers, say),
+    # whether the page passed or not.
+    cleanup: Callable[[], None] = lambda: None
 
 
-@contextlib.contextmanager
-def stage2() -> Iterator[DocsEnv]:
-    """What `make stage2 NODES=3 DISCOVERY=manual` starts: a real redis-server and nodes
-    a@localhost, b@localhost, c@localhost (`python -m stage2_cluster`), not yet connected,
-    on free ports, sharing a known cookie. The cookie is exported as a learner who ran
-    `export CLUSTER_COOKIE=$(cat .stage2/cookie)` has it; CHAT_URL points `chatctl` at
-    node a, where it looks by default."""
-    with RedisServer() as redis, Cluster(redis, discovery="manual") as cluster:
-        cluster.start("a", "b", "c")
-        redis_address = f"127.0.0.1:{redis.port}"
-        replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address}
-        for name, documented in zip("abc", (4000, 4001, 4002), strict=True):
-            address = f"127.0.0.1:{cluster.node(name).port}"
-            replacements |= {f"localhost:{documented}": address, f"127.0.0.1:{documented}": address}
-        env = {"CLUSTER_COOKIE": cluster.cookie, "CHAT_URL": f"http://{replacements['localhost:4000']}"}
-        yield DocsEnv(replacements, env)
+def stage1() -> DocsEnv:
+    """`make stage1` on a free port."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    return DocsEnv(
+        replacements={"localhost:4000": address, "127.0.0.1:4000": address},
+        serve_vars=f"PORT={port}",
+        default_serve="make stage1",
+        ready=[f"http://{address}/healthz"],
+    )
 
 
-@contextlib.contextmanager
-def compose() -> Iterator[DocsEnv]:
+def stage2() -> DocsEnv:
+    """`make stage2`: Redis and nodes a, b, c on free ports. CHAT_URL points `chatctl` at
+    node a, as the page's prerequisites tell a learner whose ports moved. GOSSIP_SECRET
+    keeps gossip among this run's nodes: the group and port are fixed, and other runs on
+    this machine may be gossiping at the same time."""
+    base, redis_port = free_ports(3), free_port()
+    nodes = [f"http://127.0.0.1:{base + offset}" for offset in range(3)]
+
+    def settled(command: str) -> bool:
+        """With discovery on, every node lists all three before the page goes on."""
+        if "DISCOVERY=manual" in command:
+            return True
+        try:
+            return all(len(httpx.get(f"{url}/api/nodes", timeout=2).json()["nodes"]) == 3 for url in nodes)
+        except httpx.HTTPError:
+            return False
+
+    redis_address = f"127.0.0.1:{redis_port}"
+    replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address}
+    for offset, documented in enumerate((4000, 4001, 4002)):
+        address = f"127.0.0.1:{base + offset}"
+        replacements |= {f"localhost:{documented}": address, f"127.0.0.1:{documented}": address}
+    return DocsEnv(
+        replacements=replacements,
+        env={"CHAT_URL": f"http://{replacements['localhost:4000']}", "GOSSIP_SECRET": secrets.token_urlsafe(24)},
+        serve_vars=f"BASE_PORT={base} REDIS_PORT={redis_port}",
+        default_serve="make stage2 NODES=3 DISCOVERY=manual",
+        ready=[f"{url}/healthz" for url in nodes],
+        settled=settled,
+        clone=True,
+    )
+
+
+def compose() -> DocsEnv:
     """The real Docker engine for `make stage3-compose` and `docker compose`, under a project
     of its own (`chatlab-docs`, its secrets in `.stage3/chatlab-docs.env`), so that a learner's
     `chatlab` is left alone. Nothing is pulled: the stand-in base images are built first
-    (once; over a minute, longer than one command may take). Whatever the page started is
-    removed at the end, as `make stage3-compose-down` does."""
+    (once; over a minute, longer than one block may take). `docker compose` is the plugin,
+    or the virtualenv's Compose v2 linked as one. The project is taken down at the end, as
+    `make stage3-compose-down` does."""
+    require("docker")
     if reason := containers.docker_unavailable():
         pytest.skip(reason)
     containers.stand_in_images()
     project = "chatlab-docs"
-    with tempfile.TemporaryDirectory(prefix="chatlab-docker-config-") as config:
-        env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project}
-        env |= containers.compose_as_docker_plugin(Path(config))
+    config = Path(tempfile.mkdtemp(prefix="chatlab-docker-config-"))
+    env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project, **containers.compose_as_docker_plugin(config)}
+
+    def cleanup() -> None:
         try:
-            yield DocsEnv({".stage3/chatlab.env": f".stage3/{project}.env"}, env)
-        finally:
             compose_lab.down(compose_lab.Lab(project, env=env))
+        finally:
+            shutil.rmtree(config, ignore_errors=True)
+
+    return DocsEnv(replacements={".stage3/chatlab.env": f".stage3/{project}.env"}, env=env, cleanup=cleanup)
 
 
-ENVIRONMENTS: dict[str, Callable[[], AbstractContextManager[DocsEnv]]] = {
+ENVIRONMENTS: dict[str, Callable[[], DocsEnv]] = {
     "stage1": stage1,
     "stage2": stage2,
     "compose": compose,
@@ -112,42 +171,210 @@ PAGE_IDS = [page.name for page in PAGES]
 
 
 def learner_environment() -> dict[str, str]:
-    """Our environment as a learner's terminal has it: not inside `make test`, whose
-    variables would make a nested `make` print "Entering directory" lines."""
-    make_vars = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
-    return {name: value for name, value in os.environ.items() if name not in make_vars}
+    """Our environment as a learner's fresh terminal has it: not inside `make test`, whose
+    variables would make a nested `make` print "Entering directory" lines, and without a
+    cluster cookie or node URL that only an earlier block should have set."""
+    dropped = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "CLUSTER_COOKIE", "CHAT_URL"}
+    return {name: value for name, value in os.environ.items() if name not in dropped}
 
 
-def run(command: str, docs_env: DocsEnv) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", docs_runner.rewrite(command, docs_env.replacements)],
-        cwd=ROOT,
-        env={**learner_environment(), **docs_env.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-        check=False,
-    )
+def scratch_clone(folder: Path) -> Path:
+    """A clone for the pages' commands: every top-level entry linked, the state folders its own."""
+    clone = folder / "clone"
+    clone.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in UNLINKED:
+            (clone / entry.name).symlink_to(entry)
+    return clone
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p.checks], ids=lambda p: p.name)
-def test_documented_commands_print_what_the_page_says(page: Page) -> None:
+def stop_group(proc: subprocess.Popen[str], sig: int, deadline: float) -> None:
+    """Send `sig` to the process group we started `proc` in; SIGKILL it if it outlives `deadline`."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    try:
+        proc.wait(deadline)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+class Shell:
+    """The learner's second terminal: one bash for every command of a page.
+
+    Each block is written to a file and sourced, its output to a file of its own; bash then
+    prints a marker on its stdout. With `set -e`, a failing command ends the shell, and its
+    exit status is the block's."""
+
+    def __init__(self, cwd: Path, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.count = 0
+        self.proc = subprocess.Popen(
+            ["bash", "--noprofile", "--norc"],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.markers: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout as stream:
+            for line in stream:
+                self.markers.put(line.rstrip("\n"))
+        self.markers.put(None)
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
+        """The block's exit status and output."""
+        self.count += 1
+        script, output = self.folder / f"block{self.count}.sh", self.folder / f"block{self.count}.out"
+        script.write_text(command)
+        marker = f"block {self.count} done"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(
+            f"set -e -o pipefail; source {shlex.quote(str(script))} >{shlex.quote(str(output))} 2>&1 </dev/null;"
+            f" echo {shlex.quote(marker)}\n"
+        )
+        self.proc.stdin.flush()
+        try:
+            line = self.markers.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            return 124, output.read_text() + f"\n(no end after {timeout:.0f} s)"
+        if line is None:
+            return self.proc.wait(5), output.read_text()
+        assert line == marker, f"unexpected output of the session itself: {line!r}"
+        return 0, output.read_text()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):  # a shell that a failing block ended
+                self.proc.stdin.close()
+        stop_group(self.proc, signal.SIGTERM, 5)
+
+
+class FirstTerminal:
+    """What the learner leaves running: one served command at a time, Ctrl-C between."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], docs_env: DocsEnv) -> None:
+        self.cwd, self.env, self.docs_env = cwd, env, docs_env
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def serve(self, command: str) -> None:
+        words = command.split()
+        assert words[:1] == ["make"] and "\n" not in command, f"a `sh serve` block is one make command: {command!r}"
+        self.stop()
+        if "DISCOVERY=gossip" in words:
+            require("multicast")  # the learner's nodes gossip over loopback
+        # `-o`: the scratch clone's `.venv` is the test's own, never rebuilt from here.
+        served = f"make -o .venv/.installed {' '.join(words[1:])} {self.docs_env.serve_vars}"
+        self.lines = []
+        self.proc = subprocess.Popen(
+            ["bash", "-c", docs_runner.rewrite(served, self.docs_env.replacements)],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._collect, args=(self.proc, self.lines), daemon=True).start()
+        wait_until(lambda: self._ready() and self.docs_env.settled(command), SERVE_DEADLINE, command, step=0.2)
+
+    @staticmethod
+    def _collect(proc: subprocess.Popen[str], lines: list[str]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout as stream:
+            for line in stream:
+                lines.append(line.rstrip("\n"))
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"exited with {self.proc.returncode}:\n" + "\n".join(self.lines))
+        try:
+            return all(httpx.get(url, timeout=2).status_code == 200 for url in self.docs_env.ready)
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, signal.SIGINT, STOP_DEADLINE)
+            self.proc = None
+
+
+class Tabs:
+    """The learner's browser tabs, opened the first time a `text browser` block names a URL."""
+
+    def __init__(self, request: pytest.FixtureRequest, docs_env: DocsEnv) -> None:
+        self.request, self.docs_env = request, docs_env
+        self.opened: dict[str, BrowserPage] = {}
+
+    def look(self, tab: Tab) -> None:
+        url = docs_runner.rewrite(tab.url, self.docs_env.replacements)
+        if url not in self.opened:
+            pages: ChatPages = self.request.getfixturevalue("pages")
+            self.opened[url] = pages.visit(url)
+        page = self.opened[url]
+        for name, value in tab.fields.items():
+            wanted = docs_runner.line_pattern(docs_runner.rewrite(value, self.docs_env.replacements))
+            expect(page.locator(f"#{name}")).to_have_text(
+                re.compile(rf"^{wanted.pattern}$"), timeout=BROWSER_DEADLINE_MS
+            )
+
+
+def follow(page: Page, request: pytest.FixtureRequest, folder: Path) -> None:
+    """Do what the page says, in order, in one session; fail at the first step that differs."""
+    assert len(page.needs) <= 1, f"{page.name}: one verify-with environment per page, got {page.needs}"
     unknown = [name for name in page.needs if name not in ENVIRONMENTS]
     assert not unknown, f"{page.name}: verify-with names no environment: {unknown}; known: {sorted(ENVIRONMENTS)}"
+    docs_env = ENVIRONMENTS[page.needs[0]]() if page.needs else DocsEnv()
     with contextlib.ExitStack() as stack:
-        docs_env = DocsEnv()
-        for name in page.needs:
-            docs_env.merge(stack.enter_context(ENVIRONMENTS[name]()))
-        for check in page.checks:
-            result = run(check.command, docs_env)
-            where = f"{page.name}:{check.line}"
-            assert result.returncode == 0, f"{where}: exit {result.returncode}\n{check.command}\n{result.stdout}"
-            if check.expected is not None:
-                assert docs_runner.matches(check.expected, result.stdout), (
-                    f"{where}: output differs\n--- expected\n{check.expected}--- actual\n{result.stdout}"
-                )
+        stack.callback(docs_env.cleanup)
+        clone = scratch_clone(folder) if docs_env.clone else ROOT
+        env = {**learner_environment(), **docs_env.env}
+        first = FirstTerminal(clone, env, docs_env)
+        stack.callback(first.stop)
+        shell = Shell(clone, folder, env)
+        stack.callback(shell.close)
+        tabs = Tabs(request, docs_env)
+        if docs_env.default_serve and not isinstance(page.steps[0], Serve):
+            first.serve(docs_env.default_serve)
+        for step in page.steps:
+            where = f"{page.name}:{step.line}"
+            if isinstance(step, Serve):
+                try:
+                    first.serve(step.command)
+                except (AssertionError, TimeoutError) as error:
+                    raise AssertionError(f"{where}: {step.command}: {error}") from None
+            elif isinstance(step, Tab):
+                try:
+                    tabs.look(step)
+                except AssertionError as error:
+                    raise AssertionError(f"{where}: the tab on {step.url} shows otherwise: {error}") from None
+            else:
+                code, output = shell.run(docs_runner.rewrite(step.command, docs_env.replacements))
+                assert code == 0, f"{where}: exit {code}\n{step.command}\n{output}"
+                if step.expected is not None:
+                    assert docs_runner.matches(step.expected, output), (
+                        f"{where}: output differs\n--- expected\n{step.expected}--- actual\n{output}"
+                    )
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.steps], ids=lambda p: p.name)
+def test_a_page_followed_in_one_session_prints_what_it_says(
+    page: Page, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    follow(page, request, tmp_path)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
@@ -221,3 +448,39 @@ def test_commands_are_rewritten_to_the_chosen_port_only_where_the_port_is_whole(
 
 def test_the_top_level_readme_is_among_the_pages() -> None:
     assert ROOT / "README.md" in [page.path for page in PAGES]
+
+
+def write_page(folder: Path, *blocks: tuple[str, str]) -> Page:
+    """A page of fenced blocks, `(info, text)` each, as the docs test reads it."""
+    path = folder / "page.md"
+    path.write_text("".join(f"```{info}\n{text}```\n\n" for info, text in blocks))
+    return docs_runner.parse(path)
+
+
+def test_the_blocks_of_a_page_share_one_shell(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    page = write_page(
+        tmp_path,
+        ("sh verify", "export GREETING=hello\ncd docs\n"),
+        ("sh verify", 'echo "$GREETING from $(basename "$PWD")"\n'),
+        ("text expected", "hello from docs\n"),
+    )
+    follow(page, request, tmp_path)
+
+
+def test_a_page_that_only_works_in_fresh_shells_fails(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    page = write_page(
+        tmp_path,
+        ("sh verify", "export GREETING=stale\n"),
+        ("sh verify", 'echo "${GREETING:-fresh}"\n'),
+        ("text expected", "fresh\n"),
+    )
+    with pytest.raises(AssertionError, match="output differs"):
+        follow(page, request, tmp_path)
+
+
+def test_a_failing_command_fails_the_page_with_its_exit_status(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    page = write_page(tmp_path, ("sh verify", "echo before\n(exit 3)\necho after\n"))
+    with pytest.raises(AssertionError, match=r"page\.md:1: exit 3") as failure:
+        follow(page, request, tmp_path)
+    output = str(failure.value).split("echo after", 1)[1]  # past the command, its output
+    assert "before" in output and "after" not in output

@@ -99,11 +99,6 @@ def test_invalid_packets_are_dropped(packet: bytes) -> None:
     assert gossip.Codec(None).decode(packet) is None
 
 
-def test_valid_addresses() -> None:
-    for address in ("10.0.0.1:4000", "localhost:1", "[::1]:4000", "chat-0.chat-nodes:65535"):
-        assert gossip.valid_address(address), address
-
-
 def test_the_group_is_joined_on_the_interface_of_host_or_pod_ip() -> None:
     assert gossip.interface_address(Settings(host="10.1.2.3")) == "10.1.2.3"
     assert gossip.interface_address(Settings(host="0.0.0.0", pod_ip="10.9.9.9")) == "10.9.9.9"
@@ -187,6 +182,7 @@ def send_packets(net: Network, *packets: bytes) -> None:
     net.python(net.hub, SEND_PACKETS, net.hub_ip, *(packet.decode() for packet in packets))
 
 
+@pytest.mark.netns
 def test_three_nodes_find_each_other_and_forged_heartbeats_join_no_one() -> None:
     with gossip_cluster([None, None, None]) as (net, nodes):
         names = {node.env["NODE_NAME"] for node in nodes}
@@ -218,6 +214,7 @@ def test_three_nodes_find_each_other_and_forged_heartbeats_join_no_one() -> None
         assert all(set(view or ()) == names for view in views(net, nodes).values())
 
 
+@pytest.mark.netns
 def test_gossip_secret_keeps_other_secrets_and_plaintext_out() -> None:
     with gossip_cluster([SECRET, SECRET, SECRET, SECRET + "-other"]) as (net, nodes):
         members, outsider = nodes[:3], nodes[3]
@@ -253,12 +250,14 @@ def test_gossip_secret_keeps_other_secrets_and_plaintext_out() -> None:
         assert not logged(outsider, "gossip discovered node")
 
 
+@pytest.mark.netns
 def test_nodes_on_one_host_hear_each_other_over_loopback() -> None:
     """Several nodes on one machine (`make stage2 DISCOVERY=gossip`): the multicast loop."""
     with Network(hosts=1) as net:
         assert net.python(net.hosts[0].ns, SAME_HOST).split() == ["hello", "hello"]
 
 
+@pytest.mark.netns
 def test_the_test_network_is_gone_afterwards() -> None:
     """Nothing of the namespaces, nor any process inside them, outlives a Network."""
     with Network(hosts=1) as net:

@@ -15,20 +15,37 @@ def test_a_proof_checks_only_with_the_same_cookie_and_parts() -> None:
 
 def test_a_challenge_is_redeemed_once_and_only_by_the_node_it_was_issued_to() -> None:
     challenges = handshake.Challenges()
-    challenge = challenges.issue("a@x", "1.2.3.4:4000")
+    challenge = challenges.issue("a@x", "1.2.3.4:4000", "na")
     assert challenges.redeem(challenge, "c@x") is None
     assert challenges.redeem(challenge, "a@x") is None  # the wrong node's attempt used it up
-    again = challenges.issue("a@x", "1.2.3.4:4000")
-    assert challenges.redeem(again, "a@x") == "1.2.3.4:4000"
+    again = challenges.issue("a@x", "1.2.3.4:4000", "na")
+    assert challenges.redeem(again, "a@x") == ("1.2.3.4:4000", "na")
     assert challenges.redeem(again, "a@x") is None
 
 
 def test_unanswered_hellos_cannot_grow_the_open_challenges_without_bound() -> None:
     challenges = handshake.Challenges()
-    oldest = challenges.issue("a@x", "1.2.3.4:4000")
+    oldest = challenges.issue("a@x", "1.2.3.4:4000", "na")
     for _ in range(handshake.MAX_OPEN_CHALLENGES + 100):
-        challenges.issue("stranger@x", "5.6.7.8:1")
-    newest = challenges.issue("a@x", "1.2.3.4:4000")
+        challenges.issue("stranger@x", "5.6.7.8:1", "ns")
+    newest = challenges.issue("a@x", "1.2.3.4:4000", "na")
     assert len(challenges._open) == handshake.MAX_OPEN_CHALLENGES
     assert challenges.redeem(oldest, "a@x") is None
-    assert challenges.redeem(newest, "a@x") == "1.2.3.4:4000"
+    assert challenges.redeem(newest, "a@x") == ("1.2.3.4:4000", "na")
+
+
+def test_a_proof_that_is_not_64_hex_digits_is_refused_without_comparing() -> None:
+    """hmac.compare_digest raises on non-ASCII str; such a proof must be a plain refusal."""
+    for given in ("é" * 64, "0" * 63, "G" * 64, 64, None, "\uff10" * 64):
+        assert not handshake.well_formed(given)
+        assert not handshake.valid("cookie-0123456789abcdef", given, "confirm")
+
+
+def test_a_peer_list_is_signed_in_one_canonical_form() -> None:
+    peers = [{"node": "b@x", "address": "1.2.3.4:4000"}]
+    reordered = [{"address": "1.2.3.4:4000", "node": "b@x"}]
+    assert handshake.digest(peers) == handshake.digest(reordered)
+    assert handshake.digest(peers) != handshake.digest([*peers, {"node": "evil@x", "address": "6.6.6.6:1"}])
+    assert handshake.peer_list([{"node": "b@x"}]) is None
+    assert handshake.peer_list([{"node": "b@x", "address": "1:1", "extra": 1}]) is None
+    assert handshake.peer_list("all") is None

@@ -15,7 +15,8 @@ What each side must do:
   listed until it can ask again.
 - healed: b's subscriber reconnects by itself, b learns that a dropped it and drops a,
   discovery (DISCOVERY=redis) connects them again, both deliver one total order, and
-  every acknowledged message is in history.
+  every acknowledged message is in history; since a kept publishing to b after dropping
+  it for silence, no client missed a message.
 
 The test process stays in its own namespace and reaches the nodes through worker
 threads that entered theirs (`InNamespace`): a socket belongs to the namespace of the
@@ -56,7 +57,7 @@ COOKIE = "partition-test-cookie-" + secrets.token_hex(8)
 DEADLINE = 30.0
 CLONE_NEWNET = 0x40000000
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.netns]
 
 
 # Reaching into a namespace from the test process ----------------------------------------------
@@ -357,8 +358,9 @@ def run_partition(row: str, hold: float = 0.0) -> Partition:
             line.get("event") == "node disconnected" and line.get("reason") == "no heartbeat"
             for line in result_logs["b"]
         ),
-        # The window in which b's clients miss a's messages: from b's subscription coming back
-        # (its catch-up reads the stream up to then) until a connects b again (a publishes to b).
+        # From b's subscription coming back (its catch-up reads the stream up to then) until a
+        # connects b again: before a kept publishing to a peer dropped for silence, b's clients
+        # missed a's messages of this window.
         resubscribed_to_reconnected_s=round(
             last_event(result_logs["a"], "node connected") - last_event(result_logs["b"], "redis reachable"), 3
         ),
@@ -402,6 +404,15 @@ def test_after_healing_both_nodes_deliver_one_total_order(partition: Partition) 
     for watcher, ids in partition.views.items():
         assert ids[-len(tail) :] == tail, watcher
         assert check_view(ids, list(partition.stream)).duplicates == [], watcher
+
+
+def test_after_healing_no_client_missed_a_message_or_saw_one_twice(partition: Partition) -> None:
+    """Each watcher's live view, from its join to the end, is the room's stream: a kept
+    publishing to b while b was dropped for silence, so b's clients lost nothing between
+    b's subscription coming back and a connecting b again."""
+    for watcher, ids in partition.views.items():
+        view = check_view(ids, list(partition.stream))
+        assert view.clean, (watcher, view)
 
 
 @pytest.mark.soak

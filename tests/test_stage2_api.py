@@ -13,13 +13,16 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.cluster import Cluster, RedisServer, free_port, full_name
+from tests.test_reliability_faults import record
 
 A, B = "a@localhost", "b@localhost"
 FAKE = "x@localhost"  # a node the test plays itself
@@ -125,6 +128,8 @@ BAD_BODIES = {
     "node with a space": ({"json": {"node": "b c@localhost"}}, 400),
     "address not a string": ({"json": {"node": B, "address": 4001}}, 400),
     "address without port": ({"json": {"node": B, "address": "localhost"}}, 400),
+    "address with a path and a query": ({"json": {"node": B, "address": "127.0.0.1:1/x?y"}}, 400),
+    "address with a user": ({"json": {"node": B, "address": "me@127.0.0.1:1"}}, 400),
     "body over 64 KiB": ({"json": {"node": B, "pad": "x" * (65 * 1024)}}, 413),
 }
 
@@ -180,8 +185,15 @@ def proof(cookie: str, *parts: str) -> str:
     return hmac.new(cookie.encode(), "|".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
+def digest(peers: list[dict[str, str]]) -> str:
+    """SHA-256 of a peer list as canonical JSON (keys sorted, no spaces)."""
+    return hashlib.sha256(
+        json.dumps(peers, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
+
+
 def hello(cluster: Cluster, address: str) -> dict[str, Any]:
-    """Send x's hello to a, check a's proof of the cookie, and return a's answer."""
+    """Send x's hello to a, check a's proof of the cookie, and return a's answer (with x's challenge)."""
     challenge = secrets.token_hex(16)
     response = call(
         cluster, "POST", "/cluster/hello", auth=None, json={"node": FAKE, "address": address, "challenge": challenge}
@@ -189,24 +201,28 @@ def hello(cluster: Cluster, address: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["node"] == A
-    assert answer["proof"] == proof(cluster.cookie, "hello", A, FAKE, address, challenge)
-    return answer
+    assert answer["proof"] == proof(cluster.cookie, "hello", A, FAKE, address, challenge, answer["challenge"])
+    return {**answer, "mine": challenge}
 
 
-def confirm_body(answer: dict[str, Any], cookie: str) -> dict[str, Any]:
+def confirm_body(answer: dict[str, Any], cookie: str, peers: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    peers = peers or []
     return {
         "node": FAKE,
         "challenge": answer["challenge"],
-        "proof": proof(cookie, "confirm", FAKE, A, answer["challenge"]),
-        "peers": [],
+        "proof": proof(cookie, "confirm", FAKE, A, answer["challenge"], digest(peers)),
+        "peers": peers,
     }
 
 
 def test_replayed_confirm_is_refused_and_changes_nothing(apart: Cluster) -> None:
     address = f"127.0.0.1:{free_port()}"  # nothing listens: x's goodbye fails fast
-    confirm = confirm_body(hello(apart, address), apart.cookie)
+    answer = hello(apart, address)
+    confirm = confirm_body(answer, apart.cookie)
     first = call(apart, "POST", "/cluster/confirm", auth=None, json=confirm)
     assert first.status_code == 200 and first.json()["node"] == A
+    signed = proof(apart.cookie, "peers", A, FAKE, answer["mine"], answer["challenge"], digest(first.json()["peers"]))
+    assert first.json()["proof"] == signed
     assert apart.nodes_of("a") == [A, FAKE]
     assert call(apart, "DELETE", f"/api/nodes/{FAKE}").json()["nodes"] == [A]
 
@@ -238,3 +254,92 @@ def test_nodes_with_different_cookies_refuse_each_other(apart: Cluster) -> None:
         assert apart.nodes_of("a") == [A] and apart.nodes_of("c") == [c]
     finally:
         apart.stop("c")
+
+
+@pytest.mark.parametrize("path", ["/cluster/confirm", "/cluster/goodbye"])
+def test_a_proof_that_is_not_ascii_is_401_not_500(apart: Cluster, path: str) -> None:
+    body = confirm_body(hello(apart, f"127.0.0.1:{free_port()}"), apart.cookie)
+    if path == "/cluster/goodbye":
+        body = {"node": B, "ts": 0, "nonce": "n"}
+    body["proof"] = "é" * 64
+    error = assert_json_error(call(apart, "POST", path, auth=None, json=body), 401)
+    assert views(apart) == ([A], [B])
+    record(f"non-ASCII proof to {path}", status=401, error=error)
+
+
+# A man in the middle of a handshake: real node a connects to real node b through a relay ---------
+
+
+EVIL = {"node": "evil@localhost", "address": "127.0.0.1:9"}
+
+
+class Relay(BaseHTTPRequestHandler):
+    """Passes a's handshake on to b, changing one thing on the way (`tamper`)."""
+
+    target = ""
+    tamper = ""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        if self.path == "/cluster/confirm" and self.tamper == "peers in the confirm":
+            body["peers"] = [*body["peers"], EVIL]
+        with httpx.Client(timeout=5) as http:
+            response = http.post(self.target + self.path, json=body)
+            answer = response.json()
+            if self.path == "/cluster/hello" and self.tamper == "swapped challenge":
+                # A challenge b issued to "a" in another hello: b would redeem it from a's confirm.
+                other = {**body, "challenge": secrets.token_hex(16)}
+                answer["challenge"] = http.post(self.target + self.path, json=other).json()["challenge"]
+            if self.path == "/cluster/confirm" and self.tamper == "peers in the answer":
+                answer["peers"] = [*answer.get("peers", []), EVIL]
+        data = json.dumps(answer).encode()
+        self.send_response(response.status_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tamper", ["swapped challenge", "peers in the confirm", "peers in the answer"])
+def test_a_handshake_changed_on_the_way_is_refused(apart: Cluster, tamper: str) -> None:
+    handler = type("Tampering", (Relay,), {"target": apart.node("b").url, "tamper": tamper})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = {"node": B, "address": f"127.0.0.1:{server.server_address[1]}"}
+        error = assert_json_error(call(apart, "POST", "/api/nodes/connect", json=body), 502)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert apart.nodes_of("a") == [A], error
+    assert not any("evil" in line for line in apart.node("a").lines + apart.node("b").lines)
+    if tamper != "peers in the answer":  # there b accepted a's (intact) confirm before the answer was changed
+        assert apart.nodes_of("b") == [B]
+    record(f"handshake {tamper}", status=502, error=error)
+
+
+def bad_addresses(cluster: Cluster, source: str) -> float:
+    text = cluster.http.get(cluster.node("a").url + "/metrics").text
+    want = f'chat_bad_peer_addresses_total{{source="{source}"}} '
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(want)), 0.0)
+
+
+def test_a_bad_address_in_a_hello_or_a_peer_list_is_refused_and_counted(apart: Cluster) -> None:
+    hellos, peer_lists = bad_addresses(apart, "hello"), bad_addresses(apart, "peers")
+    body = {"node": FAKE, "address": "127.0.0.1:1/x?y", "challenge": secrets.token_hex(16)}
+    assert_json_error(call(apart, "POST", "/cluster/hello", auth=None, json=body), 400)
+    assert bad_addresses(apart, "hello") == hellos + 1
+
+    answer = hello(apart, f"127.0.0.1:{free_port()}")
+    peers = [{"node": "y@localhost", "address": "127.0.0.1:1/cluster/goodbye?"}]
+    assert call(apart, "POST", "/cluster/confirm", auth=None, json=confirm_body(answer, apart.cookie, peers)).is_success
+    try:
+        assert bad_addresses(apart, "peers") == peer_lists + 1
+        assert apart.nodes_of("a") == [A, FAKE]  # x is in, the peer it named with a bad address is not tried
+        assert not any("connect failed" in line and "y@localhost" in line for line in apart.node("a").lines)
+    finally:
+        call(apart, "DELETE", f"/api/nodes/{FAKE}")
+    record("bad peer addresses", hello=400, peer_list="ignored and counted", api=400)

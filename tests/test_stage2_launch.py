@@ -6,10 +6,10 @@ working dir; reports a node that dies; Ctrl-C (SIGINT) stops everything and exit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,24 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from tests.cluster import ROOT, env_without, free_port, port_open, wait_until
+from tests.cluster import LOBBY, ROOT, PhoenixClient, env_without, free_port, port_open, unique, wait_until
+from tests.support import free_ports
+from tests.test_reliability_faults import record
 
 READY_LINE = "Ctrl-C stops everything"
 STARTUP_DEADLINE = 60.0
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (node a and node b)."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def children(pid: int) -> dict[int, str]:
@@ -95,7 +85,7 @@ class Launch:
 
 @contextlib.contextmanager
 def launched(tmp_path: Path, nodes: int = 2, extra: Sequence[str] = ()) -> Iterator[Launch]:
-    base_port, redis_port = free_port_pair(), free_port()
+    base_port, redis_port = free_ports(2), free_port()  # nodes a and b, Redis
     env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", str(nodes), "--base-port", str(base_port)]
     command += ["--redis-port", str(redis_port), *extra]
@@ -149,6 +139,59 @@ def test_launcher_starts_nodes_that_answer_and_connect(tmp_path: Path) -> None:
         assert any(line.startswith("[a] ") and "node ready" in line for line in launch.lines)
 
 
+def test_the_launchers_redis_needs_the_password_which_no_output_line_shows(tmp_path: Path) -> None:
+    with launched(tmp_path) as launch:
+        launch.wait_line("[stage2] a@localhost")
+        password_file = tmp_path / ".stage2" / "redis-password"
+        password = password_file.read_text().strip()
+        assert len(password) >= 16
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / ".stage2" / "redis.conf").stat().st_mode & 0o777 == 0o600
+        assert f"redis-server on redis://:***@127.0.0.1:{launch.redis_port}/0" in launch.output()
+        with redis.Redis(port=launch.redis_port, socket_timeout=5) as anonymous:
+            with pytest.raises(redis.AuthenticationError):
+                anonymous.ping()
+        with redis.Redis(port=launch.redis_port, password=password, socket_timeout=5) as client:
+            assert client.ping()
+        redis_pid = next(pid for pid, name in children(launch.proc.pid).items() if name == "redis")
+        assert password.encode() not in Path(f"/proc/{redis_pid}/cmdline").read_bytes()
+        wait_until(lambda: any("redis reachable" in line for line in launch.lines), 20, "a node logged its Redis")
+        assert password not in launch.output()
+
+
+async def push_messages(url: str, count: int) -> list[str]:
+    """Push `count` messages to the lobby of the node at `url`; the ids of the acknowledged ones."""
+    async with PhoenixClient(url.replace("http://", "ws://") + "/socket/websocket?vsn=2.0.0") as client:
+        await client.join(LOBBY, {"user": "keeper"})
+        replies = [await client.message(unique("kept"), "keeper") for _ in range(count)]
+    return [reply.response["id"] for reply in replies if reply.ok]
+
+
+async def history_ids(url: str) -> list[str]:
+    async with PhoenixClient(url.replace("http://", "ws://") + "/socket/websocket?vsn=2.0.0") as client:
+        since = await client.join(LOBBY, {"user": "reader"})
+        # The history replay comes between the join's reply and the announcement of our arrival.
+        await client.wait_for(lambda f: f.event == "presence_diff", since=since, what="own arrival")
+        return [payload["id"] for payload in client.messages()]
+
+
+def test_every_acknowledged_message_survives_the_launchers_redis_being_killed(tmp_path: Path) -> None:
+    """The append-only file in .stage2/ (appendfsync everysec): a Redis crash loses nothing it acknowledged."""
+    with launched(tmp_path, nodes=1) as launch:
+        acked = asyncio.run(push_messages(launch.url(0), 15))  # within the rate limit's burst
+        assert len(acked) == 15
+        redis_pid = next(pid for pid, name in children(launch.proc.pid).items() if name == "redis")
+        os.kill(redis_pid, signal.SIGKILL)
+        launch.wait_line("[stage2] redis exited with code -9", 20)
+    assert (tmp_path / ".stage2" / "appendonly.aof").stat().st_size > 0
+    with launched(tmp_path, nodes=1) as launch:
+        wait_until(lambda: httpx.get(launch.url(0) + "/readyz", timeout=5).status_code == 200, 20, "a ready")
+        kept = asyncio.run(history_ids(launch.url(0)))
+    lost = [message_id for message_id in acked if message_id not in kept]
+    record("stage2_redis_killed", acked=len(acked), in_history=len(acked) - len(lost), lost=len(lost))
+    assert lost == []
+
+
 def test_a_restart_keeps_the_cookie_unless_asked_for_a_new_one(tmp_path: Path) -> None:
     """So a shell that exported CLUSTER_COOKIE after the first start is still right after the next."""
     cookie_file = tmp_path / ".stage2" / "cookie"
@@ -198,3 +241,14 @@ def test_bad_arguments_exit_2_without_starting_anything(tmp_path: Path, argv: li
     assert result.returncode == 2
     assert "usage: stage2" in result.stderr
     assert not (tmp_path / ".stage2").exists()
+
+
+@pytest.mark.parametrize("password", ["short", 'with "quotes" and spaces 0123456789'])
+def test_a_redis_password_that_redis_cannot_take_is_refused_with_one_line(tmp_path: Path, password: str) -> None:
+    env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "REDIS_PASSWORD": password}
+    command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", "1", "--redis-port", str(free_port())]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "stage2: REDIS_PASSWORD must be at least 16 printable ASCII characters, without spaces, quotes or backslashes"
+    ]

@@ -78,6 +78,8 @@ def test_make_help_lists_the_stage3_targets() -> None:
     [
         ("stage3", [], "--k8s kind up"),
         ("stage3", ["K8S=minikube", "DRY_RUN=1"], "--k8s minikube --dry-run up"),
+        ("stage3", ["DRY_RUN=0"], "--k8s kind up"),
+        ("stage3-down", ["DRY_RUN=no"], "--k8s kind down"),
         ("stage3-scale", ["REPLICAS=10"], "--k8s kind scale --replicas 10"),
         ("stage3-scale", [], "--k8s kind scale --replicas 3"),
         ("stage3-status", ["K8S=minikube"], "--k8s minikube status"),
@@ -87,7 +89,7 @@ def test_make_help_lists_the_stage3_targets() -> None:
 def test_make_targets_are_thin_calls_of_the_deploy_script(target: str, variables: list[str], expected: str) -> None:
     # -n prints the recipe; -o keeps make from rebuilding the virtualenv to print it.
     out = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", target, *variables],
+        ["make", "-n", "-o", ".venv/.installed-stage3", target, *variables],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -100,7 +102,7 @@ def test_make_targets_are_thin_calls_of_the_deploy_script(target: str, variables
 
 def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
     result = subprocess.run(
-        ["make", "-o", ".venv/.installed", "stage3", "DRY_RUN=1"],
+        ["make", "-o", ".venv/.installed-stage3", "stage3", "DRY_RUN=1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -141,6 +143,18 @@ def test_a_docker_without_its_daemon_is_reported_before_anything_runs(tmp_path: 
     assert "==>" not in result.stdout
 
 
+def test_every_missing_prerequisite_is_reported_at_once_docker_daemon_included(tmp_path: Path) -> None:
+    # A docker CLI whose daemon is down, and no kind at all.
+    (tmp_path / "docker").write_text('#!/bin/sh\necho "Cannot connect to the Docker daemon" >&2\nexit 1\n')
+    (tmp_path / "docker").chmod(0o755)
+    result = run_deploy("up", path=str(tmp_path))
+    assert result.returncode == 2
+    assert "missing: kind\n" in result.stdout
+    assert deploy.WHERE_TO_GET["kind"] in result.stdout
+    assert "docker is installed but does not answer" in result.stdout
+    assert "==>" not in result.stdout
+
+
 @pytest.mark.parametrize("action", [["status"], ["scale", "--replicas", "10"]])
 def test_scale_and_status_without_a_stage3_cluster_say_how_to_make_one(action: list[str], tmp_path: Path) -> None:
     # The real kubectl, reading an empty kubeconfig: no context kind-chatlab.
@@ -170,7 +184,7 @@ def test_scale_needs_a_sensible_number_of_replicas() -> None:
 # What `up` would run ------------------------------------------------------------------------
 
 
-def test_up_on_kind_creates_the_cluster_installs_ingress_builds_loads_applies_waits_and_proves() -> None:
+def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_proves_the_entry_point() -> None:
     result = run_deploy("--dry-run", "--k8s", "kind", "up")
     assert result.returncode == 0, result.stdout + result.stderr
     cmds = commands(result.stdout)
@@ -178,45 +192,72 @@ def test_up_on_kind_creates_the_cluster_installs_ingress_builds_loads_applies_wa
     order = [
         index_of(cmds, "kind", "get", "clusters"),
         index_of(cmds, "kind", "create", "cluster", "--name", "chatlab", "--config", "stage3_k8s/kind-config.yaml"),
-        index_of(cmds, "apply", "--filename", deploy.INGRESS_NGINX_KIND),
-        index_of(cmds, "rollout", "status", "deployment/ingress-nginx-controller"),
+        index_of(cmds, "docker", "run", "--name", "chatlab-cloud-provider-kind", deploy.CLOUD_PROVIDER_KIND_IMAGE),
+        index_of(cmds, "wait", "--for=condition=Accepted", "gatewayclass/cloud-provider-kind"),
         index_of(cmds, "docker", "build", "--file", "stage3_k8s/Dockerfile", "--tag", image, "."),
         index_of(cmds, "kind", "load", "docker-image", image, "--name", "chatlab"),
         index_of(cmds, "get", "secret", "chat-cookie"),
+        index_of(cmds, "get", "secret", "redis-auth"),
         index_of(cmds, "apply", "--filename", "-"),
+        index_of(cmds, "docker", "network", "inspect", "kind"),
         index_of(cmds, "apply", "--kustomize"),
-        index_of(cmds, "rollout", "status", "deployment/redis"),
+        index_of(cmds, "rollout", "status", "statefulset/redis"),
         index_of(cmds, "rollout", "status", "deployment/chat"),
-        index_of(cmds, "get", "pods", "--selector", "app=chat"),
+        index_of(cmds, "wait", "--for=condition=Programmed", "gateway/chat"),
         index_of(cmds, "port-forward"),
+        index_of(cmds, "get", "gateway/chat"),
     ]
     assert order == sorted(order)
-    assert "/controller-v" in deploy.INGRESS_NGINX_KIND, "the ingress controller is pinned"
+    assert deploy.CLOUD_PROVIDER_KIND_IMAGE.endswith(":v0.11.1"), "the entry point's controller is pinned"
     assert f"newTag: {deploy.image_tag()}" in result.stdout, "the applied overlay uses the image just built"
     assert not image.endswith(":latest")
     # Every kubectl call names the cluster it made: no other cluster of the user's is touched.
     for cmd in cmds:
         if program(cmd) == "kubectl":
             assert cmd[1:3] == ["--context", "kind-chatlab"], cmd
+    # The last step goes through the entry point learners use, with the Host header.
+    assert "and /api/nodes with Host: test.com; then a WebSocket join on /socket/websocket" in result.stdout
     assert "http://test.com" in result.stdout
+    assert "ingress-nginx" not in result.stdout
 
 
-def test_up_on_minikube_uses_its_profile_addon_and_image_loader() -> None:
+def test_up_on_minikube_names_driver_and_cpus_and_lets_the_addon_wait_for_itself() -> None:
     result = run_deploy("--dry-run", "--k8s", "minikube", "up")
     assert result.returncode == 0, result.stdout + result.stderr
     cmds = commands(result.stdout)
     image = f"chatlab:{deploy.image_tag()}"
+    start = [
+        "minikube",
+        "start",
+        "--profile",
+        "chatlab",
+        "--driver",
+        "docker",
+        "--cpus",
+        "2",
+        "--memory",
+        "4g",
+        "--cni",
+        "calico",
+    ]
     order = [
         index_of(cmds, "minikube", "status", "--profile", "chatlab"),
-        index_of(cmds, "minikube", "start", "--profile", "chatlab"),
+        index_of(cmds, *start),
         index_of(cmds, "minikube", "addons", "enable", "ingress", "--profile", "chatlab"),
         index_of(cmds, "docker", "build", "--tag", image),
         index_of(cmds, "minikube", "image", "load", image, "--profile", "chatlab"),
         index_of(cmds, "apply", "--kustomize"),
+        index_of(cmds, "rollout", "status", "deployment/chat"),
+        index_of(cmds, "minikube", "ip", "--profile", "chatlab"),
     ]
     assert order == sorted(order)
+    assert start in cmds
     assert all(cmd[1:3] == ["--context", "chatlab"] for cmd in cmds if program(cmd) == "kubectl")
     assert "overlays/minikube" in result.stdout
+    # minikube waits for its addon's pods itself: no Deployment of the addon is named here.
+    assert "ingress-nginx" not in result.stdout and not [
+        c for c in cmds if "rollout" in c and "--namespace" in c and "chatlab" not in c
+    ]
 
 
 def test_scale_waits_for_the_rollout_and_for_every_pod_to_see_all() -> None:
@@ -226,10 +267,13 @@ def test_scale_waits_for_the_rollout_and_for_every_pod_to_see_all() -> None:
     order = [
         index_of(cmds, "scale", "deployment/chat", "--replicas=10"),
         index_of(cmds, "rollout", "status", "deployment/chat"),
-        index_of(cmds, "get", "pods", "--selector", "app=chat"),
     ]
     assert order == sorted(order)
-    assert any("proxy/api/nodes" in word for cmd in cmds for word in cmd)
+    assert index_of(cmds, "get", "nodes", "--output", "json") < order[0], "capacity is checked before scaling"
+    polled = "then polled until every pod lists all: "
+    assert result.stdout.index("rollout status deployment/chat") < result.stdout.index(polled)
+    assert "get pods --selector app=chat --output json" in result.stdout.split(polled)[1]
+    assert "proxy/api/nodes" in result.stdout
 
 
 def test_status_shows_pods_the_headless_endpoints_and_each_node_list() -> None:
@@ -254,6 +298,44 @@ def test_down_removes_the_cluster_and_the_images_it_built(k8s: str, delete: list
     cmds = commands(result.stdout)
     assert index_of(cmds, *delete) < index_of(cmds, "docker", "image", "rm")
     index_of(cmds, "docker", "image", "ls", "chatlab")
+    if k8s == "kind":
+        index_of(cmds, "docker", "rm", "--force")  # cloud-provider-kind and the Gateway's Envoy
+
+
+def test_down_on_minikube_deletes_a_stopped_profile(tmp_path: Path) -> None:
+    """`minikube status` fails for a stopped profile too; down deletes without asking it."""
+    log = tmp_path / "calls"
+    (tmp_path / "minikube").write_text(f'#!/bin/sh\necho "minikube $*" >> {log}\n[ "$1" = status ] && exit 7\nexit 0\n')
+    (tmp_path / "docker").write_text(f'#!/bin/sh\necho "docker $*" >> {log}\nexit 0\n')
+    for tool in ("minikube", "docker"):
+        (tmp_path / tool).chmod(0o755)
+    result = run_deploy("--k8s", "minikube", "down", path=f"{tmp_path}:/usr/bin:/bin")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = log.read_text().splitlines()
+    assert "minikube delete --profile chatlab" in calls
+    assert not [call for call in calls if call.startswith("minikube status")]
+
+
+def test_a_dry_run_piped_into_head_ends_quietly() -> None:
+    result = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m stage3_k8s.deploy --dry-run up | head -n 2",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert len(result.stdout.splitlines()) == 2
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_the_deploy_tool_needs_no_test_extra_at_run_time() -> None:
+    code = (
+        "import sys, stage3_k8s.deploy; print(sorted(m for m in ('websockets', 'yaml', 'pytest') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # The pieces `up` hands to kubectl ----------------------------------------------------------
@@ -305,16 +387,27 @@ def test_the_cookie_secret_is_valid_random_and_only_sent_on_stdin() -> None:
     assert "data" not in dry and 'cookie":' not in dry, "the cookie is never printed"
 
 
-def test_the_image_tag_follows_the_sources(tmp_path: Path) -> None:
-    for source in deploy.IMAGE_SOURCES:
-        origin = ROOT / source
-        if origin.is_file():
-            shutil.copy2(origin, tmp_path / source)
-        else:
-            shutil.copytree(origin, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
+def test_the_image_tag_follows_what_the_image_is_built_from_and_nothing_else(tmp_path: Path) -> None:
+    shutil.copy2(ROOT / ".dockerignore", tmp_path / ".dockerignore")
+    shutil.copy2(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    for source in ("shared", "stage2_cluster", "stage3_k8s"):
+        shutil.copytree(ROOT / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("x = 1\n")
     first = deploy.image_tag(tmp_path)
     assert first == deploy.image_tag(tmp_path)
     assert first.startswith("0.1.0-") and len(first.split("-")[1]) == 12
+    # Not in the image (.dockerignore): tests, manifests, the deploy tool, READMEs, caches.
+    for outside in (
+        "tests/test_x.py",
+        "stage3_k8s/k8s/base/chat.yaml",
+        "stage3_k8s/deploy.py",
+        "stage3_k8s/kind-config.yaml",
+        "shared/README.md",
+    ):
+        path = tmp_path / outside
+        path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")
+        assert deploy.image_tag(tmp_path) == first, f"{outside} changed the tag"
     (tmp_path / "stage3_k8s" / "__pycache__").mkdir(exist_ok=True)
     (tmp_path / "stage3_k8s" / "__pycache__" / "x.pyc").write_bytes(b"cache")
     assert deploy.image_tag(tmp_path) == first, "caches are not sources"
@@ -355,14 +448,14 @@ def test_pods_going_away_or_not_running_are_not_expected_in_the_cluster() -> Non
         pod("chat-c", "10.0.0.3", leaving=True),
         pod("chat-d", "", phase="Pending"),
     ]
-    target = deploy.Target("kind", CannedShell(pods, {}))
+    target = deploy.Kind(CannedShell(pods, {}))
     assert deploy.chat_pods(target) == [deploy.Pod("chat-a", "10.0.0.1"), deploy.Pod("chat-b", "10.0.0.2")]
 
 
 def test_the_wait_ends_when_every_pod_lists_exactly_all_pods(capsys: pytest.CaptureFixture[str]) -> None:
     pods = [pod("chat-a", "10.0.0.1"), pod("chat-b", "10.0.0.2")]
     views = {"chat-a": ["chat@10.0.0.1", "chat@10.0.0.2"], "chat-b": ["chat@10.0.0.2", "chat@10.0.0.1"]}
-    target = deploy.Target("kind", CannedShell(pods, views))
+    target = deploy.Kind(CannedShell(pods, views))
     assert [p.name for p in deploy.wait_one_cluster(target, replicas=2, deadline=5)] == ["chat-a", "chat-b"]
     assert "2 of 2 pods list all 2 nodes" in capsys.readouterr().out
 
@@ -373,6 +466,234 @@ def test_the_wait_gives_up_at_its_deadline_saying_what_it_saw() -> None:
         "chat-a": ["chat@10.0.0.1", "chat@10.0.0.2"],
         "chat-b": ["chat@10.0.0.2", "chat@10.0.0.9"],
     }  # b still lists a gone pod
-    target = deploy.Target("kind", CannedShell(pods, views))
+    target = deploy.Kind(CannedShell(pods, views))
     with pytest.raises(deploy.StepFailed, match="1 of 2 pods list all 2 nodes"):
         deploy.wait_one_cluster(target, replicas=2, deadline=0.5)
+
+
+class ScriptedShell(deploy.Shell):
+    """Answers queries by the first matching words; `run` fails for commands holding `fail`."""
+
+    def __init__(self, answers: dict[str, tuple[int, str, str]], fail: str = "", dry_run: bool = False) -> None:
+        super().__init__(dry_run=dry_run)
+        self.answers, self.fail = answers, fail
+        self.ran: list[str] = []
+        self.stdin: list[str | None] = []
+
+    def query(self, cmd, **_kwargs):  # type: ignore[no-untyped-def, override]
+        line = shlex.join(cmd)
+        for words, (code, out, err) in self.answers.items():
+            if words in line:
+                return subprocess.CompletedProcess(cmd, code, out, err)
+        raise AssertionError(f"unexpected query: {line}")
+
+    def run(self, cmd, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.ran.append(shlex.join(cmd))
+        self.stdin.append(kwargs.get("stdin"))
+        if self.fail and self.fail in shlex.join(cmd):
+            raise deploy.StepFailed(f"{shlex.join(cmd)} failed with exit code 1")
+        if not self.dry_run:
+            return None
+        return super().run(cmd, **kwargs)
+
+
+def test_a_secret_lookup_error_other_than_not_found_stops_instead_of_making_a_new_cookie() -> None:
+    refused = (1, "", "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host?")
+    shell = ScriptedShell({"get secret": refused})
+    with pytest.raises(
+        deploy.StepFailed, match="cannot tell whether Secret chatlab/chat-cookie exists: The connection"
+    ):
+        deploy.Up(deploy.Kind(shell), tag="t").secrets()
+    assert shell.ran == [], "nothing was created"
+
+
+def test_only_secrets_that_are_not_found_are_created(capsys: pytest.CaptureFixture[str]) -> None:
+    shell = ScriptedShell(
+        {
+            "get secret chat-cookie": (0, "secret/chat-cookie", ""),
+            "get secret redis-auth": (1, "", 'Error from server (NotFound): secrets "redis-auth" not found'),
+        }
+    )
+    deploy.Up(deploy.Kind(shell), tag="t").secrets()
+    (applied,) = shell.ran
+    assert applied.endswith("apply --filename -")
+    created = [item["metadata"]["name"] for item in json.loads(shell.stdin[0])["items"] if item["kind"] == "Secret"]
+    assert created == ["redis-auth"]
+    assert "chat-cookie exists; keeping it" in capsys.readouterr().out
+
+
+def test_rerunning_up_after_scaling_keeps_the_replica_count_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    shell = ScriptedShell(
+        {
+            "jsonpath={.spec.replicas}": (0, "10", ""),
+            "docker network inspect kind": (0, "172.18.0.0/16 fc00:f853:ccd:e793::/64", ""),
+        },
+        dry_run=True,
+    )
+    deploy.Up(deploy.Kind(shell), tag="t").apply()
+    out = capsys.readouterr().out
+    assert "keeping 10 chat pods (as scaled); `make stage3-scale REPLICAS=3` goes back" in out
+    assert "#   replicas:\n  #     - name: chat\n  #       count: 10" in out
+
+
+def node_json(cpu: str, memory: str, pods: list[tuple[str, str]]) -> tuple[dict, dict]:
+    nodes = {"items": [{"status": {"allocatable": {"cpu": cpu, "memory": memory}}}]}
+    running = {
+        "items": [
+            {
+                "spec": {"nodeName": "n", "containers": [{"resources": {"requests": {"cpu": c, "memory": m}}}]},
+                "status": {"phase": "Running"},
+            }
+            for c, m in pods
+        ]
+    }
+    return nodes, running
+
+
+def chat_deployment(replicas: int, cpu: str = "20m", memory: str = "96Mi") -> dict:
+    container = {"resources": {"requests": {"cpu": cpu, "memory": memory}}}
+    return {"spec": {"replicas": replicas, "template": {"spec": {"containers": [container]}}}}
+
+
+def test_the_capacity_check_says_what_is_short_before_scaling() -> None:
+    # A 2-CPU node whose system pods and entry point request 1.5 CPUs, 3 chat pods at the old 100m each.
+    nodes, pods = node_json("2", "4Gi", [("1500m", "300Mi")] + [("100m", "96Mi")] * 3)
+    assert (
+        deploy.shortfall(nodes, pods, chat_deployment(3, cpu="100m"), 10) == "CPU: 7 more pods request 700m, 200m free"
+    )
+    # The requests as sized now: ten fit beside the same system pods.
+    nodes, pods = node_json("2", "4Gi", [("1500m", "300Mi")] + [("20m", "96Mi")] * 3)
+    assert deploy.shortfall(nodes, pods, chat_deployment(3), 10) is None
+
+
+def test_scaling_stops_before_it_starts_when_the_pods_would_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, pods = node_json("1", "1Gi", [("900m", "300Mi")] + [("20m", "96Mi")] * 3)
+    shell = ScriptedShell(
+        {
+            "get nodes": (0, json.dumps(nodes), ""),
+            "get pods --all-namespaces": (0, json.dumps(pods), ""),
+            "get deployment/chat": (0, json.dumps(chat_deployment(3)), ""),
+        }
+    )
+    with pytest.raises(deploy.StepFailed, match=r"10 chat pods do not fit: CPU: 7 more pods request 140m, 40m free"):
+        deploy.scale(deploy.Kind(shell), 10)
+    assert not [cmd for cmd in shell.ran if " scale " in cmd], "nothing was scaled"
+
+
+def test_a_rollout_timeout_shows_the_pods_their_causes_and_the_recent_events(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pods = {
+        "items": [
+            {
+                "metadata": {"name": "chat-1"},
+                "status": {
+                    "phase": "Pending",
+                    "containerStatuses": [{"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "x"}}}],
+                },
+            },
+            {
+                "metadata": {"name": "chat-2"},
+                "status": {
+                    "phase": "Pending",
+                    "conditions": [
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                        }
+                    ],
+                },
+            },
+            {"metadata": {"name": "redis-0"}, "status": {"phase": "Running"}},
+        ]
+    }
+    events = {
+        "items": [
+            {
+                "type": "Warning",
+                "reason": "FailedScheduling",
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                "involvedObject": {"kind": "Pod", "name": "chat-2"},
+                "lastTimestamp": "2026-11-29T06:00:02Z",
+            },
+            {
+                "type": "Normal",
+                "reason": "Scheduled",
+                "message": "Successfully assigned chatlab/chat-1",
+                "involvedObject": {"kind": "Pod", "name": "chat-1"},
+                "lastTimestamp": "2026-11-29T06:00:01Z",
+            },
+        ]
+    }
+    shell = ScriptedShell(
+        {"get pods --output json": (0, json.dumps(pods), ""), "get events": (0, json.dumps(events), "")},
+        fail="rollout status",
+    )
+    with pytest.raises(deploy.StepFailed, match="rollout status deployment/chat"):
+        deploy.rollout(deploy.Kind(shell), "deployment/chat")
+    out = capsys.readouterr().out
+    assert "chat-1: ErrImageNeverPull\n        -> the image is not in the cluster" in out
+    assert "chat-2: Pending (Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.)" in out
+    assert "-> not enough free CPU or memory on the nodes" in out
+    assert "redis-0: Running" in out
+    assert out.index("Normal Pod/chat-1: Scheduled") < out.index("Warning Pod/chat-2: FailedScheduling")
+
+
+def test_a_pull_rate_limit_is_named_as_such() -> None:
+    cause = deploy.cause_of(
+        "ErrImagePull", "429 Too Many Requests - toomanyrequests: You have reached your pull rate limit"
+    )
+    assert cause.startswith("Docker Hub's pull rate limit")
+
+
+def test_the_phoenix_socket_of_the_final_check_joins_and_delivers_on_a_real_node(stage1_node) -> None:  # type: ignore[no-untyped-def]
+    """The deploy tool's own WebSocket client (wsproto, a runtime dependency) against a real node."""
+    address = (stage1_node.host, stage1_node.port)
+    got = deploy.exchange_message(address, address, "through the deploy tool's client")
+    assert got["body"] == "through the deploy tool's client" and got["user"] == "make stage3"
+    assert deploy.http_status(address, "/", host="test.com") == 200
+
+
+class DirectToNode(deploy.Kind):
+    """An "entry point" that is the node itself: nothing between the browser and /api/*."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(deploy.Shell(dry_run=False))
+        self.address = address
+
+    def entry(self) -> tuple[str, int]:
+        return self.address
+
+
+def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_node) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(deploy.StepFailed, match="/api/nodes answered 200 through the entry point"):
+        deploy.prove_entry(DirectToNode((stage1_node.host, stage1_node.port)))
+
+
+def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() -> None:
+    page = (ROOT / "docs" / "03-stage3.md").read_text()
+    waits = [line for line in page.splitlines() if re.search(r"\b(k|kubectl\b.*) wait\b", line)]
+    assert waits
+    assert all("--timeout=" in line for line in waits), waits
+
+
+def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and Windows keep kind's network inside Docker's VM: the Gateway's port is mapped to 127.0.0.1."""
+    monkeypatch.setattr(deploy.platform, "system", lambda: "Darwin")
+    shell = ScriptedShell(
+        {
+            "docker ps --filter label=io.x-k8s.cloud-provider-kind.gateway.name=chatlab/chatlab/chat": (
+                0,
+                "kindccm-abc\n",
+                "",
+            ),
+            "docker port kindccm-abc 80/tcp": (0, "0.0.0.0:49153\n[::]:49153\n", ""),
+        }
+    )
+    kind = deploy.Kind(shell)
+    assert kind.provider_command()[-1] == "--enable-lb-port-mapping"
+    assert kind.entry() == ("127.0.0.1", 49153)
+    monkeypatch.setattr(deploy.platform, "system", lambda: "Linux")
+    assert "--enable-lb-port-mapping" not in kind.provider_command(), "on Linux the Gateway's own address is reachable"

@@ -283,7 +283,7 @@ class FakeCluster:
         self.connects: list[tuple[str, str]] = []
         self.disconnects: list[tuple[str, str]] = []
 
-    def connect_soon(self, name: str, address: str) -> None:
+    def connect_soon(self, name: str, address: str, *, source: str) -> None:
         self.connects.append((name, address))
         self.peers[name] = address
 

@@ -49,7 +49,7 @@ PODS = 3
 CONVERGE_DEADLINE = 20.0  # polls every second; a connect takes well under one
 ETC_NETNS = Path("/etc/netns")
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.netns]
 
 # A pod's /etc/resolv.conf, as the kubelet writes it (dnsPolicy: ClusterFirst).
 RESOLV_CONF = """\

@@ -14,7 +14,7 @@
   const ui = {
     messages: $("messages"), input: $("message-input"), username: $("username"),
     composer: $("composer"), presence: $("presence"), online: $("online-count"),
-    nodes: $("nodes"), redis: $("redis"), connection: $("connection"),
+    nodes: $("nodes"), redis: $("redis"), connection: $("connection"), ping: $("ping"),
   };
 
   // --- Rendering --------------------------------------------------------------------
@@ -67,19 +67,18 @@
 
   function clock(date) { return date.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }); }
 
-  let lastPing = null;
+  // The original's demo timer pings every few seconds. In the conversation a ping would
+  // come between every few messages, so one line below it keeps the last, and counts.
+  let pings = 0;
+  function showPing(msg) {
+    pings += 1;
+    ui.ping.replaceChildren(span("user", "[SYSTEM]"), " ", span("body", msg.body),
+      " ", span("meta", "last at " + new Date().toLocaleTimeString() + " · ×" + pings));
+    ui.ping.hidden = false;
+  }
+
   function showMessage(msg) {
-    if (msg.user === "SYSTEM") {
-      // The original's demo timer pings every few seconds; fold repeats into one line.
-      if (lastPing && lastPing === ui.messages.lastElementChild) {
-        lastPing.count += 1;
-        lastPing.lastChild.textContent = " ×" + lastPing.count;
-      } else {
-        lastPing = notice("system", span("user", "[SYSTEM]"), " ", span("", msg.body), span("meta", ""));
-        lastPing.count = 1;
-      }
-      return;
-    }
+    if (msg.user === "SYSTEM") { showPing(msg); return; }
     const user = msg.user || "anonymous";
     const when = msg.ts ? new Date(msg.ts) : null;
     const prev = ui.messages.lastElementChild;
@@ -113,31 +112,35 @@
 
   // --- Presence (Phoenix's presence_state / presence_diff) --------------------------
 
-  let presences = {};
-  function syncState(state) { presences = state; renderPresence(); }
+  // A Map, not an object: users are keyed by the name they chose, and a name such as
+  // "__proto__" or "constructor" must be a key like any other, not the object's own.
+  let presences = new Map();  // user -> metas
+  function syncState(state) {
+    presences = new Map(Object.entries(state).map(([key, { metas }]) => [key, metas]));
+    renderPresence();
+  }
   function syncDiff(diff) {
     for (const [key, { metas }] of Object.entries(diff.joins || {})) {
-      const known = presences[key] ? presences[key].metas : [];
       const refs = new Set(metas.map((m) => m.phx_ref));
-      presences[key] = { metas: known.filter((m) => !refs.has(m.phx_ref)).concat(metas) };
+      presences.set(key, (presences.get(key) || []).filter((m) => !refs.has(m.phx_ref)).concat(metas));
     }
     for (const [key, { metas }] of Object.entries(diff.leaves || {})) {
-      if (!presences[key]) continue;
+      if (!presences.has(key)) continue;
       const refs = new Set(metas.map((m) => m.phx_ref));
-      const left = presences[key].metas.filter((m) => !refs.has(m.phx_ref));
-      if (left.length) presences[key] = { metas: left }; else delete presences[key];
+      const left = presences.get(key).filter((m) => !refs.has(m.phx_ref));
+      if (left.length) presences.set(key, left); else presences.delete(key);
     }
     renderPresence();
   }
   function renderPresence() {
     ui.presence.replaceChildren();
-    const keys = Object.keys(presences).sort();
+    const keys = [...presences.keys()].sort();
     for (const key of keys) {
       const li = document.createElement("li");
       if (joinedAs !== null && key === joinedAs) li.className = "me";
       li.title = key;  // the whole name, when a long one is cut short
       li.append(avatar(key), span("name", key));
-      const n = presences[key].metas.length;
+      const n = presences.get(key).length;
       if (n > 1) li.append(span("count", "×" + n));
       ui.presence.appendChild(li);
     }
@@ -185,6 +188,8 @@
     // A retry timer may fire while the socket is down; the next open joins anyway.
     if (!isOpen()) return;
     const user = ui.username.value.trim() || null;
+    // The room hears who enters: it waits for a name rather than announce "anonymous".
+    if (user === null) { setConnection("nameless", "type a name to join"); ui.username.focus(); return; }
     const params = { user };
     if (lastSeenId) params.last_seen_id = lastSeenId;
     joinRef = String(ref + 1);
@@ -214,7 +219,8 @@
         }
         showMessage(payload);
         break;
-      case "user:entered": showEvent("[" + (payload.user || "anonymous") + " entered]"); break;
+      // Other clients may join without a name; the room is told of named users only.
+      case "user:entered": if (payload.user) showEvent("[" + payload.user + " entered]"); break;
       case "presence_state": syncState(payload); break;
       case "presence_diff": syncDiff(payload); break;
       case "phx_close": case "phx_error": joinRef = null; setTimeout(join, 1000); break;
@@ -243,10 +249,12 @@
     if (event.key === "Enter" && !event.isComposing) { event.preventDefault(); ui.input.focus(); }
   });
   ui.username.addEventListener("change", () => {
-    localStorage.setItem("chatlab.username", ui.username.value.trim());
-    // The online list is keyed by the name given when joining, so a new name joins
-    // again; the server replaces the old join and replays nothing already seen.
-    if (joinRef && (ui.username.value.trim() || null) !== joinedAs) join();
+    const name = ui.username.value.trim();
+    localStorage.setItem("chatlab.username", name);
+    // The first name joins; the online list is keyed by the name given when joining, so a
+    // new name joins again, and the server replaces the old join and replays nothing
+    // already seen. A cleared name keeps the join it had.
+    if (name && name !== joinedAs) join();
   });
 
   // --- The navbar's live lines ------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Imports point one way: stage3_k8s -> stage2_cluster -> shared, and stage1_dev -> shared.
+
+The modules' own import statements are read (not executed), every one that runs at run
+time: at the top, inside functions, anywhere but under `if TYPE_CHECKING:`, where a
+type-only circle is allowed between two sides that really know each other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# What each package may import from the project, itself included.
+MAY_IMPORT = {
+    "shared": {"shared"},
+    "stage1_dev": {"stage1_dev", "shared"},
+    "stage2_cluster": {"stage2_cluster", "shared"},
+    "stage3_k8s": {"stage3_k8s", "stage2_cluster", "shared"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def runtime_imports(path: Path, name: str) -> set[str]:
+    """The project modules `path` imports when it runs."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.add(base)
+            # `from shared import app` imports the module shared.app.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return found
+
+
+def project_graph() -> dict[str, set[str]]:
+    files = {module_name(path): path for package in MAY_IMPORT for path in (ROOT / package).rglob("*.py")}
+    return {
+        name: {imported for imported in runtime_imports(path, name) if imported in files and imported != name}
+        for name, path in files.items()
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := walk(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := walk(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_sees_the_stage_imports_it_is_about() -> None:
+    graph = project_graph()
+    assert "stage2_cluster.node" in graph["stage3_k8s.node"]
+    assert "shared.server" in graph["stage1_dev.__main__"]
+
+
+def test_no_runtime_import_cycle() -> None:
+    assert find_cycle(project_graph()) is None
+
+
+def test_a_cycle_is_found_when_there_is_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_no_import_from_a_higher_or_sibling_stage(package: str) -> None:
+    wrong = sorted(
+        f"{name} imports {imported}"
+        for name, imports in project_graph().items()
+        if name.split(".")[0] == package
+        for imported in imports
+        if imported.split(".")[0] not in MAY_IMPORT[package]
+    )
+    assert wrong == []
