@@ -139,15 +139,17 @@ def stage2() -> DocsEnv:
 def compose() -> DocsEnv:
     """The real Docker engine for `make stage3-compose` and `docker compose`, under a project
     of its own (`chatlab-docs`, its secrets in `.stage3/chatlab-docs.env`), so that a learner's
-    `chatlab` is left alone. Nothing is pulled: the stand-in base images are built first
-    (once; over a minute, longer than one block may take). `docker compose` is the plugin,
-    or the virtualenv's Compose v2 linked as one. The project is taken down at the end, as
+    `chatlab` is left alone. Nothing is pulled: the stand-in base images and the image are
+    built first (the first time, over a minute: longer than one block may take; the page's
+    own build then finds every layer cached). `docker compose` is the plugin, or the
+    virtualenv's Compose v2 linked as one. The project is taken down at the end, as
     `make stage3-compose-down` does."""
     require("docker")
     if reason := containers.docker_unavailable():
         pytest.skip(reason)
-    containers.stand_in_images()
+    base, _seconds = containers.stand_in_images()
     project = "chatlab-docs"
+    compose_lab.Lab(project).build(base)
     config = Path(tempfile.mkdtemp(prefix="chatlab-docker-config-"))
     env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project, **containers.compose_as_docker_plugin(config)}
 
