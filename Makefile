@@ -27,7 +27,8 @@ REPLICAS ?= 3
 DRY_RUN ?=
 STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
-.PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots
+.PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots \
+	stage3-compose stage3-compose-down
 
 # A comment may name $(PORT): help prints its value, as the target will use it.
 help: ## List the targets
@@ -62,6 +63,14 @@ stage1: $(VENV)/.installed ## Serve the stage 1 chat on http://localhost:$(PORT)
 
 stage2: $(VENV)/.installed ## Start Redis and NODES nodes on BASE_PORT.. (DISCOVERY=manual|redis|gossip)
 	$(BIN)/python -m stage2_cluster.launch --nodes $(NODES) --base-port $(BASE_PORT) --discovery $(DISCOVERY) --redis-port $(REDIS_PORT) $(if $(NEW_COOKIE),--new-cookie)
+
+# Stage 3 in containers (Compose): NODES chat containers and Redis, from stage3_k8s/compose.yaml.
+# Run again with another NODES to rescale; PULL_POLICY=never builds stand-ins instead of pulling.
+stage3-compose: $(VENV)/.installed-stage3 ## Build the image, run Redis + NODES chat containers with Compose, wait, print the URLs
+	$(BIN)/python -m stage3_k8s.compose_lab up --nodes $(NODES)
+
+stage3-compose-down: $(VENV)/.installed-stage3 ## Remove the Compose containers, network, Redis volume and .stage3/chatlab.env
+	$(BIN)/python -m stage3_k8s.compose_lab down
 
 stage3: $(VENV)/.installed-stage3 ## Cluster, image, manifests on K8S=kind|minikube; prove two pods talk; print the URL
 	$(STAGE3) up

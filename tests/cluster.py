@@ -115,15 +115,15 @@ async def poll_readyz(url: str, into: list[tuple[float, int]], stop: asyncio.Eve
                     await stop.wait()
 
 
-def report_timing(name: str, seconds: float, **details: Any) -> None:
-    """Show a measured time (`pytest -s` or `-rA` prints it) and keep it in test-results/stage2-timings.json.
+def report_timing(name: str, seconds: float, *, into: str = "stage2-timings.json", **details: Any) -> None:
+    """Show a measured time (`pytest -s` or `-rA` prints it) and keep it in test-results/`into`.
 
     Timings are measured and reported, never asserted against a tight bound.
     """
     line = f"TIMING {name}: {seconds:.3f}s" + "".join(f" {k}={v}" for k, v in details.items())
     print(line, flush=True)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "stage2-timings.json"
+    path = RESULTS / into
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

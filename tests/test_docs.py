@@ -43,8 +43,10 @@ import queue
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,7 +57,8 @@ import pytest
 from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
-from tests import docs_runner
+from stage3_k8s import compose_lab
+from tests import containers, docs_runner
 from tests.browser import ChatPages
 from tests.docs_runner import ROOT, Page, Serve, Tab
 from tests.requirements import require
@@ -83,6 +86,9 @@ class DocsEnv:
     # nodes that discover each other are connected; the learner reads that log first.
     settled: Callable[[str], bool] = lambda _command: True
     clone: bool = False  # run from a scratch clone, for state that a real run keeps in the folder
+    # Removes what the page's commands made beyond the first terminal (containers, say),
+    # whether the page passed or not.
+    cleanup: Callable[[], None] = lambda: None
 
 
 def stage1() -> DocsEnv:
@@ -130,9 +136,36 @@ def stage2() -> DocsEnv:
     )
 
 
+def compose() -> DocsEnv:
+    """The real Docker engine for `make stage3-compose` and `docker compose`, under a project
+    of its own (`chatlab-docs`, its secrets in `.stage3/chatlab-docs.env`), so that a learner's
+    `chatlab` is left alone. Nothing is pulled: the stand-in base images and the image are
+    built first (the first time, over a minute: longer than one block may take; the page's
+    own build then finds every layer cached). `docker compose` is the plugin, or the
+    virtualenv's Compose v2 linked as one. The project is taken down at the end, as
+    `make stage3-compose-down` does."""
+    require("docker")
+    if reason := containers.docker_unavailable():
+        pytest.skip(reason)
+    base, _seconds = containers.stand_in_images()
+    project = "chatlab-docs"
+    compose_lab.Lab(project).build(base)
+    config = Path(tempfile.mkdtemp(prefix="chatlab-docker-config-"))
+    env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project, **containers.compose_as_docker_plugin(config)}
+
+    def cleanup() -> None:
+        try:
+            compose_lab.down(compose_lab.Lab(project, env=env))
+        finally:
+            shutil.rmtree(config, ignore_errors=True)
+
+    return DocsEnv(replacements={".stage3/chatlab.env": f".stage3/{project}.env"}, env=env, cleanup=cleanup)
+
+
 ENVIRONMENTS: dict[str, Callable[[], DocsEnv]] = {
     "stage1": stage1,
     "stage2": stage2,
+    "compose": compose,
 }
 
 PAGES = docs_runner.pages()
@@ -308,6 +341,7 @@ def follow(page: Page, request: pytest.FixtureRequest, folder: Path) -> None:
     assert not unknown, f"{page.name}: verify-with names no environment: {unknown}; known: {sorted(ENVIRONMENTS)}"
     docs_env = ENVIRONMENTS[page.needs[0]]() if page.needs else DocsEnv()
     with contextlib.ExitStack() as stack:
+        stack.callback(docs_env.cleanup)
         clone = scratch_clone(folder) if docs_env.clone else ROOT
         env = {**learner_environment(), **docs_env.env}
         first = FirstTerminal(clone, env, docs_env)

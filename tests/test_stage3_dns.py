@@ -360,7 +360,24 @@ def test_the_node_is_named_after_its_pod_address() -> None:
     assert stage_defaults({"POD_IP": "10.244.0.7"}) == {"node_name": "chat@10.244.0.7", "discovery": "dns"}
     assert stage_defaults({"POD_IP": "10.244.0.7", "NODE_BASENAME": "lv"})["node_name"] == "lv@10.244.0.7"
     assert stage_defaults({"HOST": "127.0.0.3"})["node_name"] == "chat@127.0.0.3"
-    assert stage_defaults({"HOST": "0.0.0.0"})["node_name"] == "chat@127.0.0.1"
+    assert stage_defaults({})["node_name"] == "chat@127.0.0.1"
+
+
+def test_without_pod_ip_a_node_on_every_address_takes_its_host_names_address() -> None:
+    """As in a container or a pod: /etc/hosts maps the host name to the address peers use."""
+    own = socket.gethostbyname(socket.gethostname())
+    for wildcard in ("0.0.0.0", "::"):
+        defaults = stage_defaults({"HOST": wildcard})
+        assert defaults == {"node_name": f"chat@{own}", "pod_ip": own, "discovery": "dns"}
+        settings = Settings.from_env({"HOST": wildcard, "CLUSTER_COOKIE": COOKIE}, **defaults)
+        assert (settings.pod_ip, settings.node_name) == (own, f"chat@{own}")
+
+
+def test_an_explicit_pod_ip_wins_over_the_host_names_address() -> None:
+    assert stage_defaults({"HOST": "0.0.0.0", "POD_IP": "10.244.0.7"}) == {
+        "node_name": "chat@10.244.0.7",
+        "discovery": "dns",
+    }
 
 
 def test_a_bad_pod_ip_stops_the_node_with_one_line_naming_it(redis_url: str) -> None:
