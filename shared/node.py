@@ -27,6 +27,8 @@ IDLE_SWEEP_SECONDS = 1.0  # how often idle sockets are looked for
 class ChatNode:
     # Blueprints a stage adds to the app (stage 2: the node API).
     blueprints: tuple[Blueprint, ...] = ()
+    # What `python -m` reads from the environment for this kind of node; a stage extends it.
+    settings_class: type[Settings] = Settings
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
@@ -66,11 +68,12 @@ class ChatNode:
                 await task
         await self.broker.stop()
 
-    def spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+    def spawn(self, coroutine) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
         """Run a background loop for the node's lifetime; a crash is logged, not swallowed."""
         task = asyncio.create_task(coroutine)
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
+        return task
 
     async def close_idle_forever(self) -> None:
         """Close the sockets that went silent (PhoenixSocket.close_if_idle)."""

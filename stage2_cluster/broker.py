@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
 from shared.messages import ChatMessage, Draft
-from shared.settings import redact_url
+from stage2_cluster.settings import redact_url
 
 log = logs.get("redis")
 

@@ -116,7 +116,7 @@ class Cluster:
         """The HTTP address peers reach this node at."""
         host = self.settings.host
         if host in ("0.0.0.0", "::"):
-            host = self.settings.pod_ip or "127.0.0.1"
+            host = self.settings.own_ip or "127.0.0.1"
         return f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
 
     def targets(self) -> list[str]:

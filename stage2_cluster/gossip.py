@@ -34,8 +34,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared import logs
-from shared.settings import NODE_NAME_RE, Settings
+from shared.settings import NODE_NAME_RE
 from stage2_cluster.cluster import valid_address
+from stage2_cluster.settings import ClusterSettings
 
 if TYPE_CHECKING:
     from stage2_cluster.cluster import Cluster
@@ -90,9 +91,9 @@ class Codec:
         return name, address
 
 
-def interface_address(settings: Settings) -> str:
+def interface_address(settings: ClusterSettings) -> str:
     """The IPv4 address whose interface joins the group: HOST, else POD_IP, else any."""
-    for candidate in (settings.host, settings.pod_ip):
+    for candidate in (settings.host, settings.own_ip):
         with contextlib.suppress(ValueError):
             ip = ipaddress.ip_address(candidate or "")
             if ip.version == 4 and not ip.is_unspecified:

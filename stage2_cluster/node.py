@@ -8,18 +8,20 @@ from collections.abc import Coroutine
 from typing import Any
 
 from shared.node import ChatNode
-from shared.settings import Settings
 from stage2_cluster import discovery
 from stage2_cluster.api import bp as api_bp
 from stage2_cluster.broker import RedisBroker
 from stage2_cluster.cluster import Cluster
+from stage2_cluster.settings import ClusterSettings
 
 
 class ClusterNode(ChatNode):
     blueprints = (api_bp,)
+    settings_class = ClusterSettings
+    settings: ClusterSettings
 
-    def __init__(self, settings: Settings) -> None:
-        assert settings.redis_url is not None, "stage 2 settings require REDIS_URL"
+    def __init__(self, settings: ClusterSettings) -> None:
+        assert settings.redis_url is not None, "ClusterSettings.check requires REDIS_URL"
         self.redis = RedisBroker(settings.redis_url, settings.node_name, settings.history_size)
         super().__init__(settings, self.redis)
         self.cluster = Cluster(self)
@@ -37,8 +39,7 @@ class ClusterNode(ChatNode):
         self.spawn(self.cluster.heartbeat_forever())
         strategy = self.discovery_loop()
         if strategy is not None:
-            self.spawn(strategy)
-            self._discovery = self._tasks[-1]
+            self._discovery = self.spawn(strategy)
 
     async def stop(self) -> None:
         await self.drain()

@@ -15,9 +15,9 @@ import sys
 import time
 
 from shared.broker import Delivery
-from shared.settings import Settings, redact_url
 from stage2_cluster.broker import RedisBroker, node_channel
 from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
+from stage2_cluster.settings import ClusterSettings, redact_url
 from tests import cluster as fixtures
 from tests.cluster import (
     LOBBY,
@@ -200,7 +200,7 @@ def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
     assert result.returncode != 0
     assert "REDIS_URL" in result.stdout + result.stderr
     assert password not in result.stdout + result.stderr
-    settings = Settings.from_env({"REDIS_URL": f"redis://:{password}@h:1/0", "CLUSTER_COOKIE": "c" * 16})
+    settings = ClusterSettings.from_env({"REDIS_URL": f"redis://:{password}@h:1/0", "CLUSTER_COOKIE": "c" * 16})
     assert password not in repr(settings)
     assert redact_url(f"redis://user:{password}@h:1/0") == "redis://user:***@h:1/0"
 
