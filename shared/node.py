@@ -14,7 +14,7 @@ from quart import Blueprint
 
 from shared import logs, protocol
 from shared.broker import Broker, MemoryBroker
-from shared.hub import Hub
+from shared.hub import Hub, Replicate
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
@@ -30,11 +30,11 @@ class ChatNode:
     # What `python -m` reads from the environment for this kind of node; a stage extends it.
     settings_class: type[Settings] = Settings
 
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    def __init__(self, settings: Settings, broker: Broker | None = None, replicate: Replicate | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.broker: Broker = broker or MemoryBroker(settings.history_size)
-        self.hub = Hub(settings, self.broker, self.metrics)
+        self.hub = Hub(settings, self.broker, self.metrics, replicate)
         self.sockets: set[PhoenixSocket] = set()
         self.draining = False
         self._no_sockets = asyncio.Event()

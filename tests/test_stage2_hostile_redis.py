@@ -15,7 +15,7 @@ import sys
 import time
 
 from shared.broker import Delivery
-from stage2_cluster.broker import RedisBroker, node_channel
+from stage2_cluster.broker import Alone, RedisBroker, node_channel
 from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
 from stage2_cluster.settings import ClusterSettings, redact_url
 from tests import cluster as fixtures
@@ -149,17 +149,19 @@ async def test_garbage_on_every_node_channel_is_dropped_and_counted_while_messag
 async def test_a_crashed_subscription_is_restarted_and_reported_not_ready_meanwhile(
     redis_server: RedisServer,
 ) -> None:
-    broker = RedisBroker(redis_server.url, "x@localhost", 100)
     delivered: list[Delivery] = []
     crashed = asyncio.Event()
-
-    def crash(kind: str, data: str) -> None:
-        crashed.set()
-        raise RuntimeError("a bug in a control handler")
-
-    broker.on_control = crash
     health: list[bool] = []
-    broker.on_health = health.append
+
+    class Buggy(Alone):
+        def on_control(self, kind: str, data: str) -> None:
+            crashed.set()
+            raise RuntimeError("a bug in a control handler")
+
+        def on_health(self, healthy: bool) -> None:
+            health.append(healthy)
+
+    broker = RedisBroker(redis_server.url, "x@localhost", 100, membership=Buggy("x@localhost"))
     await broker.start(delivered.append)
     try:
         await async_wait_until(lambda: broker.available, what="subscribed")
