@@ -179,8 +179,9 @@ class Cluster:
     async def close(self) -> None:
         for task in self._connecting.values():
             task.cancel()
-        for name in list(self.peers):
-            await self.disconnect(name, reason="shutting down")
+        # All goodbyes at once: a peer that is stopping too (a scale-down) may never answer,
+        # and one by one each such peer would cost the whole HTTP timeout.
+        await asyncio.gather(*(self.disconnect(name, reason="shutting down") for name in list(self.peers)))
         with contextlib.suppress(Exception):
             await self.broker.client.delete(alive_key(self.name))
         await self.http.aclose()

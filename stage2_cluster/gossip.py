@@ -176,8 +176,8 @@ async def gossip(cluster: Cluster) -> None:
     logs.event(log, "gossip started", group=f"{GROUP}:{PORT}", interface=interface, encrypted=codec.aead is not None)
     try:
         while True:
-            # Sleep first: "node ready" comes before the HTTP socket listens, and a peer
-            # that heard us at once would find nothing to connect to yet.
+            # A random pause first, so nodes started together do not all announce at once.
+            # (The HTTP socket already listens: shared/server.py binds it before startup.)
             await asyncio.sleep(random.uniform(*INTERVAL))
             transport.sendto(codec.encode(cluster.name, cluster.address), (GROUP, PORT))
     finally:
