@@ -101,13 +101,14 @@ class RoomChannel:
         first.append(protocol.broadcast(self.topic, "user:entered", entered))
         self.socket.send_all(first)
         await self._broadcast("user:entered", entered, exclude=self)
+        # Phoenix's after_join idiom: track, then push the list, so the joiner is in it.
+        meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
+        self.hub.track(self.topic, self.user or "anonymous", meta)
         state = self.hub.presence(self.topic).encoded_state()
         rest = [
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
         ]
-        meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
-        self.hub.track(self.topic, self.user or "anonymous", meta)
         last = last_seen_id
         for message in history:
             rest.append(protocol.encode(self.join_ref, None, self.topic, "new:msg", message.payload()))

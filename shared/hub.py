@@ -30,6 +30,9 @@ class Member(Protocol):
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None: ...
 
 
+# Sends a room's presence changes made on this node (topic, joins, leaves) to its peers.
+Replicate = Callable[[str, list[presence.Entry], list[presence.Entry]], None]
+
 # Each connection's share of the node's outbox budget: MAX_CONNECTIONS of them bound what
 # all slow sockets together may hold queued (docs/protocol.md, Limits).
 OUTBOX_SHARE = 32 * 1024
@@ -74,17 +77,19 @@ class PresenceBatch:
 
 
 class Hub:
-    def __init__(self, settings: Settings, broker: Broker, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, broker: Broker, metrics: Metrics, replicate: Replicate | None = None
+    ) -> None:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics
         self.members: dict[str, set[Member]] = {}
         self.presences: dict[str, presence.Presence] = {}
-        # Stage 2 sets this to send this node's presence changes to its peers.
         self._batches: dict[str, PresenceBatch] = {}
         self._events: dict[str, list[Delivery]] = {}  # per topic, events waiting to go out together
         self._flush_cost: dict[str, float] = {}  # per topic, seconds the last flush of events took
-        self.replicate: Callable[[str, list[presence.Entry], list[presence.Entry]], None] | None = None
+        # Stage 2 passes one to send this node's presence changes to its peers.
+        self.replicate = replicate
         self.outbox_budget = settings.max_connections * OUTBOX_SHARE
         self.outbox_bytes = 0  # queued in the outboxes of every served socket of this node
 

@@ -14,7 +14,7 @@ from quart import Blueprint
 
 from shared import logs, protocol
 from shared.broker import Broker, MemoryBroker
-from shared.hub import Hub
+from shared.hub import Hub, Replicate
 from shared.metrics import Metrics
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
@@ -27,12 +27,14 @@ IDLE_SWEEP_SECONDS = 1.0  # how often idle sockets are looked for
 class ChatNode:
     # Blueprints a stage adds to the app (stage 2: the node API).
     blueprints: tuple[Blueprint, ...] = ()
+    # What `python -m` reads from the environment for this kind of node; a stage extends it.
+    settings_class: type[Settings] = Settings
 
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    def __init__(self, settings: Settings, broker: Broker | None = None, replicate: Replicate | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.broker: Broker = broker or MemoryBroker(settings.history_size)
-        self.hub = Hub(settings, self.broker, self.metrics)
+        self.hub = Hub(settings, self.broker, self.metrics, replicate)
         self.sockets: set[PhoenixSocket] = set()
         self.draining = False
         self._no_sockets = asyncio.Event()
@@ -66,11 +68,12 @@ class ChatNode:
                 await task
         await self.broker.stop()
 
-    def spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+    def spawn(self, coroutine) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
         """Run a background loop for the node's lifetime; a crash is logged, not swallowed."""
         task = asyncio.create_task(coroutine)
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
+        return task
 
     async def close_idle_forever(self) -> None:
         """Close the sockets that went silent (PhoenixSocket.close_if_idle)."""

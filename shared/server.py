@@ -7,7 +7,6 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -65,27 +64,18 @@ async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
     await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
-def load_settings(env: dict[str, str], *, clustered: bool, **stage_defaults: object) -> Settings:
-    """Settings for a stage: stage 1 runs alone in memory, stages 2 and 3 need Redis."""
-    if not clustered:  # before the full parse, whose first complaint would be a missing cookie
-        if env.get("REDIS_URL", "").strip():
-            raise ConfigError(
-                "REDIS_URL", "stage 1 keeps everything in memory; unset it or run python -m stage2_cluster"
-            )
-        if env.get("DISCOVERY", "").strip() not in ("", "none"):
-            raise ConfigError("DISCOVERY", "stage 1 is a single node; unset it or run python -m stage2_cluster")
-    settings = Settings.from_env(env, **stage_defaults)
-    if clustered and settings.redis_url is None:
-        raise ConfigError("REDIS_URL", "required for a clustered node, e.g. redis://127.0.0.1:6379/0")
-    return settings
+def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_defaults: object) -> Settings:
+    """The node's settings; a REDIS_URL left over for a node that keeps everything in
+    memory is refused rather than ignored, so a learner knows which stage they started."""
+    if env.get("REDIS_URL", "").strip() and "redis_url" not in settings_class.__dataclass_fields__:
+        raise ConfigError("REDIS_URL", "stage 1 keeps everything in memory; unset it or run python -m stage2_cluster")
+    return settings_class.from_env(env, **stage_defaults)
 
 
-def main(
-    make_node: Callable[[Settings], ChatNode], env: dict[str, str], *, clustered: bool, **stage_defaults: object
-) -> None:
+def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: object) -> None:
     """The `python -m stageN` entry point: settings, logs, uvloop where available, serve."""
     try:
-        settings = load_settings(env, clustered=clustered, **stage_defaults)
+        settings = load_settings(node_class.settings_class, env, **stage_defaults)
     except ConfigError as error:
         sys.stderr.write(f"config error: {error}\n")
         raise SystemExit(2) from None
@@ -101,4 +91,4 @@ def main(
     except OSError as error:
         logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
         raise SystemExit(1) from None
-    runner(serve_node(make_node(settings), sock))  # Hypercorn owns the socket from here and closes it
+    runner(serve_node(node_class(settings), sock))  # Hypercorn owns the socket from here and closes it

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Self
+from urllib.parse import urlsplit
 
-DISCOVERY_MODES = ("none", "manual", "redis", "gossip", "dns")
+MIN_SECRET_LENGTH = 16  # CLUSTER_COOKIE, GOSSIP_SECRET
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}@[A-Za-z0-9_\-.:]{1,255}$")
-MIN_COOKIE_LENGTH = 16
+# Which stage has each DISCOVERY mode: a node refuses a mode of another stage by naming it.
+DISCOVERY_HOMES = {
+    "none": "stage 1 (python -m stage1_dev)",
+    "manual": "stage 2 (python -m stage2_cluster)",
+    "redis": "stage 2 (python -m stage2_cluster)",
+    "gossip": "stage 2 (python -m stage2_cluster)",
+    "dns": "stage 3 (python -m stage3_k8s)",
+}
 
 
 class ConfigError(ValueError):
@@ -25,33 +33,28 @@ class ConfigError(ValueError):
         self.var = var
 
 
+Reader = Callable[[str], "str | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """What the core reads. A stage subclasses it for the variables it adds (stage 2:
+    `stage2_cluster.settings`, stage 3: `stage3_k8s.settings`), extending `read` and `check`."""
+
+    DISCOVERY_MODES: ClassVar[tuple[str, ...]] = ("none",)
+
     port: int = 4000
     host: str = "127.0.0.1"
     node_name: str = "nonode@nohost"
-    redis_url: str | None = field(default=None, repr=False)  # may carry a password: see redact_url
-    cluster_cookie: str | None = field(default=None, repr=False)
     discovery: str = "none"
-    dns_service: str = "chat-nodes"
-    node_basename: str = "chat"
-    pod_ip: str | None = None
-    dns_poll_interval: float = 5.0
-    dns_nameserver: tuple[str, int] | None = None
     ping_interval: float = 5.0
     history_size: int = 100
     allowed_origins: tuple[str, ...] = ()  # empty = same host as the request
     rate_limit: tuple[float, int] = (10.0, 20)  # per second, burst
     max_connections: int = 1000  # sockets one node holds; docs/protocol.md shows the memory arithmetic
-    node_down_after: float = 5.0  # seconds without a heartbeat before peers drop a node
-    gossip_secret: str | None = field(default=None, repr=False)  # DISCOVERY=gossip: encrypts the packets
-
-    @property
-    def clustered(self) -> bool:
-        return self.redis_url is not None or self.discovery != "none"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], **stage_defaults: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str], **stage_defaults: object) -> Self:
         """Build settings from `env`; a stage passes its own defaults (e.g. node_name)."""
         base = cls(**stage_defaults)  # type: ignore[arg-type]
 
@@ -59,42 +62,45 @@ class Settings:
             value = env.get(var)
             return None if value is None or value.strip() == "" else value.strip()
 
-        settings = cls(
-            port=_port(get("PORT"), base.port),
-            host=_host(get("HOST"), base.host),
-            node_name=_node_name(get("NODE_NAME"), base.node_name),
-            redis_url=_redis_url(get("REDIS_URL"), base.redis_url),
-            cluster_cookie=get("CLUSTER_COOKIE") or base.cluster_cookie,
-            discovery=_choice("DISCOVERY", get("DISCOVERY"), base.discovery, DISCOVERY_MODES),
-            dns_service=_dns_name(get("DNS_SERVICE"), base.dns_service),
-            node_basename=_basename(get("NODE_BASENAME"), base.node_basename),
-            pod_ip=_ip("POD_IP", get("POD_IP"), base.pod_ip),
-            dns_poll_interval=_number("DNS_POLL_INTERVAL", get("DNS_POLL_INTERVAL"), base.dns_poll_interval, 0.1, 3600),
-            dns_nameserver=_hostport("DNS_NAMESERVER", get("DNS_NAMESERVER"), base.dns_nameserver),
-            ping_interval=_number("PING_INTERVAL", get("PING_INTERVAL"), base.ping_interval, 0, 3600),
-            history_size=int(_number("HISTORY_SIZE", get("HISTORY_SIZE"), base.history_size, 0, 100_000, integer=True)),
-            allowed_origins=_origins(get("ALLOWED_ORIGINS"), base.allowed_origins),
-            rate_limit=_rate_limit(get("RATE_LIMIT"), base.rate_limit),
-            max_connections=int(
-                _number("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), base.max_connections, 1, 1_000_000, integer=True)
-            ),
-            node_down_after=_number("NODE_DOWN_AFTER", get("NODE_DOWN_AFTER"), base.node_down_after, 0.5, 600),
-            gossip_secret=_secret("GOSSIP_SECRET", get("GOSSIP_SECRET"), base.gossip_secret),
-        )
-        if settings.clustered:
-            cookie = settings.cluster_cookie
-            if cookie is None:
-                raise ConfigError("CLUSTER_COOKIE", "required for a clustered node (REDIS_URL or DISCOVERY is set)")
-            if len(cookie) < MIN_COOKIE_LENGTH or not cookie.isprintable():
-                raise ConfigError("CLUSTER_COOKIE", f"must be at least {MIN_COOKIE_LENGTH} printable characters")
+        settings = cls(**cls.read(get, base))  # type: ignore[arg-type]
+        settings.check()
         return settings
 
+    @classmethod
+    def read(cls, get: Reader, base: Settings) -> dict[str, object]:
+        """Each field from its variable (or `base`'s value when unset), checked on the way."""
+        return {
+            "port": int(number("PORT", get("PORT"), base.port, 1, 65535, integer=True)),
+            "host": _host(get("HOST"), base.host),
+            "node_name": _node_name(get("NODE_NAME"), base.node_name),
+            "discovery": cls._discovery(get("DISCOVERY"), base.discovery),
+            "ping_interval": number("PING_INTERVAL", get("PING_INTERVAL"), base.ping_interval, 0, 3600),
+            "history_size": int(
+                number("HISTORY_SIZE", get("HISTORY_SIZE"), base.history_size, 0, 100_000, integer=True)
+            ),
+            "allowed_origins": _origins(get("ALLOWED_ORIGINS"), base.allowed_origins),
+            "rate_limit": _rate_limit(get("RATE_LIMIT"), base.rate_limit),
+            "max_connections": int(
+                number("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), base.max_connections, 1, 1_000_000, integer=True)
+            ),
+        }
 
-def _port(raw: str | None, default: int) -> int:
-    return int(_number("PORT", raw, default, 1, 65535, integer=True))
+    def check(self) -> None:
+        """What no single variable can say alone; a stage adds its own rules."""
+
+    @classmethod
+    def _discovery(cls, raw: str | None, default: str) -> str:
+        if raw is None:
+            return default
+        if raw in cls.DISCOVERY_MODES:
+            return raw
+        modes = ", ".join(cls.DISCOVERY_MODES)
+        if raw in DISCOVERY_HOMES:
+            raise ConfigError("DISCOVERY", f"{raw} is a mode of {DISCOVERY_HOMES[raw]}; this node has {modes}")
+        raise ConfigError("DISCOVERY", f"must be one of {modes}, got {raw!r}")
 
 
-def _number(var: str, raw: str | None, default: float, low: float, high: float, *, integer: bool = False) -> float:
+def number(var: str, raw: str | None, default: float, low: float, high: float, *, integer: bool = False) -> float:
     if raw is None:
         return default
     try:
@@ -115,7 +121,7 @@ def _host(raw: str | None, default: str) -> str:
     return raw
 
 
-def _ip(var: str, raw: str | None, default: str | None) -> str | None:
+def ip(var: str, raw: str | None, default: str | None) -> str | None:
     if raw is None:
         return default
     try:
@@ -132,62 +138,15 @@ def _node_name(raw: str | None, default: str) -> str:
     return raw
 
 
-def _basename(raw: str | None, default: str) -> str:
+def secret(var: str, raw: str | None, default: str | None) -> str | None:
     if raw is None:
         return default
-    if not re.fullmatch(r"[A-Za-z0-9_\-.]{1,64}", raw):
-        raise ConfigError("NODE_BASENAME", f"must be letters, digits, _ - or ., got {raw!r}")
+    if len(raw) < MIN_SECRET_LENGTH or not raw.isprintable():
+        raise ConfigError(var, f"must be at least {MIN_SECRET_LENGTH} printable characters")
     return raw
 
 
-def _dns_name(raw: str | None, default: str) -> str:
-    if raw is None:
-        return default
-    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,251}[A-Za-z0-9])?\.?", raw):
-        raise ConfigError("DNS_SERVICE", f"must be a DNS name (letters, digits, - and .), got {raw!r}")
-    return raw
-
-
-def _secret(var: str, raw: str | None, default: str | None) -> str | None:
-    if raw is None:
-        return default
-    if len(raw) < MIN_COOKIE_LENGTH or not raw.isprintable():
-        raise ConfigError(var, f"must be at least {MIN_COOKIE_LENGTH} printable characters")
-    return raw
-
-
-def _redis_url(raw: str | None, default: str | None) -> str | None:
-    if raw is None:
-        return default
-    parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ConfigError(
-            "REDIS_URL", f"must be redis://host:port[/db], rediss:// or unix://path, got {redact_url(raw)!r}"
-        )
-    return raw
-
-
-def redact_url(url: str) -> str:
-    """`url` fit for a log line or an error message: a password in it becomes `***`.
-
-    The one place REDIS_URL is made printable; nothing prints the URL any other way."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
-def _choice(var: str, raw: str | None, default: str, choices: tuple[str, ...]) -> str:
-    if raw is None:
-        return default
-    if raw not in choices:
-        raise ConfigError(var, f"must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
-
-
-def _hostport(var: str, raw: str | None, default: tuple[str, int] | None) -> tuple[str, int] | None:
+def host_port(var: str, raw: str | None, default: tuple[str, int] | None) -> tuple[str, int] | None:
     if raw is None:
         return default
     host, sep, port = raw.rpartition(":")

@@ -8,4 +8,4 @@ from shared.node import ChatNode
 from shared.server import main
 
 if __name__ == "__main__":
-    main(ChatNode, dict(os.environ), clustered=False, node_name="nonode@nohost", discovery="none")
+    main(ChatNode, dict(os.environ), node_name="nonode@nohost")

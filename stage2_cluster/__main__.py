@@ -8,4 +8,4 @@ from shared.server import main
 from stage2_cluster.node import ClusterNode
 
 if __name__ == "__main__":
-    main(ClusterNode, dict(os.environ), clustered=True, node_name="a@localhost", discovery="redis")
+    main(ClusterNode, dict(os.environ), node_name="a@localhost")

@@ -19,8 +19,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,7 +28,7 @@ from redis.exceptions import RedisError
 from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
 from shared.messages import ChatMessage, Draft
-from shared.settings import redact_url
+from stage2_cluster.settings import redact_url
 
 log = logs.get("redis")
 
@@ -117,10 +116,48 @@ def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
     return prefix, middle
 
 
+class Membership(Protocol):
+    """What the broker asks of the cluster it serves (`stage2_cluster.cluster.Cluster`)."""
+
+    def targets(self) -> list[str]:
+        """The nodes whose channels a message goes to, this one first."""
+        ...
+
+    def on_control(self, kind: str, data: str) -> None:
+        """A control line from our channel (heartbeat, presence); BadLine if malformed."""
+        ...
+
+    def on_health(self, healthy: bool) -> None: ...
+
+    def on_bad_line(self) -> None:
+        """A line on our channel was dropped (it is counted in /metrics)."""
+        ...
+
+
+class Alone:
+    """The membership of a broker that serves no cluster: it publishes to itself only."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def targets(self) -> list[str]:
+        return [self.node]
+
+    def on_control(self, kind: str, data: str) -> None:
+        pass
+
+    def on_health(self, healthy: bool) -> None:
+        pass
+
+    def on_bad_line(self) -> None:
+        pass
+
+
 class RedisBroker:
-    def __init__(self, url: str, node: str, history_size: int) -> None:
+    def __init__(self, url: str, node: str, history_size: int, membership: Membership | None = None) -> None:
         self.url = url
         self.node = node
+        self.membership = membership or Alone(node)
         self.history_size = history_size
         # encoding_errors="replace": bytes that are not UTF-8 (we never publish any) become
         # U+FFFD and fail parsing as a bad line, instead of raising inside redis-py's reader.
@@ -142,10 +179,6 @@ class RedisBroker:
         self._holding = 0  # catch-ups running: live stored messages wait in _held meanwhile
         self._held: list[tuple[str, str, str]] = []
         self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
-        self.targets: Callable[[], list[str]] = lambda: [self.node]
-        self.on_control: Callable[[str, str], None] = lambda kind, data: None
-        self.on_health: Callable[[bool], None] = lambda healthy: None
-        self.on_bad_line: Callable[[], None] = lambda: None
         self.bad_lines = 0
         self._bad_line_logged_at = -BAD_LINE_LOG_EVERY
 
@@ -175,7 +208,7 @@ class RedisBroker:
 
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
         prefix, middle = _frame_parts(topic, draft, node)
-        channels = [node_channel(name) for name in self.targets()]
+        channels = [node_channel(name) for name in self.membership.targets()]
         client_msg_id = draft.client_msg_id or ""
         args = [self.history_size, draft.user, draft.body, node, topic, prefix, middle, client_msg_id, *channels]
         try:
@@ -193,7 +226,7 @@ class RedisBroker:
         # locally before forwarding; `exclude` is one of ours, so peers need not know it.
         frame = protocol.broadcast(topic, event, payload)
         self._deliver_to_hub(Delivery(topic, frame, exclude=exclude))
-        peers = [name for name in self.targets() if name != self.node]
+        peers = [name for name in self.membership.targets() if name != self.node]
         if peers:
             await self.send(peers, f"b {topic} {frame}")
 
@@ -226,7 +259,7 @@ class RedisBroker:
         if healthy != self._healthy:
             self._healthy = healthy
             logs.event(log, "redis reachable" if healthy else "redis unreachable", url=redact_url(self.url))
-            self.on_health(healthy)
+            self.membership.on_health(healthy)
 
     async def _subscribe_forever(self) -> None:
         attempt = 0
@@ -306,7 +339,7 @@ class RedisBroker:
         Called once subscribed again (and by `catch_up`): anything published from then on
         reaches us live (and is skipped by `_deliver_stored` if the stream read already had
         it). Only messages of nodes we send to, as live delivery follows connections."""
-        senders = set(self.targets())
+        senders = set(self.membership.targets())
         delivered = 0
         for topic, (ms, seq) in list(self._last_ids.items()):
             entries = await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+")
@@ -347,11 +380,11 @@ class RedisBroker:
             topic, frame = _split(rest, 2)
             self._deliver_to_hub(Delivery(topic, _frame(frame)))
         else:
-            self.on_control(kind, rest)
+            self.membership.on_control(kind, rest)
 
     def _drop_bad_line(self, line: str, reason: str) -> None:
         self.bad_lines += 1
-        self.on_bad_line()
+        self.membership.on_bad_line()
         now = time.monotonic()
         if now - self._bad_line_logged_at >= BAD_LINE_LOG_EVERY:
             self._bad_line_logged_at = now

@@ -35,7 +35,10 @@ from stage2_cluster import handshake
 from stage2_cluster.broker import BadLine, node_channel
 
 if TYPE_CHECKING:
-    from stage2_cluster.node import ClusterNode
+    from shared.hub import Hub
+    from shared.metrics import Metrics
+    from stage2_cluster.broker import RedisBroker
+    from stage2_cluster.settings import ClusterSettings
 
 log = logs.get("cluster")
 
@@ -88,12 +91,16 @@ class Peer:
 
 
 class Cluster:
-    def __init__(self, node: ClusterNode) -> None:
-        self.node = node
-        self.settings = node.settings
-        self.name = node.settings.node_name
-        self.cookie: str = node.settings.cluster_cookie or ""
-        self.broker = node.redis
+    """A node's membership: who its peers are, how it joins and leaves them, and what the
+    broker asks of it (`broker.Membership`)."""
+
+    def __init__(self, settings: ClusterSettings, broker: RedisBroker, metrics: Metrics, hub: Hub) -> None:
+        self.settings = settings
+        self.name = settings.node_name
+        self.cookie: str = settings.cluster_cookie or ""
+        self.broker = broker
+        self.metrics = metrics
+        self.hub = hub
         self.peers: dict[str, Peer] = {}
         # Peers dropped for silence -> when: still sent our messages for LOST_KEEP seconds.
         self.lost: dict[str, float] = {}
@@ -104,19 +111,14 @@ class Cluster:
         self._warned_addresses: set[str] = set()
         self._gone_since: dict[str, float] = {}  # registry entries without an alive key: since when
         self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
-        self.broker.targets = self.targets
-        self.broker.on_control = self.on_control
-        self.broker.on_health = self._on_health
-        bad_lines = node.metrics.bad_peer_lines.labels(channel=node_channel(self.name))
-        self.broker.on_bad_line = bad_lines.inc
-        node.hub.replicate = self.replicate_presence
+        self._bad_lines = metrics.bad_peer_lines.labels(channel=node_channel(self.name))
 
     @property
     def address(self) -> str:
         """The HTTP address peers reach this node at."""
         host = self.settings.host
         if host in ("0.0.0.0", "::"):
-            host = self.settings.pod_ip or "127.0.0.1"
+            host = self.settings.own_ip or "127.0.0.1"
         return f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
 
     def targets(self) -> list[str]:
@@ -177,15 +179,19 @@ class Cluster:
     async def close(self) -> None:
         for task in self._connecting.values():
             task.cancel()
-        for name in list(self.peers):
-            await self.disconnect(name, reason="shutting down")
+        # All goodbyes at once: a peer that is stopping too (a scale-down) may never answer,
+        # and one by one each such peer would cost the whole HTTP timeout.
+        await asyncio.gather(*(self.disconnect(name, reason="shutting down") for name in list(self.peers)))
         with contextlib.suppress(Exception):
             await self.broker.client.delete(alive_key(self.name))
         await self.http.aclose()
 
-    def _on_health(self, healthy: bool) -> None:
+    def on_health(self, healthy: bool) -> None:
         # While our own Redis link is down we hear no one, which says nothing about them.
         self._healthy_since = time.monotonic() if healthy else None
+
+    def on_bad_line(self) -> None:
+        self._bad_lines.inc()
 
     def _drop_silent(self) -> None:
         now = time.monotonic()
@@ -216,7 +222,7 @@ class Cluster:
         registry, api, dns, gossip); a bad one is counted, logged and refused."""
         if valid_address(address):
             return True
-        self.node.metrics.bad_peer_addresses.labels(source=source).inc()
+        self.metrics.bad_peer_addresses.labels(source=source).inc()
         shown = logs.clean(str(address), 120)  # also the key of the warned-once set
         first = shown not in self._warned_addresses and len(self._warned_addresses) < MAX_WARNED_ADDRESSES
         self._warned_addresses.add(shown)
@@ -398,7 +404,7 @@ class Cluster:
             return
         regained = self.lost.pop(name, None) is not None
         self.peers[name] = Peer(name, address)
-        self.node.metrics.cluster_nodes.set(len(self.peers) + 1)
+        self.metrics.cluster_nodes.set(len(self.peers) + 1)
         logs.event(log, "node connected", peer=name, address=address, nodes=len(self.peers) + 1)
         await self._send_sync(name, want_reply=True)
         if regained:
@@ -418,8 +424,8 @@ class Cluster:
         self.lost.pop(name, None)  # removed on purpose: it stays out
         if self.peers.pop(name, None) is None:
             return
-        self.node.metrics.cluster_nodes.set(len(self.peers) + 1)
-        self.node.hub.drop_node(name)
+        self.metrics.cluster_nodes.set(len(self.peers) + 1)
+        self.hub.drop_node(name)
         logs.event(log, "node disconnected", peer=name, reason=reason, nodes=len(self.peers) + 1, **fields)
 
     async def disconnect(self, name: str, reason: str = "disconnected by request") -> bool:
@@ -470,7 +476,7 @@ class Cluster:
                 raise BadLine("presence without a topic")
             joins, leaves = _entries(sender, message.get("joins")), _entries(sender, message.get("leaves"))
             self.peers[sender].last_heard = time.monotonic()
-            self.node.hub.apply_remote(topic, joins, leaves)
+            self.hub.apply_remote(topic, joins, leaves)
         else:
             topics = message.get("topics")
             if not isinstance(topics, dict):
@@ -478,7 +484,7 @@ class Cluster:
             entries = {topic: _entries(sender, items) for topic, items in topics.items()}
             self.peers[sender].last_heard = time.monotonic()
             for topic, items in entries.items():
-                self.node.hub.sync_node(topic, sender, items)
+                self.hub.sync_node(topic, sender, items)
             if message.get("want_reply") is True:
                 asyncio.get_running_loop().create_task(self._send_sync(sender, want_reply=False))
 
@@ -494,7 +500,7 @@ class Cluster:
         asyncio.get_running_loop().create_task(self._send_quietly(list(self.peers), line))
 
     async def _send_sync(self, name: str, *, want_reply: bool) -> None:
-        topics = {topic: _items(room.of_node(self.name)) for topic, room in self.node.hub.presences.items()}
+        topics = {topic: _items(room.of_node(self.name)) for topic, room in self.hub.presences.items()}
         line = "s " + orjson.dumps({"node": self.name, "topics": topics, "want_reply": want_reply}).decode()
         await self._send_quietly([name], line)
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.settings import NODE_NAME_RE, Settings
+from shared.settings import NODE_NAME_RE
 from stage2_cluster.cluster import REGISTRY, Cluster, alive_key
+from stage2_cluster.settings import ClusterSettings
 
 POLL_INTERVAL = 1.0
 
@@ -35,7 +36,7 @@ async def redis_registry(cluster: Cluster) -> None:
         await asyncio.sleep(POLL_INTERVAL)
 
 
-def for_settings(settings: Settings, cluster: Cluster) -> Coroutine[Any, Any, None] | None:
+def for_settings(settings: ClusterSettings, cluster: Cluster) -> Coroutine[Any, Any, None] | None:
     if settings.discovery == "redis":
         return redis_registry(cluster)
     if settings.discovery == "gossip":

@@ -34,8 +34,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared import logs
-from shared.settings import NODE_NAME_RE, Settings
+from shared.settings import NODE_NAME_RE
 from stage2_cluster.cluster import valid_address
+from stage2_cluster.settings import ClusterSettings
 
 if TYPE_CHECKING:
     from stage2_cluster.cluster import Cluster
@@ -90,9 +91,9 @@ class Codec:
         return name, address
 
 
-def interface_address(settings: Settings) -> str:
+def interface_address(settings: ClusterSettings) -> str:
     """The IPv4 address whose interface joins the group: HOST, else POD_IP, else any."""
-    for candidate in (settings.host, settings.pod_ip):
+    for candidate in (settings.host, settings.own_ip):
         with contextlib.suppress(ValueError):
             ip = ipaddress.ip_address(candidate or "")
             if ip.version == 4 and not ip.is_unspecified:
@@ -175,8 +176,8 @@ async def gossip(cluster: Cluster) -> None:
     logs.event(log, "gossip started", group=f"{GROUP}:{PORT}", interface=interface, encrypted=codec.aead is not None)
     try:
         while True:
-            # Sleep first: "node ready" comes before the HTTP socket listens, and a peer
-            # that heard us at once would find nothing to connect to yet.
+            # A random pause first, so nodes started together do not all announce at once.
+            # (The HTTP socket already listens: shared/server.py binds it before startup.)
             await asyncio.sleep(random.uniform(*INTERVAL))
             transport.sendto(codec.encode(cluster.name, cluster.address), (GROUP, PORT))
     finally:

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.settings import redact_url
+from stage2_cluster.settings import redact_url
 
 STATE_DIR = Path(".stage2")
 READY_DEADLINE = 30.0

@@ -35,7 +35,7 @@ def stage_defaults(env: Mapping[str, str]) -> dict[str, object]:
     name's address, which is also the address peers reach it at."""
     basename = env.get("NODE_BASENAME", "").strip() or "chat"
     host = env.get("HOST", "").strip() or "127.0.0.1"
-    defaults: dict[str, object] = {"discovery": "dns"}
+    defaults: dict[str, object] = {}
     own = env.get("POD_IP", "").strip()
     if not own and host in WILDCARD_HOSTS:
         own = defaults["pod_ip"] = own_address()
@@ -46,4 +46,4 @@ def stage_defaults(env: Mapping[str, str]) -> dict[str, object]:
 
 if __name__ == "__main__":
     environment = dict(os.environ)
-    main(K8sNode, environment, clustered=True, **stage_defaults(environment))
+    main(K8sNode, environment, **stage_defaults(environment))

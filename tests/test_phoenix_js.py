@@ -90,11 +90,15 @@ def test_join_and_push_with_reply(node_bin: str, client: str, stage1_node: NodeP
     assert one(facts, "joined")["response"] == {}
     received = [(fact["event"], fact["payload"]) for fact in steps(facts, "received")]
     # What the server pushes after the join reply, in this order; presence_diff follows later.
+    # The joiner is tracked before presence_state goes out, as Phoenix's after_join does.
+    state = received[2][1]
     assert received[:3] == [
         ("user:entered", {"user": "alice"}),
         ("join", {"status": "connected"}),
-        ("presence_state", {}),
+        ("presence_state", {"alice": {"metas": state["alice"]["metas"]}}),
     ]
+    [meta] = state["alice"]["metas"]
+    assert meta["node"] == "nonode@nohost" and meta["phx_ref"]
     reply = one(facts, "reply")
     assert reply["status"] == "ok"
     assert reply["response"]["msg"] == "hello"

@@ -1,4 +1,8 @@
-"""Settings.from_env: defaults, typed values, and one clear error naming each bad variable."""
+"""Settings.from_env: defaults, typed values, and one clear error naming each bad variable.
+
+Each stage reads its own variables: the core's `Settings`, stage 2's `ClusterSettings`
+(Redis, the cookie, heartbeats, gossip), stage 3's `K8sSettings` (DNS, the pod's address).
+`K8sSettings` reads every variable, so the value checks run through it."""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ import sys
 import pytest
 
 from shared.server import load_settings
-from shared.settings import ConfigError, Settings
+from shared.settings import DISCOVERY_HOMES, ConfigError, Settings
+from stage2_cluster.settings import ClusterSettings
+from stage3_k8s.settings import K8sSettings
 from tests.support import ROOT
 
 COOKIE = "0123456789abcdef-cookie"
+CLUSTER = {"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE}
 
 # Every variable the settings read; the real-process test removes them from the inherited environment.
 CONFIG_VARS = (
@@ -43,21 +50,52 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.port == 4000
     assert settings.host == "127.0.0.1"
     assert settings.node_name == "nonode@nohost"
-    assert settings.redis_url is None
-    assert settings.cluster_cookie is None
     assert settings.discovery == "none"
-    assert settings.dns_service == "chat-nodes"
-    assert settings.node_basename == "chat"
-    assert settings.pod_ip is None
-    assert settings.dns_poll_interval == 5
-    assert settings.dns_nameserver is None
     assert settings.ping_interval == 5
     assert settings.history_size == 100
     assert settings.allowed_origins == ()
     assert settings.rate_limit == (10.0, 20)
     assert settings.max_connections == 1000
-    assert settings.gossip_secret is None
-    assert settings.clustered is False
+
+
+def test_each_stage_adds_its_own_defaults() -> None:
+    cluster = ClusterSettings.from_env(CLUSTER)
+    assert cluster.discovery == "redis"
+    assert cluster.node_down_after == 5
+    assert cluster.gossip_secret is None
+    pod = K8sSettings.from_env(CLUSTER)
+    assert pod.discovery == "dns"
+    assert pod.dns_service == "chat-nodes"
+    assert pod.node_basename == "chat"
+    assert pod.pod_ip is None
+    assert pod.dns_poll_interval == 5
+    assert pod.dns_nameserver is None
+
+
+def test_the_core_reads_only_what_the_core_uses() -> None:
+    core = set(Settings.__dataclass_fields__)
+    assert not core & {"redis_url", "cluster_cookie", "node_down_after", "gossip_secret", "pod_ip", "dns_service"}
+    assert not set(ClusterSettings.__dataclass_fields__) & {"pod_ip", "dns_service", "dns_nameserver"}
+
+
+@pytest.mark.parametrize(
+    ("settings_class", "stage"),
+    [(Settings, "stage 1"), (ClusterSettings, "stage 2"), (K8sSettings, "stage 3")],
+    ids=["stage1", "stage2", "stage3"],
+)
+def test_a_discovery_mode_of_another_stage_names_the_stage_that_has_it(
+    settings_class: type[Settings], stage: str
+) -> None:
+    for mode, home in DISCOVERY_HOMES.items():
+        if mode in settings_class.DISCOVERY_MODES:
+            continue
+        with pytest.raises(ConfigError) as raised:
+            settings_class.from_env({**CLUSTER, "DISCOVERY": mode})
+        assert raised.value.var == "DISCOVERY"
+        assert str(raised.value) == (
+            f"DISCOVERY: {mode} is a mode of {home}; this node has {', '.join(settings_class.DISCOVERY_MODES)}"
+        )
+        assert not home.startswith(stage)
 
 
 def test_stage_defaults_apply_when_the_variable_is_unset() -> None:
@@ -74,8 +112,9 @@ def test_blank_variable_means_the_default() -> None:
 
 
 def test_variables_are_parsed_into_typed_values() -> None:
-    settings = Settings.from_env(
+    settings = K8sSettings.from_env(
         {
+            **CLUSTER,
             "PORT": " 4001 ",
             "HOST": "0.0.0.0",
             "NODE_NAME": "b@localhost",
@@ -129,6 +168,7 @@ def test_allowed_origins_accepts_a_star() -> None:
         ("REDIS_URL", "http://x"),
         ("REDIS_URL", "redis://"),
         ("DISCOVERY", "bogus"),
+        ("DISCOVERY", "none"),
         ("DNS_SERVICE", "chat nodes"),
         ("DNS_SERVICE", "chat/nodes"),
         ("NODE_BASENAME", "chat app"),
@@ -159,7 +199,7 @@ def test_allowed_origins_accepts_a_star() -> None:
 )
 def test_bad_value_raises_config_error_naming_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env({var: value})
+        K8sSettings.from_env({**CLUSTER, var: value})
 
     assert raised.value.var == var
     message = str(raised.value)
@@ -170,7 +210,7 @@ def test_bad_value_raises_config_error_naming_the_variable(var: str, value: str)
 @pytest.mark.parametrize("env", [{"REDIS_URL": "redis://127.0.0.1:6379/0"}, {"DISCOVERY": "manual"}])
 def test_clustered_node_without_cookie_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env(env)
+        ClusterSettings.from_env(env)
 
     assert raised.value.var == "CLUSTER_COOKIE"
     assert str(raised.value).startswith("CLUSTER_COOKIE: ")
@@ -179,36 +219,35 @@ def test_clustered_node_without_cookie_is_refused(env: dict[str, str]) -> None:
 @pytest.mark.parametrize("cookie", ["short", "x" * 15, "0123456789abcdef\x07"])
 def test_clustered_node_with_short_or_unprintable_cookie_is_refused(cookie: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": cookie})
+        ClusterSettings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": cookie})
 
     assert raised.value.var == "CLUSTER_COOKIE"
 
 
 def test_clustered_node_with_a_long_cookie_starts_and_hides_the_cookie_from_repr() -> None:
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE})
+    settings = ClusterSettings.from_env(CLUSTER)
 
-    assert settings.clustered is True
     assert settings.cluster_cookie == COOKIE
     assert COOKIE not in repr(settings)
 
 
 def test_stage1_refuses_a_redis_url() -> None:
     with pytest.raises(ConfigError) as raised:
-        load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE}, clustered=False)
+        load_settings(Settings, CLUSTER)
 
     assert raised.value.var == "REDIS_URL"
 
 
 def test_stage1_refuses_discovery() -> None:
     with pytest.raises(ConfigError) as raised:
-        load_settings({"DISCOVERY": "manual", "CLUSTER_COOKIE": COOKIE}, clustered=False)
+        load_settings(Settings, {"DISCOVERY": "manual", "CLUSTER_COOKIE": COOKIE})
 
     assert raised.value.var == "DISCOVERY"
 
 
 def test_clustered_stage_requires_a_redis_url() -> None:
     with pytest.raises(ConfigError) as raised:
-        load_settings({"DISCOVERY": "manual", "CLUSTER_COOKIE": COOKIE}, clustered=True)
+        load_settings(ClusterSettings, {"DISCOVERY": "manual", "CLUSTER_COOKIE": COOKIE})
 
     assert raised.value.var == "REDIS_URL"
 
@@ -233,3 +272,19 @@ def test_node_process_with_bad_config_exits_nonzero_with_one_line_naming_the_var
     assert len(lines) == 1, lines
     assert var in lines[0]
     assert value in lines[0]
+
+
+def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
+    """It used to pass validation and then discover nothing: stage 2 has no `dns` branch."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    env |= {**CLUSTER, "DISCOVERY": "dns"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stage2_cluster"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 2
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert lines == [
+        "config error: DISCOVERY: dns is a mode of stage 3 (python -m stage3_k8s); this node has manual, redis, gossip"
+    ]

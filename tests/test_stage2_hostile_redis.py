@@ -15,9 +15,9 @@ import sys
 import time
 
 from shared.broker import Delivery
-from shared.settings import Settings, redact_url
-from stage2_cluster.broker import RedisBroker, node_channel
+from stage2_cluster.broker import Alone, RedisBroker, node_channel
 from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
+from stage2_cluster.settings import ClusterSettings, redact_url
 from tests import cluster as fixtures
 from tests.cluster import (
     LOBBY,
@@ -149,17 +149,19 @@ async def test_garbage_on_every_node_channel_is_dropped_and_counted_while_messag
 async def test_a_crashed_subscription_is_restarted_and_reported_not_ready_meanwhile(
     redis_server: RedisServer,
 ) -> None:
-    broker = RedisBroker(redis_server.url, "x@localhost", 100)
     delivered: list[Delivery] = []
     crashed = asyncio.Event()
-
-    def crash(kind: str, data: str) -> None:
-        crashed.set()
-        raise RuntimeError("a bug in a control handler")
-
-    broker.on_control = crash
     health: list[bool] = []
-    broker.on_health = health.append
+
+    class Buggy(Alone):
+        def on_control(self, kind: str, data: str) -> None:
+            crashed.set()
+            raise RuntimeError("a bug in a control handler")
+
+        def on_health(self, healthy: bool) -> None:
+            health.append(healthy)
+
+    broker = RedisBroker(redis_server.url, "x@localhost", 100, membership=Buggy("x@localhost"))
     await broker.start(delivered.append)
     try:
         await async_wait_until(lambda: broker.available, what="subscribed")
@@ -200,7 +202,7 @@ def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
     assert result.returncode != 0
     assert "REDIS_URL" in result.stdout + result.stderr
     assert password not in result.stdout + result.stderr
-    settings = Settings.from_env({"REDIS_URL": f"redis://:{password}@h:1/0", "CLUSTER_COOKIE": "c" * 16})
+    settings = ClusterSettings.from_env({"REDIS_URL": f"redis://:{password}@h:1/0", "CLUSTER_COOKIE": "c" * 16})
     assert password not in repr(settings)
     assert redact_url(f"redis://user:{password}@h:1/0") == "redis://user:***@h:1/0"
 

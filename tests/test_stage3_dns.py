@@ -25,9 +25,9 @@ from dnslib import QTYPE, RCODE, RR, A
 from dnslib.dns import DNSError
 from dnslib.server import DNSLogger, DNSServer
 
-from shared.settings import Settings
 from stage3_k8s.__main__ import stage_defaults
 from stage3_k8s.dns_discovery import DnsDiscovery
+from stage3_k8s.settings import K8sSettings
 from tests.cluster import LOBBY, PhoenixClient, RedisServer
 from tests.support import NodeProcess, free_port
 
@@ -293,7 +293,7 @@ class FakeCluster:
 
 
 def discovery_for(dns_server: HeadlessService, cluster: FakeCluster) -> DnsDiscovery:
-    settings = Settings(
+    settings = K8sSettings(
         host=pod_ip(0),
         port=4000,
         node_basename="chat",
@@ -357,7 +357,7 @@ async def test_a_dns_failure_disconnects_no_one(dns: HeadlessService, failure: s
 
 
 def test_the_node_is_named_after_its_pod_address() -> None:
-    assert stage_defaults({"POD_IP": "10.244.0.7"}) == {"node_name": "chat@10.244.0.7", "discovery": "dns"}
+    assert stage_defaults({"POD_IP": "10.244.0.7"}) == {"node_name": "chat@10.244.0.7"}
     assert stage_defaults({"POD_IP": "10.244.0.7", "NODE_BASENAME": "lv"})["node_name"] == "lv@10.244.0.7"
     assert stage_defaults({"HOST": "127.0.0.3"})["node_name"] == "chat@127.0.0.3"
     assert stage_defaults({})["node_name"] == "chat@127.0.0.1"
@@ -368,15 +368,16 @@ def test_without_pod_ip_a_node_on_every_address_takes_its_host_names_address() -
     own = socket.gethostbyname(socket.gethostname())
     for wildcard in ("0.0.0.0", "::"):
         defaults = stage_defaults({"HOST": wildcard})
-        assert defaults == {"node_name": f"chat@{own}", "pod_ip": own, "discovery": "dns"}
-        settings = Settings.from_env({"HOST": wildcard, "CLUSTER_COOKIE": COOKIE}, **defaults)
+        assert defaults == {"node_name": f"chat@{own}", "pod_ip": own}
+        settings = K8sSettings.from_env(
+            {"HOST": wildcard, "CLUSTER_COOKIE": COOKIE, "REDIS_URL": "redis://redis:6379/0"}, **defaults
+        )
         assert (settings.pod_ip, settings.node_name) == (own, f"chat@{own}")
 
 
 def test_an_explicit_pod_ip_wins_over_the_host_names_address() -> None:
     assert stage_defaults({"HOST": "0.0.0.0", "POD_IP": "10.244.0.7"}) == {
         "node_name": "chat@10.244.0.7",
-        "discovery": "dns",
     }
 
 

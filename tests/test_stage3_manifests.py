@@ -31,9 +31,9 @@ from shared import endpoint as shared_endpoint
 from shared import node as shared_node
 from shared.app import create_app
 from shared.server import hypercorn_config
-from shared.settings import Settings
 from stage3_k8s import deploy
 from stage3_k8s.node import K8sNode
+from stage3_k8s.settings import K8sSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "stage3_k8s" / "k8s"
@@ -460,7 +460,7 @@ def test_the_disruption_budget_covers_the_chat_pods(manifests: Manifests) -> Non
 @pytest.fixture(scope="module")
 def routes() -> set[tuple[str, str]]:
     """(method, path) of every route of the stage 3 node's app."""
-    settings = Settings(redis_url="redis://127.0.0.1:6379/0", cluster_cookie="x" * 32, discovery="dns")
+    settings = K8sSettings(redis_url="redis://127.0.0.1:6379/0", cluster_cookie="x" * 32)
     chat = K8sNode(settings)
     try:
         app = create_app(chat)
