@@ -173,6 +173,8 @@ class Lab:
         if not missing:
             return wanted[0]
         standin.ensure()
+        if wanted[1] in missing:
+            self.env["REDIS_IMAGE"] = standin.REDIS_IMAGE
         return wanted[0] if wanted[0] not in missing else standin.BASE_IMAGE
 
     def build(self, base: str, image: str | None = None) -> float:

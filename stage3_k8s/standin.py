@@ -8,8 +8,10 @@ both from Debian packages instead, with the machine's own apt mirror:
 
 - one `debootstrap --variant=minbase bookworm` root filesystem with python3, python3-venv,
   ca-certificates and redis-server (about a minute; needs root and debootstrap);
-- imported twice: as `chatlab-base:bookworm` (the Dockerfile's BASE_IMAGE) and under the
-  Redis image's own name, so that compose.yaml and the manifests run unchanged.
+- imported twice: as `chatlab-base:bookworm` (the Dockerfile's BASE_IMAGE) and as
+  `chatlab-redis:bookworm`, which compose.yaml runs in Redis's place when REDIS_IMAGE
+  names it. A name of its own: an image of Docker Hub's name would shadow the real one
+  on a machine that can pull it.
 
 Images that already exist are kept: the second run takes no time. The mirror is read
 from this machine's apt sources, never written down here.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BASE_IMAGE = "chatlab-base:bookworm"
+REDIS_IMAGE = "chatlab-redis:bookworm"
 SUITE = "bookworm"
 PACKAGES = ("python3", "python3-venv", "ca-certificates", "redis-server")
 APT_SOURCES = Path("/etc/apt")
@@ -120,8 +123,7 @@ def docker_import(archive: Path, image: str, changes: list[str]) -> None:
 
 def ensure(*, force: bool = False) -> str:
     """Both stand-ins exist afterwards; returns the base image's name."""
-    redis = redis_image()
-    missing = [image for image in (BASE_IMAGE, redis) if force or not image_exists(image)]
+    missing = [image for image in (BASE_IMAGE, REDIS_IMAGE) if force or not image_exists(image)]
     if not missing:
         return BASE_IMAGE
     mirror = apt_mirror()
@@ -139,9 +141,9 @@ def ensure(*, force: bool = False) -> str:
             progress(f"docker import {BASE_IMAGE}")
             pip_trust = "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt"
             docker_import(archive, BASE_IMAGE, [*env, pip_trust, 'CMD ["python3"]'])
-        if redis in missing:
-            progress(f"docker import {redis} (a stand-in: Debian's redis-server)")
-            docker_import(archive, redis, [*env, "WORKDIR /data", "EXPOSE 6379", 'CMD ["redis-server"]'])
+        if REDIS_IMAGE in missing:
+            progress(f"docker import {REDIS_IMAGE} (a stand-in for {redis_image()}: Debian's redis-server)")
+            docker_import(archive, REDIS_IMAGE, [*env, "WORKDIR /data", "EXPOSE 6379", 'CMD ["redis-server"]'])
     progress(f"stand-in images built in {time.monotonic() - started:.1f}s")
     return BASE_IMAGE
 

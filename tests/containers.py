@@ -16,6 +16,7 @@ from stage3_k8s import compose_lab, standin
 # What the suites pass to Compose: nothing is ever pulled, and the nodes react fast.
 TEST_ENV = {
     "PULL_POLICY": "never",
+    "REDIS_IMAGE": standin.REDIS_IMAGE,
     "DNS_POLL_INTERVAL": "1",
     "PING_INTERVAL": "0",
 }
@@ -28,7 +29,7 @@ def docker_unavailable() -> str | None:
         compose_lab.compose_command()
     except compose_lab.LabError as error:
         return f"needs Docker: {error}"
-    have_images = all(standin.image_exists(image) for image in (standin.BASE_IMAGE, standin.redis_image()))
+    have_images = all(standin.image_exists(image) for image in (standin.BASE_IMAGE, standin.REDIS_IMAGE))
     if not have_images and os.geteuid() != 0:
         return "needs root to build the stand-in base images (debootstrap), or them built already"
     return None

@@ -166,7 +166,8 @@ def test_ports_are_published_on_127_0_0_1_only() -> None:
 
 def test_redis_is_the_manifests_image_never_pulled_in_tests_and_keeps_an_append_only_file() -> None:
     redis = COMPOSE["services"]["redis"]
-    assert redis["image"] == standin.redis_image() == "redis:7.4.6-alpine"
+    assert redis["image"] == "${REDIS_IMAGE:-redis:7.4.6-alpine}"
+    assert standin.redis_image() == "redis:7.4.6-alpine" != standin.REDIS_IMAGE
     assert redis["pull_policy"] == "${PULL_POLICY:-missing}"
     command = " ".join(redis["command"])
     assert "--appendonly yes --appendfsync everysec" in command
