@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser import ChatPages, screenshot_dir, send, set_username, stage1_node
-from tests.support import NodeProcess, running_node
+from tests.helpers.browser import ChatPages, screenshot_dir, send, set_username, stage1_node
+from tests.helpers.node import NodeProcess, running_node
 
 pytestmark = pytest.mark.browser
 

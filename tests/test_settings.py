@@ -10,7 +10,7 @@ import pytest
 
 from shared.server import load_settings
 from shared.settings import ConfigError, Settings
-from tests.support import ROOT
+from tests.helpers.paths import ROOT
 
 COOKIE = "0123456789abcdef-cookie"
 

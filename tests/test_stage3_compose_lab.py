@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from stage3_k8s import compose_lab, standin
-from tests.support import ROOT
+from tests.helpers.paths import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "stage3_k8s" / "compose.yaml").read_text())
 K8S = ROOT / "stage3_k8s" / "k8s" / "base"
@@ -209,6 +209,6 @@ def test_no_mirror_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_no_mirror_is_written_into_what_builds_the_stand_ins() -> None:
     """The mirror is this machine's: no URL at all in the builder, CI's script or the test helpers."""
-    sources = [ROOT / "stage3_k8s" / "standin.py", ROOT / ".ci" / "run", ROOT / "tests" / "containers.py"]
+    sources = [ROOT / "stage3_k8s" / "standin.py", ROOT / ".ci" / "run", ROOT / "tests" / "helpers" / "containers.py"]
     for path in sources:
         assert not re.search(r"\b(https?|ftp)://", path.read_text()), path

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from stage3_k8s import deploy
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 

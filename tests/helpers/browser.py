@@ -17,7 +17,8 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, expect
 
-from tests.support import ROOT, NodeProcess
+from tests.helpers.node import NodeProcess
+from tests.helpers.paths import ROOT
 
 VIEWPORT = {"width": 1200, "height": 720}
 TIMEOUT_MS = 10_000
