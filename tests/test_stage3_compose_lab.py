@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from stage3_k8s import compose_lab, standin
+from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "stage3_k8s" / "compose.yaml").read_text())
@@ -47,16 +48,8 @@ def manifest(name: str) -> list[dict[str, object]]:
     [("stage3-compose", ["NODES=5"], "up --nodes 5"), ("stage3-compose-down", [], "down")],
 )
 def test_make_targets_are_thin_calls_of_the_launcher(target: str, variables: list[str], expected: str) -> None:
-    out = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", target, *variables],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    (line,) = [line for line in out.splitlines() if "stage3_k8s.compose_lab" in line]
-    assert " ".join(line.split()).endswith(f"python -m stage3_k8s.compose_lab {expected}")
+    line = recipe_line(target, variables, "stage3_k8s.compose_lab", built=".venv/.installed")
+    assert line.endswith(f"python -m stage3_k8s.compose_lab {expected}")
 
 
 # What is missing, in one line ------------------------------------------------------------------

@@ -19,6 +19,7 @@ modules, never from each other; the fixtures built on them are in tests/conftest
     browser.py       Chromium pages driven by Playwright
     containers.py    the Docker engine and stand-in base images
     docs_runner.py   the verifiable blocks of the markdown pages
+    make.py          recipe_line: what `make -n` prints for a target
     requirements.py  what a suite needs beyond Python (root, Docker, Chromium, Node.js)
     skip_rule.py     the rule: skip outside CI, fail under CI=true (a pytest plugin)
 """
