@@ -1,7 +1,8 @@
-"""Fixtures shared by the tests, and the rule for tests that need more than Python.
+"""Fixtures shared by the tests (built on the toolkit in tests/helpers/), and the rule for
+tests that need more than Python (tests/helpers/skip_rule.py, a plugin loaded here):
 
 Some suites need what a laptop may not have. Mark them, and they skip outside CI with one
-line saying what they need; under CI=true a skip is a failure (below), so there they run:
+line saying what they need; under CI=true a skip is a failure, so there they run:
 
     @pytest.mark.netns    root and iproute2: network namespaces, a bridge, /etc/netns files
     @pytest.mark.docker   the docker CLI with its daemon answering
@@ -10,42 +11,26 @@ line saying what they need; under CI=true a skip is a failure (below), so there 
     @pytest.mark.multicast  multicast on the loopback interface (gossip on one host)
 
 Mark a module (`pytestmark = pytest.mark.netns`) or single tests; a fixture or a step that
-needs one of them calls `require(name)` (tests/requirements.py), as the `browser` fixture
-does. Add a requirement with an entry in REQUIREMENTS there; each check runs once a session.
+needs one of them calls `require(name)`, as the `browser` fixture does. Add a requirement
+with an entry in REQUIREMENTS there; each check runs once a session.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.browser import CHROMIUM_ARGS, ChatPages, chromium_path
-from tests.requirements import REQUIREMENTS, require
-from tests.support import NodeProcess, running_node
+from tests.helpers.browser import CHROMIUM_ARGS, ChatPages, chromium_path
+from tests.helpers.cluster import Cluster
+from tests.helpers.node import NodeProcess, running_node
+from tests.helpers.phoenix_js import CLIENTS, JS_DIR, BackgroundScript
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.requirements import require
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    for name, (_check, needs) in REQUIREMENTS.items():
-        config.addinivalue_line("markers", f"{name}: {needs}")
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    for name in REQUIREMENTS:
-        if item.get_closest_marker(name) is not None:
-            require(name)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    """Under CI=true a skipped test is a failed test: nothing may pass by not running."""
-    outcome = yield
-    report = outcome.get_result()
-    if os.environ.get("CI") == "true" and report.skipped:
-        report.outcome = "failed"
-        report.longrepr = f"skipped under CI=true: {report.longrepr}"
+pytest_plugins = ["tests.helpers.skip_rule"]
 
 
 @pytest.fixture
@@ -75,3 +60,52 @@ def pages(browser: Browser) -> Iterator[ChatPages]:
         yield opened
     finally:
         opened.close()
+
+
+# Stage 2: a real redis-server and real nodes ---------------------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port for one test."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
+    """No node started yet: `cluster.start("a", "b")`; every node is stopped afterwards."""
+    with Cluster(redis_server) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def two_nodes(cluster: Cluster) -> Cluster:
+    """Nodes a@localhost and b@localhost, connected to each other."""
+    cluster.start("a", "b")
+    cluster.connected("a", "b")
+    return cluster
+
+
+# The official phoenix JS client under Node.js ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node_bin() -> str:
+    """Node.js (without it, the `node` marker skips) and the pinned client packages, which
+    `make test` installs: missing ones fail the tests."""
+    node = shutil.which("node")
+    assert node is not None, "the node marker skips these tests without Node.js"
+    missing = [name for name in [*CLIENTS, "ws"] if not (JS_DIR / "node_modules" / name / "package.json").is_file()]
+    if missing:
+        pytest.fail(f"{missing} not installed in tests/js: run `make tests/js/node_modules/.installed`")
+    return node
+
+
+@pytest.fixture
+def background_scripts() -> Iterator[list[BackgroundScript]]:
+    """Scripts appended here are killed at teardown, whatever the test's outcome."""
+    scripts: list[BackgroundScript] = []
+    yield scripts
+    for script in scripts:
+        script.stop()

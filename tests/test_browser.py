@@ -7,13 +7,12 @@ running in the thread that drives the browser.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser import ChatPages, screenshot_dir, send, set_username, stage1_node
-from tests.support import NodeProcess, running_node
+from tests.helpers.browser import ChatPages, screenshot_dir, send, set_username
+from tests.helpers.node import NodeProcess, running_node
 
 pytestmark = pytest.mark.browser
 
@@ -38,20 +37,14 @@ OVERFLOWS_JS = """() => {
 }"""
 
 
-@pytest.fixture
-def node() -> Iterator[NodeProcess]:
-    with stage1_node() as running:
-        yield running
-
-
 def bodies(page: Page, text: str) -> Locator:
     """The message bodies that contain `text`."""
     return page.locator("#messages .body").filter(has_text=text)
 
 
-def test_a_message_reaches_both_pages_and_presence_lists_both(node: NodeProcess, pages: ChatPages) -> None:
-    alice = pages.open(node.url, "alice")
-    bob = pages.open(node.url, "bob")
+def test_a_message_reaches_both_pages_and_presence_lists_both(stage1_node: NodeProcess, pages: ChatPages) -> None:
+    alice = pages.open(stage1_node.url, "alice")
+    bob = pages.open(stage1_node.url, "bob")
 
     send(alice, "hello from alice")
 
@@ -66,11 +59,11 @@ def test_a_message_reaches_both_pages_and_presence_lists_both(node: NodeProcess,
     assert pages.errors == []
 
 
-def test_user_text_is_shown_as_literal_text(node: NodeProcess, pages: ChatPages) -> None:
+def test_user_text_is_shown_as_literal_text(stage1_node: NodeProcess, pages: ChatPages) -> None:
     user = "<b>bold</b>"
     body = '<img src=x onerror="window.__xss=1">'
-    mallory = pages.open(node.url, user)
-    reader = pages.open(node.url, "reader")
+    mallory = pages.open(stage1_node.url, user)
+    reader = pages.open(stage1_node.url, "reader")
 
     send(mallory, body)
 
@@ -84,10 +77,10 @@ def test_user_text_is_shown_as_literal_text(node: NodeProcess, pages: ChatPages)
 
 
 def test_a_new_visitor_joins_only_once_named_and_the_room_hears_only_the_name(
-    node: NodeProcess, pages: ChatPages
+    stage1_node: NodeProcess, pages: ChatPages
 ) -> None:
-    alice = pages.open(node.url, "alice")
-    visitor = pages.visit(node.url)
+    alice = pages.open(stage1_node.url, "alice")
+    visitor = pages.visit(stage1_node.url)
 
     connection = visitor.locator("#connection")
     expect(connection).to_have_attribute("data-state", "nameless")
@@ -103,15 +96,15 @@ def test_a_new_visitor_joins_only_once_named_and_the_room_hears_only_the_name(
     assert pages.errors == []
 
 
-def test_a_second_tab_is_the_same_user_and_a_private_window_another(node: NodeProcess, pages: ChatPages) -> None:
-    alice = pages.open(node.url, "alice")
+def test_a_second_tab_is_the_same_user_and_a_private_window_another(stage1_node: NodeProcess, pages: ChatPages) -> None:
+    alice = pages.open(stage1_node.url, "alice")
     second_tab = alice.context.new_page()  # the same browser profile: the name is remembered
-    second_tab.goto(node.url)
+    second_tab.goto(stage1_node.url)
     expect(second_tab.locator("#connection")).to_have_attribute("data-state", "online")
     expect(second_tab.locator("#username")).to_have_value("alice")
     expect(alice.locator("#presence li")).to_have_text(["alice" + TIMES + "2"])
 
-    private = pages.visit(node.url)  # a context of its own, as a private window
+    private = pages.visit(stage1_node.url)  # a context of its own, as a private window
     expect(private.locator("#connection")).to_have_attribute("data-state", "nameless")
     set_username(private, "bob")
     expect(alice.locator("#presence li")).to_have_text(["alice" + TIMES + "2", "bob"])
@@ -133,9 +126,9 @@ def test_the_demo_pings_fold_into_one_line_under_the_conversation(pages: ChatPag
     assert pages.errors == []
 
 
-def test_users_named_like_object_properties_are_listed_and_leave(node: NodeProcess, pages: ChatPages) -> None:
-    watcher = pages.open(node.url, "alice")
-    named = {name: pages.open(node.url, name) for name in ("__proto__", "constructor", "toString")}
+def test_users_named_like_object_properties_are_listed_and_leave(stage1_node: NodeProcess, pages: ChatPages) -> None:
+    watcher = pages.open(stage1_node.url, "alice")
+    named = {name: pages.open(stage1_node.url, name) for name in ("__proto__", "constructor", "toString")}
 
     expect(watcher.locator("#presence li")).to_have_text(["__proto__", "alice", "constructor", "toString"])
     named["__proto__"].context.close()
@@ -148,14 +141,14 @@ def test_users_named_like_object_properties_are_listed_and_leave(node: NodeProce
 
 
 def test_the_page_reconnects_after_the_server_restarts(pages: ChatPages) -> None:
-    with stage1_node() as first:
+    with running_node("stage1_dev", {"PING_INTERVAL": "0"}) as first:
         page = pages.open(first.url, "alice")
         send(page, "before the restart")
         page.evaluate("window.__sameDocument = true")
         first.stop()  # SIGTERM: the node drains and closes the socket with 1001
         expect(page.locator("#connection")).not_to_have_attribute("data-state", "online")
 
-    with stage1_node(first.port) as second:
+    with running_node("stage1_dev", {"PING_INTERVAL": "0"}, port=first.port) as second:
         connection = page.locator("#connection")
         expect(connection).to_have_attribute("data-state", "online", timeout=RESTART_DEADLINE_MS)
         expect(connection).to_have_text("online")
@@ -172,10 +165,10 @@ def test_the_page_reconnects_after_the_server_restarts(pages: ChatPages) -> None
         expect(bodies(newcomer, "after the restart")).to_have_count(1)
 
 
-def test_a_normal_session_shows_and_logs_no_errors(node: NodeProcess, pages: ChatPages) -> None:
-    alice = pages.open(node.url, "alice")
+def test_a_normal_session_shows_and_logs_no_errors(stage1_node: NodeProcess, pages: ChatPages) -> None:
+    alice = pages.open(stage1_node.url, "alice")
     with alice.expect_response("**/readyz"):  # one full round of the navbar's polling
-        bob = pages.open(node.url, "bob")
+        bob = pages.open(stage1_node.url, "bob")
     send(alice, "hi bob")
     send(bob, "hi alice")
     set_username(bob, "robert")
@@ -192,10 +185,10 @@ def test_a_normal_session_shows_and_logs_no_errors(node: NodeProcess, pages: Cha
     assert pages.errors == []
 
 
-def test_long_words_rtl_and_zero_width_text_keep_the_layout(node: NodeProcess, pages: ChatPages) -> None:
+def test_long_words_rtl_and_zero_width_text_keep_the_layout(stage1_node: NodeProcess, pages: ChatPages) -> None:
     long_name = "x" * 32
-    page = pages.open(node.url, long_name)
-    rtl = pages.open(node.url, "דנה")
+    page = pages.open(stage1_node.url, long_name)
+    rtl = pages.open(stage1_node.url, "דנה")
     texts = [
         "a" * 600,
         "https://example.com/" + "path/" * 80,
@@ -221,11 +214,11 @@ def test_long_words_rtl_and_zero_width_text_keep_the_layout(node: NodeProcess, p
     assert pages.errors == []
 
 
-def test_screenshot_of_a_conversation(node: NodeProcess, pages: ChatPages) -> None:
+def test_screenshot_of_a_conversation(stage1_node: NodeProcess, pages: ChatPages) -> None:
     # Returning visitors: their names are remembered, so they join under them directly.
-    alice = pages.open(node.url, "alice", remembered=True)
-    bob = pages.open(node.url, "bob", remembered=True)
-    carol = pages.open(node.url, "carol", remembered=True)
+    alice = pages.open(stage1_node.url, "alice", remembered=True)
+    bob = pages.open(stage1_node.url, "bob", remembered=True)
+    carol = pages.open(stage1_node.url, "carol", remembered=True)
     conversation = [
         (alice, "Morning! The stage 1 node is up, come and try it."),
         (bob, "Works here. Is the history replayed if my laptop sleeps?"),

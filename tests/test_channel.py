@@ -25,7 +25,7 @@ from shared.metrics import Metrics
 from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
-from tests.cluster import async_wait_until
+from tests.helpers.waits import async_wait_until
 
 LOBBY = "rooms:lobby"
 NODE = "nonode@nohost"

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import LOBBY, ROOT, Cluster, PhoenixClient, RedisServer, env_without, free_port
+from tests.helpers.cluster import Cluster, env_without
+from tests.helpers.paths import ROOT
+from tests.helpers.phoenix import LOBBY, PhoenixClient
+from tests.helpers.ports import free_port
+from tests.helpers.redis_server import RedisServer
 
 A, B = "a@localhost", "b@localhost"
 

@@ -58,11 +58,12 @@ from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
 from stage3_k8s import compose_lab
-from tests import containers, docs_runner
-from tests.browser import ChatPages
-from tests.docs_runner import ROOT, Page, Serve, Tab
-from tests.requirements import require
-from tests.support import free_port, free_ports, wait_until
+from tests.helpers import containers, docs_runner
+from tests.helpers.browser import ChatPages
+from tests.helpers.docs_runner import ROOT, Page, Serve, Tab
+from tests.helpers.ports import free_port, free_ports
+from tests.helpers.requirements import require
+from tests.helpers.waits import wait_until
 
 COMMAND_TIMEOUT = 60.0
 SERVE_DEADLINE = 90.0  # a served `make` and its nodes, on a loaded machine

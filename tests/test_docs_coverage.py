@@ -19,8 +19,8 @@ import subprocess
 import pytest
 
 from shared import endpoint
-from tests import docs_runner
-from tests.docs_runner import ROOT
+from tests.helpers import docs_runner
+from tests.helpers.docs_runner import ROOT
 
 # From SPEC.md, "Configuration": every environment variable (GOSSIP_SECRET is named in
 # the DISCOVERY row).

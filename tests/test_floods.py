@@ -23,23 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import LOBBY, PhoenixClient, async_wait_until, run_async, unique
-from tests.support import NodeProcess, running_node
-from tests.test_reliability_faults import record
+from tests.helpers.metrics import memory_mb, metric
+from tests.helpers.node import NodeProcess, running_node
+from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
+from tests.helpers.results import record
+from tests.helpers.waits import async_wait_until, run_async
 
 SOCKETS = 400
 STORM_SOCKETS, STORM_CYCLES = 50, 10
 MESSAGE_STORMERS, MESSAGES_EACH = 5, 400
 DEADLINE = 60.0
 RATE, BURST = 10, 20  # the default RATE_LIMIT, 10/20
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def fresh_connections() -> httpx.AsyncClient:
@@ -99,7 +93,7 @@ class Probe:
                     reply = await self.client.message(unique("probe"), "probe", deadline=DEADLINE)
                     assert reply.ok, reply
                     flood.probe_ms.append((time.monotonic() - started) * 1000)
-                    flood.rss_peak = max(flood.rss_peak, rss_mb(self.node.proc.pid))  # type: ignore[union-attr]
+                    flood.rss_peak = max(flood.rss_peak, memory_mb(self.node.proc.pid))  # type: ignore[union-attr]
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.2):
                         await self._stop.wait()
@@ -112,8 +106,7 @@ class Probe:
 
 
 async def connections(http: httpx.AsyncClient, node: NodeProcess) -> float:
-    text = (await http.get(node.url + "/metrics")).text
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("chat_connections "))
+    return metric((await http.get(node.url + "/metrics")).text, "chat_connections")
 
 
 async def settle(node: NodeProcess, flood: Flood, http: httpx.AsyncClient, expected_connections: int) -> None:
@@ -126,14 +119,14 @@ async def settle(node: NodeProcess, flood: Flood, http: httpx.AsyncClient, expec
     while not await back():
         assert time.monotonic() < end, "connections not back"
         await asyncio.sleep(0.1)
-    previous = rss_mb(node.proc.pid)  # type: ignore[union-attr]
+    previous = memory_mb(node.proc.pid)  # type: ignore[union-attr]
     for _ in range(20):
         await asyncio.sleep(0.25)
-        now = rss_mb(node.proc.pid)  # type: ignore[union-attr]
+        now = memory_mb(node.proc.pid)  # type: ignore[union-attr]
         if now >= previous:
             break
         previous = now
-    flood.rss_after = rss_mb(node.proc.pid)  # type: ignore[union-attr]
+    flood.rss_after = memory_mb(node.proc.pid)  # type: ignore[union-attr]
 
 
 async def presence_now(node: NodeProcess) -> set[str]:
@@ -160,7 +153,7 @@ async def play_floods(node: NodeProcess, sockets: int = SOCKETS) -> list[Flood]:
 
             # 1. Many sockets from one client, all joined; twice, to tell a leak from memory kept for reuse.
             for round_ in (1, 2):
-                flood = Flood(f"many_sockets_{round_}", rss_before=rss_mb(pid))
+                flood = Flood(f"many_sockets_{round_}", rss_before=memory_mb(pid))
                 floods.append(flood)
                 probe.flood = flood
                 opened_at = time.monotonic()
@@ -184,7 +177,7 @@ async def play_floods(node: NodeProcess, sockets: int = SOCKETS) -> list[Flood]:
                 flood.details["left_present"] = sorted(await presence_now(node) - {"probe", "census"})
 
             # 2. A join/leave storm.
-            flood = Flood("join_leave_storm", rss_before=rss_mb(pid))
+            flood = Flood("join_leave_storm", rss_before=memory_mb(pid))
             floods.append(flood)
             probe.flood = flood
             storm = [PhoenixClient(node.ws_url, timeout=DEADLINE) for _ in range(STORM_SOCKETS)]
@@ -213,7 +206,7 @@ async def play_floods(node: NodeProcess, sockets: int = SOCKETS) -> list[Flood]:
             flood.details["left_present"] = sorted(await presence_now(node) - {"probe", "census"})
 
             # 3. A message storm far past the rate limit.
-            flood = Flood("message_storm", rss_before=rss_mb(pid))
+            flood = Flood("message_storm", rss_before=memory_mb(pid))
             floods.append(flood)
             probe.flood = flood
             mark = len(probe.client.frames)

@@ -42,7 +42,7 @@ from shared.metrics import Metrics
 from shared.protocol import MAX_FRAME_BYTES, ProtocolError
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
-from tests.test_reliability_faults import record
+from tests.helpers.results import record
 
 LOBBY = "rooms:lobby"
 NODE = "fuzz@localhost"

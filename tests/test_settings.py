@@ -16,7 +16,7 @@ from shared.server import load_settings
 from shared.settings import DISCOVERY_HOMES, ConfigError, Settings
 from stage2_cluster.settings import ClusterSettings
 from stage3_k8s.settings import K8sSettings
-from tests.support import ROOT
+from tests.helpers.paths import ROOT
 
 COOKIE = "0123456789abcdef-cookie"
 CLUSTER = {"REDIS_URL": "redis://127.0.0.1:6379/0", "CLUSTER_COOKIE": COOKIE}

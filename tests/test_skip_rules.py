@@ -1,6 +1,6 @@
 """The rule of tests/conftest.py, as a learner without root, Docker, Chromium or Node.js meets it.
 
-A small pytest session runs with this repository's conftest as a plugin, over one test
+A small pytest session runs with the rule's plugin (tests/helpers/skip_rule.py), over one test
 per requirement such a user lacks, as an unprivileged user (`nobody` through `setpriv`
 when we are root; ourselves otherwise) and with a PATH that has no docker, chromium or
 node. Outside CI each test skips with the line that says what it needs; under CI=true
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.requirements import REQUIREMENTS
-from tests.support import ROOT
+from tests.helpers.paths import ROOT
+from tests.helpers.requirements import REQUIREMENTS
 
 SESSION_TIMEOUT = 120.0
 MISSING = ("netns", "docker", "browser", "node")  # what nobody, with no tools on PATH, lacks
@@ -55,7 +55,7 @@ def unprivileged_session(folder: Path, *, ci: bool) -> subprocess.CompletedProce
             "-m",
             "pytest",
             "-p",
-            "tests.conftest",
+            "tests.helpers.skip_rule",
             "-p",
             "no:cacheprovider",
             "--rootdir",

@@ -21,8 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import Cluster, RedisServer, free_port, full_name
-from tests.test_reliability_faults import record
+from tests.helpers.cluster import Cluster, full_name
+from tests.helpers.metrics import metric
+from tests.helpers.ports import free_port
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.results import record
 
 A, B = "a@localhost", "b@localhost"
 FAKE = "x@localhost"  # a node the test plays itself
@@ -323,8 +326,7 @@ def test_a_handshake_changed_on_the_way_is_refused(apart: Cluster, tamper: str) 
 
 def bad_addresses(cluster: Cluster, source: str) -> float:
     text = cluster.http.get(cluster.node("a").url + "/metrics").text
-    want = f'chat_bad_peer_addresses_total{{source="{source}"}} '
-    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(want)), 0.0)
+    return metric(text, "chat_bad_peer_addresses_total", default=0.0, source=source)
 
 
 def test_a_bad_address_in_a_hello_or_a_peer_list_is_refused_and_counted(apart: Cluster) -> None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests import cluster as fixtures
-from tests.browser import VIEWPORT, ChatPages, screenshot_dir, send
-from tests.cluster import Cluster, full_name, wait_until
+from tests.helpers.browser import VIEWPORT, ChatPages, screenshot_dir, send
+from tests.helpers.cluster import Cluster, full_name
+from tests.helpers.metrics import metric
+from tests.helpers.waits import wait_until
 
 pytestmark = pytest.mark.browser
 
 # Fixtures shared with the other cluster tests (pytest finds them by these names).
-redis_server, cluster = fixtures.redis_server, fixtures.cluster
 
 NODES_POLL_DEADLINE_MS = 10_000  # the navbar polls /api/nodes every 3 s
 
@@ -114,8 +114,7 @@ def test_screenshot_of_a_conversation_across_three_nodes(cluster: Cluster, pages
 
 def rejected_unavailable(cluster: Cluster, name: str) -> float:
     text = cluster.http.get(cluster.node(name).url + "/metrics").text
-    wanted = 'chat_messages_rejected_total{reason="unavailable"} '
-    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted)), 0.0)
+    return metric(text, "chat_messages_rejected_total", default=0.0, reason="unavailable")
 
 
 def test_a_message_sent_while_redis_is_down_is_retried_by_the_page_and_shown_once(

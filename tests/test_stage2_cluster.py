@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests import cluster as fixtures
-from tests.cluster import LOBBY, Cluster, PhoenixClient, parse_ids, unique
-
-redis_server, cluster = fixtures.redis_server, fixtures.cluster
+from tests.helpers.cluster import Cluster
+from tests.helpers.phoenix import LOBBY, PhoenixClient, parse_ids, unique
 
 
 def chat_bodies(client: PhoenixClient, since: int = 0) -> list[str]:

@@ -18,24 +18,14 @@ from shared.broker import Delivery
 from stage2_cluster.broker import Alone, RedisBroker, node_channel
 from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
 from stage2_cluster.settings import ClusterSettings, redact_url
-from tests import cluster as fixtures
-from tests.cluster import (
-    LOBBY,
-    ROOT,
-    Cluster,
-    PhoenixClient,
-    RedisServer,
-    async_wait_until,
-    env_without,
-    full_name,
-    poll_readyz,
-    unique,
-    wait_until,
-)
-from tests.support import running_node
-from tests.test_reliability_faults import record
-
-redis_server, cluster, two_nodes = fixtures.redis_server, fixtures.cluster, fixtures.two_nodes
+from tests.helpers.cluster import Cluster, env_without, full_name, poll_readyz
+from tests.helpers.metrics import metric
+from tests.helpers.node import running_node
+from tests.helpers.paths import ROOT
+from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.results import record
+from tests.helpers.waits import async_wait_until, wait_until
 
 # Lines no node ever publishes: each must be dropped and counted, none may stop the node.
 GARBAGE = [
@@ -58,18 +48,9 @@ GARBAGE = [
 GARBAGE_BYTES = [b"m \xff\xfe\xfd", b"\xc3"]  # not UTF-8
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in a Prometheus text page (0 when absent)."""
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def bad_lines_of(cluster: Cluster, name: str) -> float:
     text = cluster.http.get(cluster.node(name).url + "/metrics").text
-    return metric(text, "chat_bad_peer_lines_total", channel=node_channel(full_name(name)))
+    return metric(text, "chat_bad_peer_lines_total", default=0.0, channel=node_channel(full_name(name)))
 
 
 ATTACK_POLLS = 20  # /readyz answers per node seen during the attack, at least
@@ -241,7 +222,7 @@ def test_a_registry_entry_with_a_bad_address_is_ignored_counted_and_logged(clust
 
     def counted() -> float:
         text = cluster.http.get(a.url + "/metrics").text
-        return metric(text, "chat_bad_peer_addresses_total", source="registry")
+        return metric(text, "chat_bad_peer_addresses_total", default=0.0, source="registry")
 
     wait_until(lambda: counted() >= 2, what="the entry refused on two polls")
     refusals = [e for e in a.logs() if e.get("event") == "bad peer address refused"]

@@ -21,9 +21,12 @@ import httpx
 import pytest
 import redis
 
-from tests.cluster import LOBBY, ROOT, PhoenixClient, env_without, free_port, port_open, unique, wait_until
-from tests.support import free_ports
-from tests.test_reliability_faults import record
+from tests.helpers.cluster import env_without
+from tests.helpers.paths import ROOT
+from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
+from tests.helpers.ports import free_port, free_ports, port_open
+from tests.helpers.results import record
+from tests.helpers.waits import wait_until
 
 READY_LINE = "Ctrl-C stops everything"
 STARTUP_DEADLINE = 60.0

@@ -8,19 +8,14 @@ is cluster-wide, and once node a is stopped with SIGTERM, bob's presence drops a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests import cluster as fixtures
-from tests import test_phoenix_js as phoenix_js
-from tests.cluster import Cluster, RedisServer, full_name
-from tests.test_phoenix_js import CLIENTS, BackgroundScript, Fact, one, socket_url, steps
-
-# Fixtures shared with the other modules (pytest finds them by these names).
-redis_server, node_bin, background_scripts = fixtures.redis_server, phoenix_js.node_bin, phoenix_js.background_scripts
+from tests.helpers.cluster import Cluster, full_name
+from tests.helpers.phoenix_js import CLIENTS, MESSAGE_ID, BackgroundScript, Fact, one, socket_url, steps
+from tests.helpers.redis_server import RedisServer
 
 pytestmark = [pytest.mark.node, pytest.mark.parametrize("client", CLIENTS)]
 
@@ -28,7 +23,6 @@ NODES = ("a", "b", "c")
 DISCOVERY_DEADLINE = 15.0  # the registry is polled every second; the handshakes follow
 STEP_TIMEOUT = 25.0  # up to ready_for_stop: two joins, presence on both, two crossings
 STOP_TIMEOUT = 40.0  # the script waits 20 s for alice to leave bob's presence, then fails
-MESSAGE_ID = re.compile(r"^\d+-\d+$")
 
 
 @pytest.fixture

@@ -23,11 +23,12 @@ import time
 from shared.broker import Delivery
 from shared.messages import Draft
 from stage2_cluster.broker import Alone, RedisBroker
-from tests import cluster as fixtures
-from tests.cluster import LOBBY, Cluster, PhoenixClient, RedisServer, async_wait_until, full_name, unique
-from tests.test_reliability_faults import check_view, message_ids, record
-
-redis_server, cluster = fixtures.redis_server, fixtures.cluster
+from tests.helpers.cluster import Cluster, full_name
+from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.results import record
+from tests.helpers.views import check_view, message_ids
+from tests.helpers.waits import async_wait_until
 
 NODE_DOWN_AFTER = 0.5
 ENV = {"NODE_DOWN_AFTER": str(NODE_DOWN_AFTER)}

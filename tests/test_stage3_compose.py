@@ -32,8 +32,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from stage3_k8s import compose_lab
 from stage3_k8s.compose_lab import CONVERGE_DEADLINE, Lab, Node, ensure_secrets
-from tests.cluster import LOBBY, JoinError, PhoenixClient, Push, report_timing, run_async, unique
-from tests.containers import TEST_ENV, docker_unavailable, stand_in_images
+from tests.helpers.containers import TEST_ENV, docker_unavailable, stand_in_images
+from tests.helpers.phoenix import LOBBY, JoinError, PhoenixClient, Push, unique
+from tests.helpers.results import report_timing
+from tests.helpers.waits import run_async
 
 PROJECT = "chatlab-test"
 IMAGE = "chatlab:test"

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from stage3_k8s import compose_lab, standin
-from tests.support import ROOT
+from tests.helpers.make import recipe_line
+from tests.helpers.paths import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "stage3_k8s" / "compose.yaml").read_text())
 K8S = ROOT / "stage3_k8s" / "k8s" / "base"
@@ -47,16 +48,8 @@ def manifest(name: str) -> list[dict[str, object]]:
     [("stage3-compose", ["NODES=5"], "up --nodes 5"), ("stage3-compose-down", [], "down")],
 )
 def test_make_targets_are_thin_calls_of_the_launcher(target: str, variables: list[str], expected: str) -> None:
-    out = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", target, *variables],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    (line,) = [line for line in out.splitlines() if "stage3_k8s.compose_lab" in line]
-    assert " ".join(line.split()).endswith(f"python -m stage3_k8s.compose_lab {expected}")
+    line = recipe_line(target, variables, "stage3_k8s.compose_lab", built=".venv/.installed")
+    assert line.endswith(f"python -m stage3_k8s.compose_lab {expected}")
 
 
 # What is missing, in one line ------------------------------------------------------------------
@@ -210,6 +203,6 @@ def test_no_mirror_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_no_mirror_is_written_into_what_builds_the_stand_ins() -> None:
     """The mirror is this machine's: no URL at all in the builder, CI's script or the test helpers."""
-    sources = [ROOT / "stage3_k8s" / "standin.py", ROOT / ".ci" / "run", ROOT / "tests" / "containers.py"]
+    sources = [ROOT / "stage3_k8s" / "standin.py", ROOT / ".ci" / "run", ROOT / "tests" / "helpers" / "containers.py"]
     for path in sources:
         assert not re.search(r"\b(https?|ftp)://", path.read_text()), path

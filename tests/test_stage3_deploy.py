@@ -25,13 +25,15 @@ import pytest
 import yaml
 
 from stage3_k8s import deploy
+from tests.helpers.make import recipe_line
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def run_deploy(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": path if path is not None else os.environ.get("PATH", "")}
+def run_deploy(*args: str, path: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m stage3_k8s.deploy args` with `env` added to ours, and PATH replaced by `path`."""
+    env = {**os.environ, "PATH": path if path is not None else os.environ.get("PATH", ""), **env}
     return subprocess.run(
         [sys.executable, "-m", "stage3_k8s.deploy", *args],
         cwd=ROOT,
@@ -87,17 +89,8 @@ def test_make_help_lists_the_stage3_targets() -> None:
     ],
 )
 def test_make_targets_are_thin_calls_of_the_deploy_script(target: str, variables: list[str], expected: str) -> None:
-    # -n prints the recipe; -o keeps make from rebuilding the virtualenv to print it.
-    out = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed-stage3", target, *variables],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    (line,) = [line for line in out.splitlines() if "stage3_k8s.deploy" in line]
-    assert " ".join(line.split()).endswith(f"python -m stage3_k8s.deploy {expected}")
+    line = recipe_line(target, variables, "stage3_k8s.deploy", built=".venv/.installed-stage3")
+    assert line.endswith(f"python -m stage3_k8s.deploy {expected}")
 
 
 def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
@@ -159,16 +152,7 @@ def test_every_missing_prerequisite_is_reported_at_once_docker_daemon_included(t
 def test_scale_and_status_without_a_stage3_cluster_say_how_to_make_one(action: list[str], tmp_path: Path) -> None:
     # The real kubectl, reading an empty kubeconfig: no context kind-chatlab.
     (tmp_path / "config").write_text("apiVersion: v1\nkind: Config\n")
-    env = {**os.environ, "KUBECONFIG": str(tmp_path / "config")}
-    result = subprocess.run(
-        [sys.executable, "-m", "stage3_k8s.deploy", *action],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_deploy(*action, KUBECONFIG=str(tmp_path / "config"))
     assert result.returncode == 2
     assert (
         "no stage 3 cluster here (no kubectl context kind-chatlab): run `make stage3 K8S=kind` first" in result.stdout

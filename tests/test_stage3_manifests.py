@@ -34,8 +34,8 @@ from shared.server import hypercorn_config
 from stage3_k8s import deploy
 from stage3_k8s.node import K8sNode
 from stage3_k8s.settings import K8sSettings
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "stage3_k8s" / "k8s"
 YAMLLINT_CONFIG = K8S / ".yamllint.yaml"
 BIN = Path(sys.executable).parent

@@ -1,7 +1,7 @@
 """DISCOVERY=dns the way a pod does it: the system resolver, a pod's resolv.conf, no overrides.
 
 tests/test_stage3_dns.py points each node at a test DNS server with DNS_NAMESERVER. Here
-nothing is pointed anywhere: each pod is a network namespace (tests/netns.py) whose
+nothing is pointed anywhere: each pod is a network namespace (tests/helpers/netns.py) whose
 /etc/resolv.conf is the one the kubelet writes into a pod of the namespace `chatlab`,
 where the manifests put the chat (k8s/base/kustomization.yaml),
 
@@ -35,9 +35,10 @@ from pathlib import Path
 import pytest
 
 from stage3_k8s import deploy
-from tests.cluster import redis_server_binary
-from tests.netns import FETCH_VIEWS, SEND_AND_RECEIVE, Network, Spawned, wait_until
-from tests.support import NodeProcess
+from tests.helpers.netns import FETCH_VIEWS, SEND_AND_RECEIVE, Network, Spawned
+from tests.helpers.node import NodeProcess
+from tests.helpers.redis_server import redis_server_binary
+from tests.helpers.waits import wait_until
 
 COOKIE = "stage3-netns-cookie-" + secrets.token_hex(8)
 SERVICE = "chat-nodes"

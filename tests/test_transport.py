@@ -15,7 +15,8 @@ import websockets
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from shared.transport import text_frame
-from tests.support import NodeProcess
+from tests.helpers.metrics import metric
+from tests.helpers.node import NodeProcess
 
 
 def parse(frame: bytes) -> tuple[Opcode, str]:
@@ -40,10 +41,7 @@ def test_a_text_frame_counts_utf8_bytes_not_characters() -> None:
 
 
 def fast_path_connections(node: NodeProcess) -> float:
-    for line in httpx.get(node.url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("chat_fast_path_connections "):
-            return float(line.split()[1])
-    raise AssertionError("chat_fast_path_connections missing from /metrics")
+    return metric(httpx.get(node.url + "/metrics", timeout=5).text, "chat_fast_path_connections")
 
 
 async def test_a_real_server_writes_broadcasts_on_the_fast_path_to_a_deflate_client(stage1_node: NodeProcess) -> None:

@@ -1,5 +1,5 @@
 """What some suites need beyond Python, how to tell whether this machine has it, and the
-one line a test skips with when it does not (the rule is in tests/conftest.py)."""
+one line a test skips with when it does not (the rule is tests/helpers/skip_rule.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.browser import chromium_path
+from tests.helpers.browser import chromium_path
 
 PROBE_DEADLINE = 2.0
 

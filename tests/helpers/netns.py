@@ -29,7 +29,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from tests.support import wait_until
+from tests.helpers.waits import wait_until
 
 SUBNET = "10.213.7"  # a private range used only inside these namespaces
 STOP_DEADLINE = 5.0

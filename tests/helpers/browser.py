@@ -8,16 +8,14 @@ the test ends, whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, expect
 
-from tests.support import ROOT, NodeProcess
+from tests.helpers.paths import ROOT
 
 VIEWPORT = {"width": 1200, "height": 720}
 TIMEOUT_MS = 10_000
@@ -46,16 +44,6 @@ def screenshot_dir() -> Path:
 def chromium_path() -> str | None:
     """The browser to drive; without one, the `browser` requirement of conftest.py skips."""
     return os.environ.get("CHROMIUM") or shutil.which("chromium")
-
-
-@contextlib.contextmanager
-def stage1_node(port: int = 0) -> Iterator[NodeProcess]:
-    """A stage 1 node, the demo ping timer off; `port` reuses a port, to restart a node."""
-    node = NodeProcess("stage1_dev", {"PING_INTERVAL": "0"}, port=port)
-    try:
-        yield node.start()
-    finally:
-        node.stop()
 
 
 class ChatPages:

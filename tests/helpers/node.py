@@ -1,4 +1,4 @@
-"""Helpers for tests that run real node processes on real ports.
+"""A real node process (`python -m stage1_dev`, `stage2_cluster`, `stage3_k8s`) on a real port.
 
 Every process started here is ended by its own PID, and every wait has a deadline.
 """
@@ -9,41 +9,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import ROOT
+from tests.helpers.ports import free_port
+
 STARTUP_DEADLINE = 20.0
-WAIT_DEADLINE = 10.0  # default seconds for a wait_until
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> int:
-    """The first of `count` consecutive free ports (nodes a, b, .. of `make stage2`)."""
-    for _ in range(100):
-        first = free_port(host)
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(first + 1, first + count):
-                    stack.enter_context(socket.socket()).bind((host, port))
-            except OSError:
-                continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 @dataclass
@@ -141,17 +119,3 @@ def running_node(module: str, env: Mapping[str, str] | None = None, **kwargs: ob
         yield node.start()
     finally:
         node.stop()
-
-
-def wait_until(
-    condition: Callable[[], Any], deadline: float = WAIT_DEADLINE, what: str = "condition", step: float = 0.05
-) -> Any:
-    """Poll `condition` until it returns something truthy (returned) or `deadline` seconds pass."""
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not true after {deadline}s")
-        time.sleep(step)

@@ -1,0 +1,180 @@
+"""The broker contract: the same scenarios against every broker, as encode/broadcaster runs
+its tests on every backend.
+
+`memory` is `MemoryBroker` (shared/broker.py, one process, stage 1); `redis` is
+`RedisBroker` (stage2_cluster/broker.py) against a real redis-server, where a Lua script
+looks up and stores in one atomic step. Each test gets an empty broker with a history of
+HISTORY messages. What only one broker has (Redis's catch-up after a lost subscription,
+its answers to hostile lines) is tested beside it: tests/test_stage2_regain.py,
+tests/test_stage2_hostile_redis.py; the idempotent push end to end, through a node whose
+Redis answers go missing, is tests/test_idempotent_push.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from shared import protocol
+from shared.broker import Broker, Delivery, MemoryBroker
+from shared.history import parse_id
+from shared.messages import ChatMessage, Draft
+from stage2_cluster.broker import RedisBroker
+from tests.helpers.phoenix import LOBBY, unique
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.waits import async_wait_until
+
+HISTORY = 3
+DEADLINE = 10.0
+NODE = "a@localhost"
+
+
+@dataclass
+class Room:
+    """A broker and every delivery it handed over, in order."""
+
+    broker: Broker
+    deliveries: list[Delivery] = field(default_factory=list)
+
+    def deliver(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+
+    @property
+    def delivered(self) -> list[str]:
+        """The bodies of the `new:msg` deliveries."""
+        return [
+            frame.payload["body"]
+            for frame in (protocol.decode(d.frame) for d in self.deliveries)
+            if frame.event == "new:msg"
+        ]
+
+    async def publish(self, user: str, body: str, client_msg_id: str | None = None) -> ChatMessage:
+        return await self.broker.publish(LOBBY, Draft(user, body, client_msg_id), NODE)
+
+    async def settled(self) -> list[str]:
+        """Every delivery so far: a last message without an id is published, and once it is
+        delivered, so is everything stored before it (one total order per room)."""
+        marker = f"marker {unique()}"
+        await self.publish("test", marker)
+        await async_wait_until(lambda: marker in self.delivered, DEADLINE, "the marker delivered")
+        return self.delivered[: self.delivered.index(marker)]
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    """One redis-server for the module, emptied for each test by `room`."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def room(request: pytest.FixtureRequest) -> AsyncIterator[Room]:
+    if request.param == "memory":
+        broker: Broker = MemoryBroker(HISTORY)
+    else:
+        server: RedisServer = request.getfixturevalue("module_redis")
+        with server.client() as client:
+            client.flushall()
+        broker = RedisBroker(server.url, NODE, HISTORY)
+    room = Room(broker)
+    await broker.start(room.deliver)
+    try:
+        await async_wait_until(lambda: broker.available, DEADLINE, "the broker available")
+        yield room
+    finally:
+        await broker.stop()
+
+
+# Storing and delivering ---------------------------------------------------------------------
+
+
+async def test_a_published_message_is_stored_and_delivered_once_with_its_id(room: Room) -> None:
+    message = await room.publish("alice", "hello")
+
+    assert (message.user, message.body, message.node) == ("alice", "hello", NODE)
+    assert await room.broker.history(LOBBY, None) == [message]
+    assert await room.settled() == ["hello"]
+    [delivery] = [d for d in room.deliveries if d.message_id == message.id]
+    assert protocol.decode(delivery.frame).payload == message.payload()
+
+
+async def test_ids_increase_in_publishing_order(room: Room) -> None:
+    ids = [(await room.publish("alice", f"m{n}")).id for n in range(HISTORY)]
+
+    assert all(parse_id(a) < parse_id(b) for a, b in itertools.pairwise(ids))
+
+
+async def test_history_after_an_id_holds_only_the_later_messages_oldest_first(room: Room) -> None:
+    first, second, third = [await room.publish("alice", f"m{n}") for n in range(3)]
+
+    assert [m.id for m in await room.broker.history(LOBBY, first.id)] == [second.id, third.id]
+    assert await room.broker.history(LOBBY, third.id) == []
+    assert await room.broker.history("rooms:empty", None) == []
+
+
+async def test_a_broadcast_reaches_the_room_but_is_not_stored(room: Room) -> None:
+    joiner = object()
+
+    await room.broker.broadcast(LOBBY, "user:entered", {"user": "carol"}, exclude=joiner)
+
+    await async_wait_until(lambda: room.deliveries, DEADLINE, "the broadcast delivered")
+    [delivery] = room.deliveries
+    frame = protocol.decode(delivery.frame)
+    assert (delivery.topic, frame.event, frame.payload) == (LOBBY, "user:entered", {"user": "carol"})
+    assert (delivery.exclude, delivery.message_id) == (joiner, None)
+    assert await room.broker.history(LOBBY, None) == []
+
+
+# Idempotent pushes: a `client_msg_id` is stored once per user while in history ----------------
+
+
+async def test_a_retry_with_the_same_client_msg_id_is_stored_and_broadcast_once(room: Room) -> None:
+    first = await room.publish("alice", "hello", "c-1")
+    again = await room.publish("alice", "hello", "c-1")
+
+    assert (again.id, again.body, again.user, again.node, again.ts) == (
+        first.id,
+        first.body,
+        first.user,
+        first.node,
+        first.ts,
+    )
+    assert [m.id for m in await room.broker.history(LOBBY, None)] == [first.id]
+    assert await room.settled() == ["hello"]
+
+
+async def test_retries_racing_each_other_are_stored_once(room: Room) -> None:
+    results = await asyncio.gather(*(room.publish("alice", "hello", "c-race") for _ in range(5)))
+
+    assert len({m.id for m in results}) == 1
+    assert len(await room.broker.history(LOBBY, None)) == 1
+
+
+async def test_the_same_client_msg_id_from_another_user_is_another_message(room: Room) -> None:
+    alice = await room.publish("alice", "hello", "c-1")
+    bob = await room.publish("bob", "hello", "c-1")
+
+    assert alice.id != bob.id
+    assert await room.settled() == ["hello", "hello"]
+
+
+async def test_pushes_without_client_msg_id_are_each_stored(room: Room) -> None:
+    await room.publish("alice", "hello")
+    await room.publish("alice", "hello")
+
+    assert len(await room.broker.history(LOBBY, None)) == 2
+
+
+async def test_a_client_msg_id_whose_message_left_history_stores_again(room: Room) -> None:
+    first = await room.publish("alice", "hello", "c-old")
+    for n in range(HISTORY):
+        await room.publish("bob", f"filler {n}", f"f-{n}")
+
+    again = await room.publish("alice", "hello", "c-old")
+
+    assert again.id != first.id
+    assert [m.body for m in await room.broker.history(LOBBY, None)] == ["filler 1", "filler 2", "hello"]
