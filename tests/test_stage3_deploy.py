@@ -24,7 +24,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stage3_k8s import deploy
+from stage3_k8s.deploy import clusters
+from stage3_k8s.deploy.actions import Up, scale
+from stage3_k8s.deploy.build import image_tag
+from stage3_k8s.deploy.clusters import CLOUD_PROVIDER_KIND_IMAGE, Kind
+from stage3_k8s.deploy.config import NAMESPACE, OVERLAYS, SECRET
+from stage3_k8s.deploy.pods import Pod, cause_of, chat_pods, rollout, shortfall, wait_one_cluster
+from stage3_k8s.deploy.proofs import exchange_message, http_status, prove_entry
+from stage3_k8s.deploy.resources import cookie_objects, kustomization, tagged_overlay
+from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
@@ -115,13 +123,13 @@ def test_missing_tools_are_named_with_where_to_get_them(k8s: str, tmp_path: Path
     result = run_deploy("--k8s", k8s, "up", path=str(tmp_path))  # an empty PATH: no docker, no kind, no minikube
     assert result.returncode == 2
     assert f"missing: docker, {k8s}\n" in result.stdout
-    assert deploy.WHERE_TO_GET["docker"] in result.stdout and deploy.WHERE_TO_GET[k8s] in result.stdout
+    assert WHERE_TO_GET["docker"] in result.stdout and WHERE_TO_GET[k8s] in result.stdout
     assert "kubectl" not in result.stdout.split("missing:")[1].splitlines()[0], "kubectl comes with the virtualenv"
     assert "==>" not in result.stdout, "nothing is started before the check"
 
 
 def test_kubectl_is_the_pinned_one_from_the_virtualenv() -> None:
-    assert deploy.find_tool("kubectl") == str(BIN / "kubectl")
+    assert find_tool("kubectl") == str(BIN / "kubectl")
 
 
 def test_a_docker_without_its_daemon_is_reported_before_anything_runs(tmp_path: Path) -> None:
@@ -143,7 +151,7 @@ def test_every_missing_prerequisite_is_reported_at_once_docker_daemon_included(t
     result = run_deploy("up", path=str(tmp_path))
     assert result.returncode == 2
     assert "missing: kind\n" in result.stdout
-    assert deploy.WHERE_TO_GET["kind"] in result.stdout
+    assert WHERE_TO_GET["kind"] in result.stdout
     assert "docker is installed but does not answer" in result.stdout
     assert "==>" not in result.stdout
 
@@ -172,11 +180,11 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
     result = run_deploy("--dry-run", "--k8s", "kind", "up")
     assert result.returncode == 0, result.stdout + result.stderr
     cmds = commands(result.stdout)
-    image = f"chatlab:{deploy.image_tag()}"
+    image = f"chatlab:{image_tag()}"
     order = [
         index_of(cmds, "kind", "get", "clusters"),
         index_of(cmds, "kind", "create", "cluster", "--name", "chatlab", "--config", "stage3_k8s/kind-config.yaml"),
-        index_of(cmds, "docker", "run", "--name", "chatlab-cloud-provider-kind", deploy.CLOUD_PROVIDER_KIND_IMAGE),
+        index_of(cmds, "docker", "run", "--name", "chatlab-cloud-provider-kind", CLOUD_PROVIDER_KIND_IMAGE),
         index_of(cmds, "wait", "--for=condition=Accepted", "gatewayclass/cloud-provider-kind"),
         index_of(cmds, "docker", "build", "--file", "stage3_k8s/Dockerfile", "--tag", image, "."),
         index_of(cmds, "kind", "load", "docker-image", image, "--name", "chatlab"),
@@ -192,8 +200,8 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
         index_of(cmds, "get", "gateway/chat"),
     ]
     assert order == sorted(order)
-    assert deploy.CLOUD_PROVIDER_KIND_IMAGE.endswith(":v0.11.1"), "the entry point's controller is pinned"
-    assert f"newTag: {deploy.image_tag()}" in result.stdout, "the applied overlay uses the image just built"
+    assert CLOUD_PROVIDER_KIND_IMAGE.endswith(":v0.11.1"), "the entry point's controller is pinned"
+    assert f"newTag: {image_tag()}" in result.stdout, "the applied overlay uses the image just built"
     assert not image.endswith(":latest")
     # Every kubectl call names the cluster it made: no other cluster of the user's is touched.
     for cmd in cmds:
@@ -209,7 +217,7 @@ def test_up_on_minikube_names_driver_and_cpus_and_lets_the_addon_wait_for_itself
     result = run_deploy("--dry-run", "--k8s", "minikube", "up")
     assert result.returncode == 0, result.stdout + result.stderr
     cmds = commands(result.stdout)
-    image = f"chatlab:{deploy.image_tag()}"
+    image = f"chatlab:{image_tag()}"
     start = [
         "minikube",
         "start",
@@ -315,11 +323,17 @@ def test_a_dry_run_piped_into_head_ends_quietly() -> None:
 
 
 def test_the_deploy_tool_needs_no_test_extra_at_run_time() -> None:
+    # The command line's module imports every other module of the tool.
     code = (
-        "import sys, stage3_k8s.deploy; print(sorted(m for m in ('websockets', 'yaml', 'pytest') if m in sys.modules))"
+        "import sys, stage3_k8s.deploy.__main__; "
+        "print(sorted(m for m in ('websockets', 'yaml', 'pytest') if m in sys.modules)); "
+        "print(sorted(m for m in sys.modules if m.startswith('stage3_k8s.deploy.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]"
+    extras, modules = out.stdout.splitlines()
+    assert extras == "[]"
+    every = sorted(f"stage3_k8s.deploy.{path.stem}" for path in (ROOT / "stage3_k8s" / "deploy").glob("*.py"))
+    assert modules == str([name for name in every if not name.endswith(".__init__")])
 
 
 # The pieces `up` hands to kubectl ----------------------------------------------------------
@@ -327,7 +341,7 @@ def test_the_deploy_tool_needs_no_test_extra_at_run_time() -> None:
 
 def test_the_generated_kustomization_renders_the_overlay_with_the_built_tag(tmp_path: Path) -> None:
     tag = "0.1.0-0123456789ab"
-    (tmp_path / "kustomization.yaml").write_text(deploy.kustomization(deploy.OVERLAYS / "kind", tmp_path, tag))
+    (tmp_path / "kustomization.yaml").write_text(kustomization(OVERLAYS / "kind", tmp_path, tag))
     rendered = subprocess.run(
         [BIN / "kubectl", "kustomize", tmp_path], capture_output=True, text=True, timeout=60, check=True
     ).stdout
@@ -350,7 +364,7 @@ def test_the_overlay_renders_when_tmpdir_is_a_link_to_a_folder_at_another_depth(
     real.mkdir(parents=True)
     (tmp_path / "link").symlink_to(real)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "link"))
-    with deploy.tagged_overlay(deploy.OVERLAYS / "kind", "0.1.0-0123456789ab") as workdir:
+    with tagged_overlay(OVERLAYS / "kind", "0.1.0-0123456789ab") as workdir:
         assert str(workdir).startswith(str(tmp_path / "link")), "the folder was made under the linked TMPDIR"
         rendered = subprocess.run(
             [BIN / "kubectl", "kustomize", workdir], capture_output=True, text=True, timeout=60, check=False
@@ -361,11 +375,11 @@ def test_the_overlay_renders_when_tmpdir_is_a_link_to_a_folder_at_another_depth(
 
 def test_the_cookie_secret_is_valid_random_and_only_sent_on_stdin() -> None:
     cookie = "a-cookie-for-this-test-only-0123456789"
-    listing = json.loads(deploy.cookie_objects(cookie))
+    listing = json.loads(cookie_objects(cookie))
     for item in listing["items"]:
         kubernetes_validate.validate(item, "1.37.0", strict=True)
     secret = next(item for item in listing["items"] if item["kind"] == "Secret")
-    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == (deploy.SECRET, deploy.NAMESPACE)
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == (SECRET, NAMESPACE)
     assert base64.b64decode(secret["data"]["cookie"]).decode() == cookie
     dry = run_deploy("--dry-run", "up").stdout
     assert "data" not in dry and 'cookie":' not in dry, "the cookie is never printed"
@@ -378,32 +392,32 @@ def test_the_image_tag_follows_what_the_image_is_built_from_and_nothing_else(tmp
         shutil.copytree(ROOT / source, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_x.py").write_text("x = 1\n")
-    first = deploy.image_tag(tmp_path)
-    assert first == deploy.image_tag(tmp_path)
+    first = image_tag(tmp_path)
+    assert first == image_tag(tmp_path)
     assert first.startswith("0.1.0-") and len(first.split("-")[1]) == 12
     # Not in the image (.dockerignore): tests, manifests, the deploy tool, READMEs, caches.
     for outside in (
         "tests/test_x.py",
         "stage3_k8s/k8s/base/chat.yaml",
-        "stage3_k8s/deploy.py",
+        "stage3_k8s/deploy/actions.py",
         "stage3_k8s/kind-config.yaml",
         "shared/README.md",
     ):
         path = tmp_path / outside
         path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")
-        assert deploy.image_tag(tmp_path) == first, f"{outside} changed the tag"
+        assert image_tag(tmp_path) == first, f"{outside} changed the tag"
     (tmp_path / "stage3_k8s" / "__pycache__").mkdir(exist_ok=True)
     (tmp_path / "stage3_k8s" / "__pycache__" / "x.pyc").write_bytes(b"cache")
-    assert deploy.image_tag(tmp_path) == first, "caches are not sources"
+    assert image_tag(tmp_path) == first, "caches are not sources"
     module = tmp_path / "shared" / "settings.py"
     module.write_text(module.read_text() + "\n# changed\n")
-    assert deploy.image_tag(tmp_path) != first
+    assert image_tag(tmp_path) != first
 
 
 # Reading the cluster's answers -------------------------------------------------------------
 
 
-class CannedShell(deploy.Shell):
+class CannedShell(Shell):
     """Answers kubectl queries from a dict instead of a cluster."""
 
     def __init__(self, pods: list[dict], views: dict[str, list[str]]) -> None:
@@ -432,15 +446,15 @@ def test_pods_going_away_or_not_running_are_not_expected_in_the_cluster() -> Non
         pod("chat-c", "10.0.0.3", leaving=True),
         pod("chat-d", "", phase="Pending"),
     ]
-    target = deploy.Kind(CannedShell(pods, {}))
-    assert deploy.chat_pods(target) == [deploy.Pod("chat-a", "10.0.0.1"), deploy.Pod("chat-b", "10.0.0.2")]
+    target = Kind(CannedShell(pods, {}))
+    assert chat_pods(target) == [Pod("chat-a", "10.0.0.1"), Pod("chat-b", "10.0.0.2")]
 
 
 def test_the_wait_ends_when_every_pod_lists_exactly_all_pods(capsys: pytest.CaptureFixture[str]) -> None:
     pods = [pod("chat-a", "10.0.0.1"), pod("chat-b", "10.0.0.2")]
     views = {"chat-a": ["chat@10.0.0.1", "chat@10.0.0.2"], "chat-b": ["chat@10.0.0.2", "chat@10.0.0.1"]}
-    target = deploy.Kind(CannedShell(pods, views))
-    assert [p.name for p in deploy.wait_one_cluster(target, replicas=2, deadline=5)] == ["chat-a", "chat-b"]
+    target = Kind(CannedShell(pods, views))
+    assert [p.name for p in wait_one_cluster(target, replicas=2, deadline=5)] == ["chat-a", "chat-b"]
     assert "2 of 2 pods list all 2 nodes" in capsys.readouterr().out
 
 
@@ -450,12 +464,12 @@ def test_the_wait_gives_up_at_its_deadline_saying_what_it_saw() -> None:
         "chat-a": ["chat@10.0.0.1", "chat@10.0.0.2"],
         "chat-b": ["chat@10.0.0.2", "chat@10.0.0.9"],
     }  # b still lists a gone pod
-    target = deploy.Kind(CannedShell(pods, views))
-    with pytest.raises(deploy.StepFailed, match="1 of 2 pods list all 2 nodes"):
-        deploy.wait_one_cluster(target, replicas=2, deadline=0.5)
+    target = Kind(CannedShell(pods, views))
+    with pytest.raises(StepFailed, match="1 of 2 pods list all 2 nodes"):
+        wait_one_cluster(target, replicas=2, deadline=0.5)
 
 
-class ScriptedShell(deploy.Shell):
+class ScriptedShell(Shell):
     """Answers queries by the first matching words; `run` fails for commands holding `fail`."""
 
     def __init__(self, answers: dict[str, tuple[int, str, str]], fail: str = "", dry_run: bool = False) -> None:
@@ -475,7 +489,7 @@ class ScriptedShell(deploy.Shell):
         self.ran.append(shlex.join(cmd))
         self.stdin.append(kwargs.get("stdin"))
         if self.fail and self.fail in shlex.join(cmd):
-            raise deploy.StepFailed(f"{shlex.join(cmd)} failed with exit code 1")
+            raise StepFailed(f"{shlex.join(cmd)} failed with exit code 1")
         if not self.dry_run:
             return None
         return super().run(cmd, **kwargs)
@@ -484,10 +498,8 @@ class ScriptedShell(deploy.Shell):
 def test_a_secret_lookup_error_other_than_not_found_stops_instead_of_making_a_new_cookie() -> None:
     refused = (1, "", "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host?")
     shell = ScriptedShell({"get secret": refused})
-    with pytest.raises(
-        deploy.StepFailed, match="cannot tell whether Secret chatlab/chat-cookie exists: The connection"
-    ):
-        deploy.Up(deploy.Kind(shell), tag="t").secrets()
+    with pytest.raises(StepFailed, match="cannot tell whether Secret chatlab/chat-cookie exists: The connection"):
+        Up(Kind(shell), tag="t").secrets()
     assert shell.ran == [], "nothing was created"
 
 
@@ -498,7 +510,7 @@ def test_only_secrets_that_are_not_found_are_created(capsys: pytest.CaptureFixtu
             "get secret redis-auth": (1, "", 'Error from server (NotFound): secrets "redis-auth" not found'),
         }
     )
-    deploy.Up(deploy.Kind(shell), tag="t").secrets()
+    Up(Kind(shell), tag="t").secrets()
     (applied,) = shell.ran
     assert applied.endswith("apply --filename -")
     created = [item["metadata"]["name"] for item in json.loads(shell.stdin[0])["items"] if item["kind"] == "Secret"]
@@ -514,7 +526,7 @@ def test_rerunning_up_after_scaling_keeps_the_replica_count_and_says_so(capsys: 
         },
         dry_run=True,
     )
-    deploy.Up(deploy.Kind(shell), tag="t").apply()
+    Up(Kind(shell), tag="t").apply()
     out = capsys.readouterr().out
     assert "keeping 10 chat pods (as scaled); `make stage3-scale REPLICAS=3` goes back" in out
     assert "#   replicas:\n  #     - name: chat\n  #       count: 10" in out
@@ -542,12 +554,10 @@ def chat_deployment(replicas: int, cpu: str = "20m", memory: str = "96Mi") -> di
 def test_the_capacity_check_says_what_is_short_before_scaling() -> None:
     # A 2-CPU node whose system pods and entry point request 1.5 CPUs, 3 chat pods at the old 100m each.
     nodes, pods = node_json("2", "4Gi", [("1500m", "300Mi")] + [("100m", "96Mi")] * 3)
-    assert (
-        deploy.shortfall(nodes, pods, chat_deployment(3, cpu="100m"), 10) == "CPU: 7 more pods request 700m, 200m free"
-    )
+    assert shortfall(nodes, pods, chat_deployment(3, cpu="100m"), 10) == "CPU: 7 more pods request 700m, 200m free"
     # The requests as sized now: ten fit beside the same system pods.
     nodes, pods = node_json("2", "4Gi", [("1500m", "300Mi")] + [("20m", "96Mi")] * 3)
-    assert deploy.shortfall(nodes, pods, chat_deployment(3), 10) is None
+    assert shortfall(nodes, pods, chat_deployment(3), 10) is None
 
 
 def test_scaling_stops_before_it_starts_when_the_pods_would_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
@@ -559,8 +569,8 @@ def test_scaling_stops_before_it_starts_when_the_pods_would_not_fit(capsys: pyte
             "get deployment/chat": (0, json.dumps(chat_deployment(3)), ""),
         }
     )
-    with pytest.raises(deploy.StepFailed, match=r"10 chat pods do not fit: CPU: 7 more pods request 140m, 40m free"):
-        deploy.scale(deploy.Kind(shell), 10)
+    with pytest.raises(StepFailed, match=r"10 chat pods do not fit: CPU: 7 more pods request 140m, 40m free"):
+        scale(Kind(shell), 10)
     assert not [cmd for cmd in shell.ran if " scale " in cmd], "nothing was scaled"
 
 
@@ -615,8 +625,8 @@ def test_a_rollout_timeout_shows_the_pods_their_causes_and_the_recent_events(
         {"get pods --output json": (0, json.dumps(pods), ""), "get events": (0, json.dumps(events), "")},
         fail="rollout status",
     )
-    with pytest.raises(deploy.StepFailed, match="rollout status deployment/chat"):
-        deploy.rollout(deploy.Kind(shell), "deployment/chat")
+    with pytest.raises(StepFailed, match="rollout status deployment/chat"):
+        rollout(Kind(shell), "deployment/chat")
     out = capsys.readouterr().out
     assert "chat-1: ErrImageNeverPull\n        -> the image is not in the cluster" in out
     assert "chat-2: Pending (Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.)" in out
@@ -626,25 +636,23 @@ def test_a_rollout_timeout_shows_the_pods_their_causes_and_the_recent_events(
 
 
 def test_a_pull_rate_limit_is_named_as_such() -> None:
-    cause = deploy.cause_of(
-        "ErrImagePull", "429 Too Many Requests - toomanyrequests: You have reached your pull rate limit"
-    )
+    cause = cause_of("ErrImagePull", "429 Too Many Requests - toomanyrequests: You have reached your pull rate limit")
     assert cause.startswith("Docker Hub's pull rate limit")
 
 
 def test_the_phoenix_socket_of_the_final_check_joins_and_delivers_on_a_real_node(stage1_node) -> None:  # type: ignore[no-untyped-def]
     """The deploy tool's own WebSocket client (wsproto, a runtime dependency) against a real node."""
     address = (stage1_node.host, stage1_node.port)
-    got = deploy.exchange_message(address, address, "through the deploy tool's client")
+    got = exchange_message(address, address, "through the deploy tool's client")
     assert got["body"] == "through the deploy tool's client" and got["user"] == "make stage3"
-    assert deploy.http_status(address, "/", host="test.com") == 200
+    assert http_status(address, "/", host="test.com") == 200
 
 
-class DirectToNode(deploy.Kind):
+class DirectToNode(Kind):
     """An "entry point" that is the node itself: nothing between the browser and /api/*."""
 
     def __init__(self, address: tuple[str, int]) -> None:
-        super().__init__(deploy.Shell(dry_run=False))
+        super().__init__(Shell(dry_run=False))
         self.address = address
 
     def entry(self) -> tuple[str, int]:
@@ -652,8 +660,8 @@ class DirectToNode(deploy.Kind):
 
 
 def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_node) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(deploy.StepFailed, match="/api/nodes answered 200 through the entry point"):
-        deploy.prove_entry(DirectToNode((stage1_node.host, stage1_node.port)))
+    with pytest.raises(StepFailed, match="/api/nodes answered 200 through the entry point"):
+        prove_entry(DirectToNode((stage1_node.host, stage1_node.port)))
 
 
 def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() -> None:
@@ -665,7 +673,7 @@ def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() 
 
 def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """macOS and Windows keep kind's network inside Docker's VM: the Gateway's port is mapped to 127.0.0.1."""
-    monkeypatch.setattr(deploy.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(clusters.platform, "system", lambda: "Darwin")
     shell = ScriptedShell(
         {
             "docker ps --filter label=io.x-k8s.cloud-provider-kind.gateway.name=chatlab/chatlab/chat": (
@@ -676,8 +684,8 @@ def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(mon
             "docker port kindccm-abc 80/tcp": (0, "0.0.0.0:49153\n[::]:49153\n", ""),
         }
     )
-    kind = deploy.Kind(shell)
+    kind = Kind(shell)
     assert kind.provider_command()[-1] == "--enable-lb-port-mapping"
     assert kind.entry() == ("127.0.0.1", 49153)
-    monkeypatch.setattr(deploy.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(clusters.platform, "system", lambda: "Linux")
     assert "--enable-lb-port-mapping" not in kind.provider_command(), "on Linux the Gateway's own address is reachable"

@@ -31,7 +31,12 @@ from shared import endpoint as shared_endpoint
 from shared import node as shared_node
 from shared.app import create_app
 from shared.server import hypercorn_config
-from stage3_k8s import deploy
+from stage3_k8s.deploy import config
+from stage3_k8s.deploy.build import build_context_files
+from stage3_k8s.deploy.clusters import GATEWAY_API_VERSION, GATEWAY_CLASS, GATEWAY_CONTROLLER, gateway_network_patch
+from stage3_k8s.deploy.config import GATEWAY, HOST_NAME, IMAGE, NAME, PORT, REDIS_SECRET, SECRET, SECRETS
+from stage3_k8s.deploy.pods import requests_of
+from stage3_k8s.deploy.resources import kustomization
 from stage3_k8s.node import K8sNode
 from stage3_k8s.settings import K8sSettings
 from tests.helpers.paths import ROOT
@@ -177,7 +182,7 @@ def test_the_gateway_api_schemas_are_those_of_the_version_cloud_provider_kind_in
     pinned = json.loads((JS_DIR / "package.json").read_text())["dependencies"]["@kubernetes-models/gateway-api"]
     assert package.get("version") == pinned == "2.0.0"
     # 2.0.0 is generated from sigs.k8s.io/gateway-api v1.5.1 (its changelog), the CRDs cloud-provider-kind installs.
-    assert deploy.GATEWAY_API_VERSION == "v1.5.1"
+    assert GATEWAY_API_VERSION == "v1.5.1"
 
 
 def test_the_rendered_gateway_api_objects_match_their_schemas_strictly(rendered: dict[str, str]) -> None:
@@ -247,7 +252,7 @@ def service_port_names(service: dict[str, Any]) -> set[str | int]:
 
 def test_the_route_attaches_to_the_gateway_and_sends_test_com_to_the_chat_service(rendered: dict[str, str]) -> None:
     m = Manifests(rendered["kind"])
-    gateway, route = m.get("Gateway", deploy.GATEWAY), m.get("HTTPRoute", "chat")
+    gateway, route = m.get("Gateway", GATEWAY), m.get("HTTPRoute", "chat")
     listeners = {listener["name"]: listener for listener in gateway["spec"]["listeners"]}
     for parent in route["spec"]["parentRefs"]:
         assert parent["name"] == gateway["metadata"]["name"]
@@ -257,7 +262,7 @@ def test_the_route_attaches_to_the_gateway_and_sends_test_com_to_the_chat_servic
         assert listener["allowedRoutes"]["namespaces"]["from"] == "Same"
     # The hostnames agree: the listener's, the route's, and the one deploy checks and prints.
     assert {listener["hostname"] for listener in listeners.values()} == set(route["spec"]["hostnames"])
-    assert route["spec"]["hostnames"] == [deploy.HOST_NAME] == ["test.com"]
+    assert route["spec"]["hostnames"] == [HOST_NAME] == ["test.com"]
     for rule in route["spec"]["rules"]:
         for backend in rule["backendRefs"]:
             assert backend.get("kind", "Service") == "Service"
@@ -267,11 +272,11 @@ def test_the_route_attaches_to_the_gateway_and_sends_test_com_to_the_chat_servic
 
 
 def test_the_gateway_class_is_the_one_cloud_provider_kind_serves(rendered: dict[str, str]) -> None:
-    gateway = Manifests(rendered["kind"]).get("Gateway", deploy.GATEWAY)
+    gateway = Manifests(rendered["kind"]).get("Gateway", GATEWAY)
     # cloud-provider-kind creates this GatewayClass, with controllerName GATEWAY_CONTROLLER, and `up` waits for it.
-    assert gateway["spec"]["gatewayClassName"] == deploy.GATEWAY_CLASS == "cloud-provider-kind"
-    assert deploy.GATEWAY_CONTROLLER == "kind.sigs.k8s.io/gateway-controller"
-    assert f"--for=condition=Accepted gatewayclass/{deploy.GATEWAY_CLASS}" in deploy_dry_run("kind")
+    assert gateway["spec"]["gatewayClassName"] == GATEWAY_CLASS == "cloud-provider-kind"
+    assert GATEWAY_CONTROLLER == "kind.sigs.k8s.io/gateway-controller"
+    assert f"--for=condition=Accepted gatewayclass/{GATEWAY_CLASS}" in deploy_dry_run("kind")
 
 
 def deploy_dry_run(k8s: str) -> str:
@@ -326,7 +331,7 @@ def test_minikube_keeps_an_ingress_for_its_addon_and_no_gateway(rendered: dict[s
     ingress = m.get("Ingress", "chat")
     assert ingress["spec"]["ingressClassName"] == "nginx"  # the class the ingress addon serves
     (rule,) = ingress["spec"]["rules"]
-    assert rule["host"] == deploy.HOST_NAME
+    assert rule["host"] == HOST_NAME
     for path in rule["http"]["paths"]:
         backend = path["backend"]["service"]
         assert backend["name"] == "chat" and backend["port"]["name"] in service_port_names(m.get("Service", "chat"))
@@ -344,7 +349,8 @@ def test_the_chat_service_is_never_a_load_balancer(manifests: Manifests) -> None
 def test_nothing_installs_or_names_the_retired_ingress_nginx_outside_the_minikube_addon(
     rendered: dict[str, str],
 ) -> None:
-    assert "ingress-nginx" not in (ROOT / "stage3_k8s" / "deploy.py").read_text()
+    for module in (ROOT / "stage3_k8s" / "deploy").glob("*.py"):
+        assert "ingress-nginx" not in module.read_text(), module
     assert "ingress-nginx" not in rendered["kind"] and "nginx" not in rendered["kind"]
     for path in (K8S / "base").iterdir():
         assert "nginx" not in path.read_text(), path
@@ -389,9 +395,9 @@ def test_the_chat_port_accepts_only_chat_pods_and_the_entry_points_proxy(rendere
 
 
 def test_make_stage3_puts_kinds_real_network_in_the_chat_policy(tmp_path: Path) -> None:
-    patch = deploy.gateway_network_patch(["172.19.0.0/16", "fc00:f853:ccd:e793::/64"])
+    patch = gateway_network_patch(["172.19.0.0/16", "fc00:f853:ccd:e793::/64"])
     (tmp_path / "kustomization.yaml").write_text(
-        deploy.kustomization(deploy.OVERLAYS / "kind", tmp_path, "0.1.0-0123456789ab", patches=[patch])
+        kustomization(config.OVERLAYS / "kind", tmp_path, "0.1.0-0123456789ab", patches=[patch])
     )
     text = subprocess.run(
         [BIN / "kubectl", "kustomize", tmp_path], capture_output=True, text=True, timeout=60, check=True
@@ -420,7 +426,7 @@ def test_redis_keeps_its_data_in_an_append_only_file_on_a_volume_claim(manifests
 def test_redis_requires_the_password_from_its_secret_and_the_chat_uses_it(manifests: Manifests) -> None:
     redis = manifests.get("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"][0]
     env = {item["name"]: item for item in redis["env"]}
-    secret = {"secretKeyRef": {"name": deploy.REDIS_SECRET, "key": deploy.SECRETS[deploy.REDIS_SECRET]}}
+    secret = {"secretKeyRef": {"name": REDIS_SECRET, "key": SECRETS[REDIS_SECRET]}}
     assert env["REDIS_PASSWORD"]["valueFrom"] == secret
     args = redis["args"]
     assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
@@ -445,8 +451,8 @@ def test_ten_chat_pods_and_redis_fit_a_2_cpu_node_beside_the_clusters_own_pods(
     rendered: dict[str, str], overlay: str
 ) -> None:
     m = Manifests(rendered[overlay])
-    chat = deploy.requests_of(m.get("Deployment", "chat")["spec"]["template"]["spec"])
-    redis = deploy.requests_of(m.get("StatefulSet", "redis")["spec"]["template"]["spec"])
+    chat = requests_of(m.get("Deployment", "chat")["spec"]["template"]["spec"])
+    redis = requests_of(m.get("StatefulSet", "redis")["spec"]["template"]["spec"])
     # At the old 100m per pod this was 2.15 CPUs on minikube: the tenth pod stayed Pending.
     assert SYSTEM_CPU[overlay] + 10 * chat["cpu"] + redis["cpu"] <= 2.0
 
@@ -474,7 +480,7 @@ def test_probes_and_the_prestop_hook_use_real_routes_on_the_served_port(manifest
     container = chat_container(manifests)
     ports = container_ports(manifests.get("Deployment", "chat")["spec"]["template"])
     env = {item["name"]: item.get("value") for item in container["env"]}
-    assert ports["http"] == int(env["PORT"]) == deploy.PORT
+    assert ports["http"] == int(env["PORT"]) == PORT
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -482,7 +488,7 @@ def test_probes_and_the_prestop_hook_use_real_routes_on_the_served_port(manifest
         assert ("GET", get["path"]) in routes, f"{probe} asks for {get['path']}, which the app does not serve"
         assert get["port"] in ports
     hook = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert hook == ["python", "-m", "stage2_cluster.chatctl", "--url", f"http://127.0.0.1:{deploy.PORT}", "drain"]
+    assert hook == ["python", "-m", "stage2_cluster.chatctl", "--url", f"http://127.0.0.1:{PORT}", "drain"]
     assert ("POST", "/api/drain") in routes
 
 
@@ -500,7 +506,7 @@ def test_the_node_is_named_after_its_pod_and_gets_its_cookie_from_the_secret(man
     # $(POD_IP) is only expanded when POD_IP is defined earlier in the list.
     assert by_name["NODE_NAME"]["value"] == "chat@$(POD_IP)"
     assert names.index("POD_IP") < names.index("NODE_NAME")
-    assert by_name["CLUSTER_COOKIE"]["valueFrom"] == {"secretKeyRef": {"name": deploy.SECRET, "key": "cookie"}}
+    assert by_name["CLUSTER_COOKIE"]["valueFrom"] == {"secretKeyRef": {"name": SECRET, "key": "cookie"}}
     assert by_name["REDIS_URL"]["value"].endswith("@redis:6379/0")
     redis_service = manifests.get("Service", "redis")["spec"]["ports"][0]["port"]
     assert redis_service == 6379
@@ -523,7 +529,7 @@ def test_images_are_pinned_never_latest(manifests: Manifests) -> None:
             image = container["image"]
             name, _, tag = image.rpartition(":")
             assert name and tag and tag != "latest" and "/" not in tag, image
-    assert chat_container(manifests)["image"].startswith(f"{deploy.IMAGE}:")
+    assert chat_container(manifests)["image"].startswith(f"{IMAGE}:")
 
 
 def test_pods_run_unprivileged_read_only_and_bounded(manifests: Manifests) -> None:
@@ -569,7 +575,7 @@ def test_the_image_uid_matches_the_pods(manifests: Manifests) -> None:
 
 def test_the_kind_cluster_maps_no_ports_and_is_the_one_deploy_uses() -> None:
     config = yaml.safe_load((ROOT / "stage3_k8s" / "kind-config.yaml").read_text())
-    assert config["name"] == deploy.NAME
+    assert config["name"] == NAME
     (node,) = config["nodes"]
     # The Gateway runs in cloud-provider-kind's own container: nothing is mapped on the node.
     assert node == {"role": "control-plane"}
@@ -612,8 +618,8 @@ def test_the_build_context_lets_in_only_what_the_image_copies() -> None:
     assert lines[0] == "*", "an allowlist: nothing enters the context unless named"
     allowed = {line[1:] for line in lines if line.startswith("!")}
     assert allowed == {"pyproject.toml", "shared", "stage2_cluster", "stage3_k8s"}
-    files = deploy.build_context_files()
+    files = build_context_files()
     assert {name.split("/")[0] for name in files} == allowed
-    assert "stage3_k8s/deploy.py" not in files, "the deploy tool runs on the learner's machine, not in the pod"
+    assert not [name for name in files if name.startswith("stage3_k8s/deploy/")], "the deploy tool stays on the host"
     assert not [name for name in files if "/tests/" in name or name.startswith("stage3_k8s/k8s/")]
     assert {"stage3_k8s/__main__.py", "shared/app.py", "shared/static/chat.js", "pyproject.toml"} <= set(files)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from stage3_k8s import deploy
+from stage3_k8s.deploy.config import NAMESPACE
 from tests.helpers.netns import FETCH_VIEWS, SEND_AND_RECEIVE, Network, Spawned
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis_server import redis_server_binary
@@ -42,7 +42,7 @@ from tests.helpers.waits import wait_until
 
 COOKIE = "stage3-netns-cookie-" + secrets.token_hex(8)
 SERVICE = "chat-nodes"
-NAMESPACE = deploy.NAMESPACE  # "chatlab": the Kubernetes namespace the manifests put the chat in
+NAMESPACE = NAMESPACE  # "chatlab": the Kubernetes namespace the manifests put the chat in
 SERVICE_FQDN = f"{SERVICE}.{NAMESPACE}.svc.cluster.local"
 NODE_PORT = 4000  # every pod has a network namespace, hence a port space, of its own
 REDIS_PORT = 6379
