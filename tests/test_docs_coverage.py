@@ -13,8 +13,12 @@ each target is listed by `make help`.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import subprocess
+import sys
+import tomllib
 
 import pytest
 
@@ -189,3 +193,32 @@ def test_each_listed_make_option_is_set_in_the_makefile() -> None:
     makefile = (ROOT / "Makefile").read_text()
     missing = [name for name in MAKE_OPTIONS if not re.search(rf"^{name} \?=", makefile, re.MULTILINE)]
     assert not missing, f"listed make options the Makefile does not set: {missing}"
+
+
+def test_the_pages_python_scripts_need_only_what_make_stage1_installs() -> None:
+    """A learner who ran only `make stage1` or `make stage2` has the runtime dependencies,
+    not the test extras: every module the pages' `.venv/bin/python` scripts import must be
+    the standard library's or come with a runtime dependency."""
+    runtime = {
+        re.split(r"[=<>;\[ ]", requirement, maxsplit=1)[0].lower()
+        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    script = re.compile(r"\.venv/bin/python - <<'EOF'\n(?P<code>.*?)\nEOF", re.DOTALL)
+    imported: set[str] = set()
+    for page in docs_runner.pages():
+        for match in script.finditer(page.text):
+            for node in ast.walk(ast.parse(match["code"])):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    imported.add(node.module.split(".")[0])
+    assert {"websockets", "redis", "json"} <= imported, "the walker sees the pages' scripts"
+    outside = sorted(
+        name
+        for name in imported
+        if name not in sys.stdlib_module_names
+        and not {dist.lower() for dist in providers.get(name, [])} & runtime
+        and name not in ("shared", "stage1_dev", "stage2_cluster", "stage3_k8s")
+    )
+    assert outside == [], "imported by a page's script but not installed by make stage1"
