@@ -252,23 +252,21 @@ def test_clustered_stage_requires_a_redis_url() -> None:
     assert raised.value.var == "REDIS_URL"
 
 
+def run_node(module: str, env: dict[str, str]) -> tuple[int, list[str]]:
+    """`python -m module` with `env` instead of any settings inherited from ours: its exit
+    code and the lines it printed."""
+    clean = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=ROOT, env=clean | env, capture_output=True, text=True, timeout=30
+    )
+    return result.returncode, [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize(("var", "value"), [("PORT", "abc"), ("HISTORY_SIZE", "-1")])
 def test_node_process_with_bad_config_exits_nonzero_with_one_line_naming_the_variable(var: str, value: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
-    env[var] = value
+    code, lines = run_node("stage1_dev", {var: value})
 
-    result = subprocess.run(
-        [sys.executable, "-m", "stage1_dev"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-    assert result.returncode != 0
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert code != 0
     assert len(lines) == 1, lines
     assert var in lines[0]
     assert value in lines[0]
@@ -276,15 +274,9 @@ def test_node_process_with_bad_config_exits_nonzero_with_one_line_naming_the_var
 
 def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
     """It used to pass validation and then discover nothing: stage 2 has no `dns` branch."""
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
-    env |= {**CLUSTER, "DISCOVERY": "dns"}
+    code, lines = run_node("stage2_cluster", {**CLUSTER, "DISCOVERY": "dns"})
 
-    result = subprocess.run(
-        [sys.executable, "-m", "stage2_cluster"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
-    )
-
-    assert result.returncode == 2
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert code == 2
     assert lines == [
         "config error: DISCOVERY: dns is a mode of stage 3 (python -m stage3_k8s); this node has manual, redis, gossip"
     ]
