@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.paths import ROOT
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 
 @pytest.fixture(scope="module")

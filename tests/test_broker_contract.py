@@ -71,7 +71,7 @@ def module_redis() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
 async def room(request: pytest.FixtureRequest) -> AsyncIterator[Room]:
     if request.param == "memory":
         broker: Broker = MemoryBroker(HISTORY)

@@ -27,6 +27,8 @@ from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.results import record
 
+pytestmark = pytest.mark.slow
+
 A, B = "a@localhost", "b@localhost"
 FAKE = "x@localhost"  # a node the test plays itself
 

@@ -36,6 +36,8 @@ from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 
 
@@ -200,9 +202,7 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
         index_of(cmds, "get", "gateway/chat"),
     ]
     assert order == sorted(order)
-    assert CLOUD_PROVIDER_KIND_IMAGE.endswith(":v0.11.1"), "the entry point's controller is pinned"
     assert f"newTag: {image_tag()}" in result.stdout, "the applied overlay uses the image just built"
-    assert not image.endswith(":latest")
     # Every kubectl call names the cluster it made: no other cluster of the user's is touched.
     for cmd in cmds:
         if program(cmd) == "kubectl":

@@ -41,6 +41,8 @@ from stage3_k8s.node import K8sNode
 from stage3_k8s.settings import K8sSettings
 from tests.helpers.paths import ROOT
 
+pytestmark = pytest.mark.slow
+
 K8S = ROOT / "stage3_k8s" / "k8s"
 YAMLLINT_CONFIG = K8S / ".yamllint.yaml"
 BIN = Path(sys.executable).parent
