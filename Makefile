@@ -84,7 +84,9 @@ stage3-status: $(VENV)/.installed-stage3 ## Show the chat pods, the endpoints of
 stage3-down: $(VENV)/.installed-stage3 ## Delete the stage 3 cluster and its images
 	$(STAGE3) down
 
-test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
+# The type check comes first: it takes seconds, the tests minutes.
+test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Check the types, then run every test (CI=true: nothing may be skipped)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The fast tier is every test not marked slow (tests/helpers/tiers.py): nothing starts a
@@ -95,9 +97,10 @@ test-fast: $(VENV)/.installed-test ## Run the unit tier only: no processes, Redi
 soak: $(VENV)/.installed-test ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
 	$(BIN)/python -m pytest -m soak -rA
 
-lint: $(VENV)/.installed-test ## Check style with ruff
+lint: $(VENV)/.installed-test ## Check style with ruff and types with mypy (strict; pyproject.toml's [tool.mypy])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed-bench ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
 	$(BIN)/python -m bench

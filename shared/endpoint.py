@@ -22,14 +22,16 @@ from shared.socket import PhoenixSocket
 from shared.transport import find_transport
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from shared.node import ChatNode
 
-    Scope = dict[str, Any]
-    Receive = Callable[[], Awaitable[dict[str, Any]]]
-    Send = Callable[[dict[str, Any]], Awaitable[None]]
-    ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+    # ASGI's scope and events as plain mappings. Hypercorn types each kind as a TypedDict,
+    # whose required keys a plain dict literal here would have to spell out in full.
+    Scope = Mapping[str, Any]
+    Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+    Send = Callable[[Any], Awaitable[None]]
+    ASGIApp = Callable[..., Awaitable[None]]
 
 PATH = "/socket/websocket"
 CLOSE_SEND_TIMEOUT = 2.0  # a client too slow to take the close frame is simply cut off

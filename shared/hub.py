@@ -16,6 +16,7 @@ from shared import presence, protocol
 from shared.broker import Broker, Delivery
 from shared.messages import SYSTEM
 from shared.metrics import Metrics
+from shared.presence import Entry  # in Hub, `presence` is the method
 from shared.transport import text_frame
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class Hub:
         if entry is not None:
             self._presence_changed(topic, [], [entry])
 
-    def apply_remote(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
+    def apply_remote(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
         """A peer's presence change: update our copy and tell our sockets, without echoing it."""
         room = self.presence(topic)
         leaves = [gone for entry in leaves if (gone := room.untrack(entry.meta["phx_ref"])) is not None]
@@ -175,7 +176,7 @@ class Hub:
         if joins or leaves:
             self._send_diff(topic, joins, leaves)
 
-    def sync_node(self, topic: str, node: str, entries: list[presence.Entry]) -> None:
+    def sync_node(self, topic: str, node: str, entries: list[Entry]) -> None:
         """Replace everything we hold of `node` in `topic` with its own full list."""
         room = self.presence(topic)
         old = {entry.meta["phx_ref"]: entry for entry in room.of_node(node)}
@@ -192,10 +193,10 @@ class Hub:
             if gone:
                 self._send_diff(topic, [], gone)
 
-    def _presence_changed(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
+    def _presence_changed(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
         self._batch(topic).add(joins, leaves, local=True)
 
-    def _send_diff(self, topic: str, joins: list[presence.Entry], leaves: list[presence.Entry]) -> None:
+    def _send_diff(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
         self._batch(topic).add(joins, leaves, local=False)
 
     def _batch(self, topic: str) -> PresenceBatch:

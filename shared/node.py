@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from quart import Blueprint
 
@@ -68,7 +70,7 @@ class ChatNode:
                 await task
         await self.broker.stop()
 
-    def spawn(self, coroutine) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a background loop for the node's lifetime; a crash is logged, not swallowed."""
         task = asyncio.create_task(coroutine)
         task.add_done_callback(_log_crash)

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import sys
+from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -61,10 +62,10 @@ async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
 
     config = hypercorn_config()
     config.bind = [f"fd://{sock.fileno()}"]  # the socket `listen()` bound
-    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    await serve(app, config, shutdown_trigger=shutdown_trigger)
 
 
-def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_defaults: object) -> Settings:
+def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_defaults: Any) -> Settings:
     """The node's settings; a REDIS_URL left over for a node that keeps everything in
     memory is refused rather than ignored, so a learner knows which stage they started."""
     if env.get("REDIS_URL", "").strip() and "redis_url" not in settings_class.__dataclass_fields__:
@@ -72,7 +73,7 @@ def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_d
     return settings_class.from_env(env, **stage_defaults)
 
 
-def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: object) -> None:
+def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: Any) -> None:
     """The `python -m stageN` entry point: settings, logs, uvloop where available, serve."""
     try:
         settings = load_settings(node_class.settings_class, env, **stage_defaults)

@@ -302,7 +302,7 @@ class PhoenixSocket:
                 self._finish(self._closing or protocol.CLOSE_GOING_AWAY)
         except asyncio.CancelledError:
             # Our own interruption ends the socket; any other cancellation goes on up.
-            if not self._interrupted or self._task.uncancel() > 0:
+            if not self._interrupted or self._task is None or self._task.uncancel() > 0:
                 raise
         finally:
             self._waiting = False

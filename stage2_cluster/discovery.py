@@ -23,13 +23,16 @@ async def redis_registry(cluster: Cluster) -> None:
     client = cluster.broker.client
     while True:
         try:
+            # The client decodes replies (decode_responses=True), which its types cannot know.
             names = [
-                name for name in await client.hkeys(REGISTRY) if name != cluster.name and name not in cluster.peers
+                name
+                for name in await client.hkeys(REGISTRY)
+                if isinstance(name, str) and name != cluster.name and name not in cluster.peers
             ]
             if names:
                 alive = await client.mget([alive_key(name) for name in names])
                 for name, address in zip(names, alive, strict=True):
-                    if address is not None and NODE_NAME_RE.fullmatch(name):
+                    if isinstance(address, str) and NODE_NAME_RE.fullmatch(name):
                         cluster.connect_soon(name, address, source="registry")
         except (RedisError, OSError):
             pass  # Redis away: the subscription already reports it; try again next round
