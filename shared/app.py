@@ -96,9 +96,9 @@ def create_app(chat: ChatNode) -> Quart:
     @app.while_serving
     async def lifetime() -> AsyncGenerator[None]:
         await chat.start()
-        logs.event(log, "node ready", port=chat.settings.port, host=chat.settings.host)
+        log.info("node ready", port=chat.settings.port, host=chat.settings.host)
         yield
         await chat.stop()
-        logs.event(log, "node stopped")
+        log.info("node stopped")
 
     return app

@@ -108,7 +108,7 @@ class ChatNode:
             async with asyncio.timeout(timeout):
                 await self._no_sockets.wait()
         if sockets:
-            log.info("drained", extra={"fields": {"sockets": len(sockets), "left": len(self.sockets)}})
+            log.info("drained", sockets=len(sockets), left=len(self.sockets))
         return len(sockets)
 
 

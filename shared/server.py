@@ -57,7 +57,7 @@ async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        logs.event(log, "shutting down: draining sockets")
+        log.info("shutting down: draining sockets")
         await chat.drain()
 
     config = hypercorn_config()
@@ -90,6 +90,6 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: Any)
     try:
         sock = listen(settings)
     except OSError as error:
-        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
+        log.error(f"cannot serve on {settings.host}:{settings.port}: {error.strerror}")
         raise SystemExit(1) from None
     runner(serve_node(node_class(settings), sock))  # Hypercorn owns the socket from here and closes it

@@ -61,7 +61,7 @@ def needs_cookie(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awai
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.encode(), cookie.encode()):
-            logs.event(log, "node API refused: missing or wrong cookie", level=30, path=request.path)
+            log.warning("node API refused: missing or wrong cookie", path=request.path)
             return error(401, "missing or wrong cluster cookie (Authorization: Bearer <CLUSTER_COOKIE>)")
         return await view(*args, **kwargs)
 

@@ -37,3 +37,22 @@ def test_a_plain_field_is_kept_as_it_is() -> None:
 
 def test_fields_that_are_not_text_are_left_to_the_format() -> None:
     assert json.loads(line(True, sockets=3, peers=["b@localhost"]))["peers"] == ["b@localhost"]
+
+
+def test_a_call_takes_its_level_by_name_and_the_fields_as_keywords(caplog: pytest.LogCaptureFixture) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]  # a handler that keeps each record
+    logger = logging.getLogger("chat.test")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="chat.test"):
+            logs.get("test").warning("connect failed", peer="b@localhost", reason="refused")
+            logs.get("test").info("older style", extra={"fields": {"sockets": 3}}, left=0)
+    finally:
+        logger.removeHandler(handler)
+
+    assert [(r.levelname, r.getMessage(), r.fields) for r in records] == [  # type: ignore[attr-defined]
+        ("WARNING", "connect failed", {"peer": "b@localhost", "reason": "refused"}),
+        ("INFO", "older style", {"sockets": 3, "left": 0}),
+    ]
