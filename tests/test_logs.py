@@ -40,19 +40,13 @@ def test_fields_that_are_not_text_are_left_to_the_format() -> None:
 
 
 def test_a_call_takes_its_level_by_name_and_the_fields_as_keywords(caplog: pytest.LogCaptureFixture) -> None:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]  # a handler that keeps each record
-    logger = logging.getLogger("chat.test")
-    logger.addHandler(handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="chat.test"):
-            logs.get("test").warning("connect failed", peer="b@localhost", reason="refused")
-            logs.get("test").info("older style", extra={"fields": {"sockets": 3}}, left=0)
-    finally:
-        logger.removeHandler(handler)
+    log = logs.get("test")
 
-    assert [(r.levelname, r.getMessage(), r.fields) for r in records] == [  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="chat.test"):
+        log.warning("connect failed", peer="b@localhost", reason="refused")
+        log.info("older style", extra={"fields": {"sockets": 3}}, left=0)
+
+    assert [(r.levelname, r.getMessage(), getattr(r, "fields", None)) for r in caplog.records] == [
         ("WARNING", "connect failed", {"peer": "b@localhost", "reason": "refused"}),
         ("INFO", "older style", {"sockets": 3, "left": 0}),
     ]
