@@ -1,12 +1,12 @@
 """The suite's two tiers, as a pytest plugin (tests/conftest.py loads it).
 
 A test marked `slow` may start processes (a node, redis-server, kubectl, a browser), open
-sockets and run containers. Every other test is the fast tier, `make test-fast`
-(`pytest -m "not slow"`): it runs in this process, the Quart test client at most.
+sockets, look up names and run containers. Every other test is the fast tier, `make
+test-fast` (`pytest -m "not slow"`): it runs in this process, the Quart test client at most.
 
 The rule holds in every run, `make test` included: a test that is not marked slow and
-connects or binds a socket, or starts a process, fails with a line saying to mark it. So
-a test cannot sit in the fast tier while it starts something.
+connects, binds or sends on a socket, looks up a name or starts a process fails, with a
+line saying to mark it. So a test cannot sit in the fast tier while it starts something.
 
 A test is slow when its module or itself is marked (`pytestmark = pytest.mark.slow`), when
 it carries a requirement marker (netns, docker, browser, node, multicast: all start
@@ -58,8 +58,10 @@ def _guarded(item: pytest.Item) -> Generator[None]:
         return refusal
 
     with pytest.MonkeyPatch.context() as patch:
-        for method in ("connect", "connect_ex", "bind"):
+        for method in ("connect", "connect_ex", "bind", "sendto"):
             patch.setattr(socket.socket, method, refuse(f"socket.{method}()"))
+        for name in ("getaddrinfo", "gethostbyname"):  # a name lookup may ask a DNS server
+            patch.setattr(socket, name, refuse(f"socket.{name}()"))
         patch.setattr(subprocess.Popen, "_execute_child", refuse("a new process"))
         for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
             patch.setattr(os, name, refuse(f"os.{name}()"))
