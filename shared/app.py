@@ -74,7 +74,7 @@ def create_app(chat: ChatNode) -> Quart:
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
-    provider = DefaultJSONProvider(app)  # Quart's own, named as such so that its options can be set
+    provider = DefaultJSONProvider(app)  # app.json, under the class that has the options
     provider.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
     app.json = provider
     app.extensions[NODE_KEY] = chat
