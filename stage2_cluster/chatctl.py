@@ -152,30 +152,37 @@ def console(args: argparse.Namespace) -> int:
             import readline  # noqa: F401 - line editing and history for input()
     with conn:
         conn.settimeout(None)  # a reply takes what the code typed takes
-        stream = ConsoleStream(conn)
-        before: list[str] = []  # the banner, or the one line of a refusal
-        prompt = stream.next_prompt(before.append)
-        if prompt == node_console.COOKIE_PROMPT:
-            cookie = find_cookie(args.cookie)
-            if cookie is None:
-                print(
-                    "chatctl: the console asks for the cluster cookie: pass --cookie, set CLUSTER_COOKIE",
-                    file=sys.stderr,
-                )
-                return 1
-            conn.sendall(cookie.encode() + b"\n")
-            prompt = stream.next_prompt(before.append)
-        if prompt is None:
-            refusal = "".join(before).strip() or "closed by the node"
-            print(f"chatctl: {refusal}{stale_cookie_hint(args)}", file=sys.stderr)
-            return 1
-        if interactive:
-            print("".join(before), end="", flush=True)
         try:
-            return relay(conn, stream, prompt, interactive)
+            return attach(conn, args, interactive)
         except KeyboardInterrupt:
             print("\nchatctl: left the console; what was running goes on in the node", file=sys.stderr)
             return 130
+        except ConnectionError as error:
+            print(f"chatctl: the console on {where} went away ({error.strerror})", file=sys.stderr)
+            return 1
+
+
+def attach(conn: socket.socket, args: argparse.Namespace, interactive: bool) -> int:
+    """Past the cookie prompt (if the node asks), then relay lines until the end of input."""
+    stream = ConsoleStream(conn)
+    before: list[str] = []  # the banner, or the one line of a refusal
+    prompt = stream.next_prompt(before.append)
+    if prompt == node_console.COOKIE_PROMPT:
+        cookie = find_cookie(args.cookie)
+        if cookie is None:
+            print(
+                "chatctl: the console asks for the cluster cookie: pass --cookie, set CLUSTER_COOKIE", file=sys.stderr
+            )
+            return 1
+        conn.sendall(cookie.encode() + b"\n")
+        prompt = stream.next_prompt(before.append)
+    if prompt is None:
+        refusal = "".join(before).strip() or "closed by the node"
+        print(f"chatctl: {refusal}{stale_cookie_hint(args)}", file=sys.stderr)
+        return 1
+    if interactive:
+        print("".join(before), end="", flush=True)
+    return relay(conn, stream, prompt, interactive)
 
 
 def relay(conn: socket.socket, stream: ConsoleStream, prompt: str | None, interactive: bool) -> int:

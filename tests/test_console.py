@@ -232,6 +232,17 @@ def test_at_a_terminal_chatctl_console_shows_the_banner_and_prompts(
         terminal.close()
 
 
+def test_exit_at_the_console_ends_the_session_not_the_node(stage1_console: NodeProcess, tmp_path: Path) -> None:
+    port = int(stage1_console.env["CONSOLE_PORT"])
+    left = chatctl_console(port, "exit()\nnode_self()\n", cwd=tmp_path)
+
+    assert left.returncode == 0, left.stderr
+    assert left.stdout == ""  # the session ended before the second line
+    again = chatctl_console(port, "node_self()\n", cwd=tmp_path)
+    assert again.stdout == "'a@localhost'\n"
+    assert stage1_console.proc is not None and stage1_console.proc.poll() is None
+
+
 def test_the_console_listens_on_127_0_0_1_only_whatever_host_the_node_serves_on(stage1_console: NodeProcess) -> None:
     assert stage1_console.proc is not None
     console_port, http_port = int(stage1_console.env["CONSOLE_PORT"]), stage1_console.port
