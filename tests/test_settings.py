@@ -293,6 +293,7 @@ def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "70000", "abc", ""])
 def test_a_bad_console_port_stops_the_node_with_one_line(value: str) -> None:
     """Blank too, unlike the other variables: blank would mean no console, which is not
