@@ -54,7 +54,15 @@ class Tab:
     line: int
 
 
-Step = Check | Serve | Tab
+@dataclass
+class Terminal:
+    """A `sh terminal` block: a command the learner starts in a terminal of its own and leaves running."""
+
+    command: str
+    line: int
+
+
+Step = Check | Serve | Tab | Terminal
 
 
 @dataclass
@@ -88,6 +96,8 @@ class Page:
                 steps.append(Check(fence.text, expected, fence.line))
             elif info == ["sh", "serve"]:
                 steps.append(Serve(fence.text.strip(), fence.line))
+            elif info == ["sh", "terminal"]:
+                steps.append(Terminal(fence.text.strip(), fence.line))
             elif info == ["text", "browser"]:
                 lines = enumerate(fence.text.splitlines(), fence.line + 1)
                 steps += [tab(line, number) for number, line in lines if line.strip()]
@@ -167,6 +177,16 @@ def matches(expected: str, actual: str) -> bool:
         return memo[i, j]
 
     return fit(0, 0)
+
+
+# Where a terminal's command listens: `PORT=4000` (not `CONSOLE_PORT=`), Redis's `port 6379`
+# or `--port 6379`, Docker's `-p 127.0.0.1:4000:4000`.
+LISTEN_RE = re.compile(r"(?:(?<![A-Z_])PORT=|(?:^|[\s'\"]|\\n|--)port |-p 127\.0\.0\.1:)(?P<port>\d+)")
+
+
+def listening_ports(command: str) -> list[int]:
+    """The ports a `sh terminal` command (as run) listens on, for the test to wait for."""
+    return [int(match["port"]) for match in LISTEN_RE.finditer(command)]
 
 
 def rewrite(command: str, replacements: dict[str, str]) -> str:
