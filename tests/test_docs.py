@@ -623,3 +623,43 @@ def test_a_failing_command_fails_the_page_with_its_exit_status(request: pytest.F
         follow(page, request, tmp_path)
     output = str(failure.value).split("echo after", 1)[1]  # past the command, its output
     assert "before" in output and "after" not in output
+
+
+# The Kubernetes lab by hand and `make stage3`: one set of steps --------------------------
+
+KUBERNETES_LAB = ROOT / "docs" / "04-kubernetes.md"
+STEPS = {"cluster", "entry point", "build", "load", "secret", "apply"}
+
+
+def stage3_plan(cluster: str) -> str:
+    """`make stage3 DRY_RUN=1` for `cluster`: every command it would run, none run."""
+    kept = ["-o", ".venv/.installed", "-o", ".venv/.installed-stage3"]  # never reinstalled from a test
+    result = subprocess.run(
+        ["make", "--no-print-directory", *kept, "stage3", "DRY_RUN=1", f"K8S={cluster}"],
+        cwd=ROOT,
+        env=learner_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("cluster", ["kind", "minikube"])
+def test_the_kubernetes_lab_by_hand_creates_loads_and_applies_what_make_stage3_does(cluster: str) -> None:
+    plan = stage3_plan(cluster)
+    planned = docs_runner.effects(docs_runner.plan_commands(plan), plan)
+    assert {effect[0] for effect in planned} == STEPS, f"the plan's steps no longer read as commands:\n{plan}"
+    by_hand = docs_runner.effects(docs_runner.lab_commands(docs_runner.parse(KUBERNETES_LAB), cluster))
+    assert by_hand == planned, "docs/04-kubernetes.md by hand and `make stage3` differ"
+
+
+def test_a_lab_that_skips_loading_the_image_differs_from_the_plan(tmp_path: Path) -> None:
+    lab = docs_runner.parse(KUBERNETES_LAB)
+    skipped = [fence for fence in lab.fences if "docker-image" not in fence.text]
+    page = write_page(tmp_path, *((fence.info, fence.text) for fence in skipped))
+    plan = stage3_plan("kind")
+    by_hand = docs_runner.effects(docs_runner.lab_commands(page, "kind"))
+    planned = docs_runner.effects(docs_runner.plan_commands(plan), plan)
+    assert [effect for effect in planned if effect not in by_hand] == [("load", "kind", "chatlab", "chatlab")]

@@ -6,6 +6,7 @@ This module only parses and compares; starting nodes and running commands is the
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,3 +245,99 @@ def repo_paths(page: Page) -> list[str]:
             if first in top and ("/" in word or FILE_NAME_RE.match(word) or (ROOT / first).is_dir()):
                 found.append(word)
     return found
+
+
+# The Kubernetes lab by hand against `make stage3`'s plan ------------------------------
+#
+# Both are read as commands (argv lists), and each command that changes the cluster is
+# reduced to what it does: the cluster it creates, the entry point it starts, the image
+# it builds and loads, the Secrets it makes, the overlay it applies. Options, paths to
+# kubectl, image tags and wording are left out, so that the two can be compared.
+
+Effect = tuple[str, ...]
+
+
+def commands(text: str) -> list[list[str]]:
+    """Shell text as commands: continuation lines joined, comments dropped, pipes split."""
+    found: list[list[str]] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue  # a quote that the line does not close: not a command of ours
+        command: list[str] = []
+        for word in [*words, "|"]:
+            if word in ("|", "&&", ";"):
+                if command:
+                    found.append(command)
+                command = []
+            else:
+                command.append(word)
+    return found
+
+
+def lab_commands(page: Page, cluster: str) -> list[list[str]]:
+    """The page's shell blocks for `cluster`: ```sh (every cluster) and ```sh <cluster>."""
+    texts = [fence.text for fence in page.fences if fence.info.split() in (["sh"], ["sh", cluster])]
+    return [command for text in texts for command in commands(text)]
+
+
+def plan_commands(output: str) -> list[list[str]]:
+    """What a dry run prints as `+ command` (as `set -x` does), with any trailing `# note`."""
+    lines = [line[2:] for line in output.splitlines() if line.startswith("+ ")]
+    return commands("\n".join(lines))
+
+
+def effects(found: list[list[str]], output: str = "") -> list[Effect]:
+    """What the commands change, in order, each once. `output` is the dry run's whole text,
+    where an `apply -k .` names its overlay in the kustomization it prints."""
+    result: list[Effect] = []
+    for command in found:
+        effect = effect_of([word.rsplit("/", 1)[-1] if i == 0 else word for i, word in enumerate(command)], output)
+        if effect is not None and effect not in result:
+            result.append(effect)
+    return result
+
+
+def option(command: list[str], *names: str) -> str | None:
+    for i, word in enumerate(command):
+        for name in names:
+            if word == name and i + 1 < len(command):
+                return command[i + 1]
+            if word.startswith(f"{name}="):
+                return word.split("=", 1)[1]
+    return None
+
+
+def repository(image: str) -> str:
+    return image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+
+
+def effect_of(command: list[str], output: str) -> Effect | None:
+    tool, args = command[0], command[1:]
+    words = [word for word in args if not word.startswith("-")]
+    if tool == "kind" and words[:2] == ["create", "cluster"]:
+        return ("cluster", "kind", option(args, "--name") or "kind", option(args, "--config") or "")
+    if tool == "minikube" and words[:1] == ["start"]:
+        return ("cluster", "minikube", option(args, "--profile", "-p") or "minikube", option(args, "--cni") or "")
+    if tool == "minikube" and words[:3] == ["addons", "enable", "ingress"]:
+        return ("entry point", "minikube ingress addon")
+    if tool == "docker" and words[:1] == ["run"] and any("cloud-provider-kind" in word for word in args):
+        return ("entry point", next(word for word in args if "cloud-controller-manager" in word))
+    if tool == "docker" and words[:1] == ["build"]:
+        return ("build", option(args, "--file", "-f") or "Dockerfile", repository(option(args, "--tag", "-t") or ""))
+    if tool == "kind" and words[:2] == ["load", "docker-image"]:
+        return ("load", "kind", repository(words[2]), option(args, "--name") or "kind")
+    if tool == "minikube" and words[:2] == ["image", "load"]:
+        return ("load", "minikube", repository(words[2]), option(args, "--profile", "-p") or "minikube")
+    if tool == "kubectl" and "secret" in args:
+        after = args[args.index("secret") + 1 :]
+        names = [word for word in after if not word.startswith("-") and word not in ("generic", "tls")]
+        return ("secret", names[0]) if names else None
+    if tool == "kubectl" and "apply" in args:
+        target = option(args, "--kustomize", "-k")
+        if target is None:
+            return None  # `apply --filename -`: the Secrets, counted by name above
+        overlay = re.search(r"k8s/overlays/(\w+)", target) or re.search(r"stage3_k8s/k8s/overlays/(\w+)", output)
+        return ("apply", f"overlays/{overlay[1]}" if overlay else target)
+    return None
