@@ -45,11 +45,13 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import re
 import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -116,7 +118,8 @@ def stage2() -> DocsEnv:
     `chatctl` at node a, as the page's prerequisites tell a learner whose ports moved.
     GOSSIP_SECRET keeps gossip among this run's nodes: the group and port are fixed, and
     other runs on this machine may be gossiping at the same time."""
-    base, redis_port = node_and_console_ports(4), free_port()
+    base = node_and_console_ports(5)
+    redis_port = base + 4  # Redis too: the nodes connect to it while later ones start
     nodes = [f"http://127.0.0.1:{base + offset}" for offset in range(3)]
 
     def settled(command: str) -> bool:
@@ -150,12 +153,23 @@ def stage2() -> DocsEnv:
 
 def node_and_console_ports(count: int) -> int:
     """The first of `count` consecutive free ports whose consoles, 100 above, are free too
-    (`make stage2` puts node i's console on BASE_PORT + 100 + i)."""
+    (`make stage2` puts node i's console on BASE_PORT + 100 + i).
+
+    Below the kernel's ephemeral range: the nodes start one after another, and a port in
+    that range may meanwhile become the local end of an earlier node's connection to
+    Redis, after which the later node cannot listen on it ("Address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(100):
-        base = free_ports(count)
-        if all(not port_open(base + 100 + offset) for offset in range(count)):
-            return base
-    raise RuntimeError(f"no {count} free ports with free ports 100 above")
+        base = random.randrange(10_000, low - 200)
+        wanted = [base + offset for offset in range(count)] + [base + 100 + offset for offset in range(count)]
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in wanted:
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {count} free ports below {low} with free ports 100 above")
 
 
 # What the containers page starts by hand with `docker run` and `docker network create`.
