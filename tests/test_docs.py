@@ -64,6 +64,7 @@ import pytest
 from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
+from stage2_cluster.launch import CONSOLE_OFFSET
 from stage3_k8s import compose_lab, standin
 from tests.helpers import containers, docs_runner
 from tests.helpers.browser import ChatPages
@@ -134,7 +135,7 @@ def stage2() -> DocsEnv:
     redis_address = f"127.0.0.1:{redis_port}"
     replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address, "port 6379": f"port {redis_port}"}
     for offset in range(4):
-        node, console = base + offset, base + 100 + offset
+        node, console = base + offset, base + CONSOLE_OFFSET + offset
         address = f"127.0.0.1:{node}"
         replacements |= {f"localhost:{4000 + offset}": address, f"127.0.0.1:{4000 + offset}": address}
         replacements |= {f"PORT={4000 + offset}": f"PORT={node}", f"PORT={4100 + offset}": f"PORT={console}"}
@@ -152,8 +153,8 @@ def stage2() -> DocsEnv:
 
 
 def node_and_console_ports(count: int) -> int:
-    """The first of `count` consecutive free ports whose consoles, 100 above, are free too
-    (`make stage2` puts node i's console on BASE_PORT + 100 + i).
+    """The first of `count` consecutive free ports whose consoles, CONSOLE_OFFSET (100)
+    above, are free too (`make stage2` puts node i's console on BASE_PORT + 100 + i).
 
     Below the kernel's ephemeral range: the nodes start one after another, and a port in
     that range may meanwhile become the local end of an earlier node's connection to
@@ -161,7 +162,9 @@ def node_and_console_ports(count: int) -> int:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(100):
         base = random.randrange(10_000, low - 200)
-        wanted = [base + offset for offset in range(count)] + [base + 100 + offset for offset in range(count)]
+        wanted = [base + offset for offset in range(count)] + [
+            base + CONSOLE_OFFSET + offset for offset in range(count)
+        ]
         with contextlib.ExitStack() as stack:
             try:
                 for port in wanted:
@@ -169,7 +172,7 @@ def node_and_console_ports(count: int) -> int:
             except OSError:
                 continue
         return base
-    raise RuntimeError(f"no {count} free ports below {low} with free ports 100 above")
+    raise RuntimeError(f"no {count} free ports below {low} with free ports CONSOLE_OFFSET above")
 
 
 # What the containers page starts by hand with `docker run` and `docker network create`.
