@@ -322,8 +322,9 @@ def effect_of(command: list[str], output: str) -> Effect | None:
         return ("cluster", "minikube", option(args, "--profile", "-p") or "minikube", option(args, "--cni") or "")
     if tool == "minikube" and words[:3] == ["addons", "enable", "ingress"]:
         return ("entry point", "minikube ingress addon")
-    if tool == "docker" and words[:1] == ["run"] and any("cloud-provider-kind" in word for word in args):
-        return ("entry point", next(word for word in args if "cloud-controller-manager" in word))
+    if tool == "docker" and words[:1] == ["run"] and any("cloud-controller-manager" in word for word in args):
+        image = next(i for i, word in enumerate(args) if "cloud-controller-manager" in word)
+        return ("entry point", *args[image:])  # the image and the options it is given
     if tool == "docker" and words[:1] == ["build"]:
         return ("build", option(args, "--file", "-f") or "Dockerfile", repository(option(args, "--tag", "-t") or ""))
     if tool == "kind" and words[:2] == ["load", "docker-image"]:
