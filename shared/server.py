@@ -99,7 +99,7 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: Any)
     except OSError as error:
         sock.close()
         where = f"{console.HOST}:{settings.console_port}"
-        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=40)
+        log.error(f"cannot serve the console on {where}: {error.strerror}")
         raise SystemExit(1) from None
     # Hypercorn owns `sock` from here and closes it; the console's server closes its own.
     runner(serve_node(node_class(settings), sock, console_sock))
