@@ -27,6 +27,7 @@ import uvicorn
 from django.conf import settings
 
 GROUP = "lobby"
+CAPACITY = 1000  # see docs/benchmarks.md, "The peers"
 
 
 def create_app(redis_url: str) -> Any:
@@ -34,9 +35,15 @@ def create_app(redis_url: str) -> Any:
     settings.configure(
         DEBUG=False,
         INSTALLED_APPS=["channels"],
-        # The layer the channels_redis README sets up first, with every option at its default.
+        # The layer the channels_redis README sets up first. One option changed: `capacity`
+        # (100 by default) bounds both a process's inbox in Redis and each consumer's queue
+        # in the process; past it, messages are dropped. W1 and W2 send 100 and 500
+        # messages, so at 100 a server that falls behind loses them instead of catching up.
         CHANNEL_LAYERS={
-            "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [redis_url], "capacity": CAPACITY},
+            }
         },
     )
     django.setup()

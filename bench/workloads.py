@@ -54,9 +54,10 @@ class Sizes:
     w4_rate: float = 10.0
     w4_seconds: float = 5.0
     w5: Storm = Storm(
-        clients=2000, publishers=2, rate=5.0, before=2.0, after=2.0, join_cap=40.0, rejoin_cap=40.0, stop_grace=12.0
+        clients=2000, publishers=2, rate=2.0, before=2.0, after=2.0, join_cap=40.0, rejoin_cap=40.0, stop_grace=12.0
     )
     drain_seconds: float = 2.0  # after the last send; what has not arrived by then is lost
+    late_seconds: float = 10.0  # how much longer a phase waits for what is lost, to count it late
     # Deadlines (seconds). The sum of the worst cases keeps the whole run under 8 minutes.
     budget_seconds: float = 450.0
     w3_join_cap: float = 60.0
@@ -77,6 +78,7 @@ SMOKE = Sizes(
         clients=20, publishers=2, rate=10.0, before=0.5, after=0.5, join_cap=10.0, rejoin_cap=15.0, stop_grace=5.0
     ),
     drain_seconds=2.0,
+    late_seconds=2.0,
     budget_seconds=90.0,
     w3_join_cap=10.0,
     settle_cap=3.0,
@@ -132,8 +134,13 @@ async def traffic_phase(
     rate: float,
     seconds: float,
     drain: float,
+    late: float,
 ) -> dict[str, Any]:
-    """Send rate x seconds messages; count, time and cost what the subscribers receive."""
+    """Send rate x seconds messages; count, time and cost what the subscribers receive.
+
+    What has not arrived `drain` seconds after the last send is lost. A saturated server
+    may still deliver it: the phase then waits up to `late` seconds more, so that "late"
+    and "never" are told apart, and the CPU and latency figures cover the whole backlog."""
     traffic = Traffic(max(1, round(rate * seconds)))
     expected = traffic.messages * len(subscribers)
     dropped_before = gen.dropped
@@ -143,9 +150,14 @@ async def traffic_phase(
     started = time.monotonic()
     await loadgen.send_traffic(publishers, traffic, rate)
     sent_at = time.monotonic()
-    complete = await loadgen.wait_until(
-        lambda: traffic.received >= expected and traffic.acks_ok + traffic.acks_error >= traffic.sent, drain
-    )
+
+    def everything() -> bool:
+        return traffic.received >= expected and traffic.acks_ok + traffic.acks_error >= traffic.sent
+
+    complete = await loadgen.wait_until(everything, drain)
+    on_time = traffic.received
+    if not complete:
+        await loadgen.wait_until(everything, late)
     finished = time.monotonic()
     cpu = cluster.cpu_seconds() - cpu_before
     redis_cpu = cluster.redis_cpu_seconds() - redis_before
@@ -163,7 +175,9 @@ async def traffic_phase(
         "subscribers": len(subscribers),
         "deliveries_expected": expected,
         "deliveries": delivered,
-        "lost": expected - delivered,
+        "lost": expected - on_time,
+        "late": delivered - on_time,  # arrived after the drain, within `late` more seconds
+        "never": expected - delivered,
         "duplicates": traffic.duplicates,
         "rejected": traffic.acks_error,
         "unanswered": traffic.sent - traffic.acks_ok - traffic.acks_error,
@@ -216,7 +230,14 @@ async def fan_out(cluster: systems.Cluster, out: Outcome, load: FanOut, sizes: S
             out.notes.append(f"servers still busy {sizes.settle_cap:.0f} s after the joins: figures include that work")
         out.metrics.update(
             await traffic_phase(
-                gen, cluster, subs, pubs, rate=load.rate, seconds=load.seconds, drain=sizes.drain_seconds
+                gen,
+                cluster,
+                subs,
+                pubs,
+                rate=load.rate,
+                seconds=load.seconds,
+                drain=sizes.drain_seconds,
+                late=sizes.late_seconds,
             )
         )
     finally:
@@ -326,7 +347,14 @@ async def w4(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
             if not await settle(gen, cluster, settle_cap):
                 step["note"] = "node still busy after the joins"
             figures = await traffic_phase(
-                gen, cluster, subs, pubs, rate=sizes.w4_rate, seconds=sizes.w4_seconds, drain=sizes.drain_seconds
+                gen,
+                cluster,
+                subs,
+                pubs,
+                rate=sizes.w4_rate,
+                seconds=sizes.w4_seconds,
+                drain=sizes.drain_seconds,
+                late=0.0,  # a step that loses ends W4: no need to tell late from never
             )
             step.update(
                 {
@@ -406,11 +434,13 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         stopped_at = time.monotonic()
         deadline = stopped_at + load.rejoin_cap
         rejoined: list[loadgen.Client] = []
+        back_after: list[float] = []  # per client, seconds from SIGTERM
         failures: list[str] = []
-        last_rejoin = stopped_at
+        retries = 0
+        last_rejoin = last_drop = stopped_at
 
         async def come_back(old: loadgen.Client) -> None:
-            nonlocal last_rejoin
+            nonlocal last_rejoin, retries
             for attempt, pause in enumerate(RECONNECT_S * 100):
                 await asyncio.sleep(pause * random.uniform(0.75, 1.25))
                 try:
@@ -430,15 +460,19 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
                     failures.append(f"{old.user}: not back after {load.rejoin_cap:.0f} s ({attempt + 1} tries)")
                     return
                 except (OSError, ConnectionError) as error:
+                    retries += 1
                     if time.monotonic() >= deadline:
                         failures.append(f"{old.user}: {error}")
                         return
                     continue
                 rejoined.append(client)
                 last_rejoin = time.monotonic()
+                back_after.append(last_rejoin - stopped_at)
                 return
 
         def dropped(old: loadgen.Client) -> None:
+            nonlocal last_drop
+            last_drop = time.monotonic()
             task = asyncio.ensure_future(come_back(old))
             back.add(task)
             task.add_done_callback(back.discard)
@@ -452,6 +486,10 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
             out.notes.append(f"{len(rejoined)} of {load.clients} back on node b; e.g. {failures[:1]}")
         else:
             out.metrics["rejoin_s"] = round(last_rejoin - stopped_at, 2)
+        out.metrics["closed_s"] = round(last_drop - stopped_at, 2)  # node a's last socket closed
+        if back_after:
+            out.metrics["rejoin_p50_s"] = round(sorted(back_after)[len(back_after) // 2], 2)
+        out.metrics["rejoin_retries"] = retries
         # Caught up: every client holds every acknowledged message sent before the last came back.
         sent_by_then = traffic.sent
 

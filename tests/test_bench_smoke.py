@@ -112,6 +112,18 @@ def test_the_table_compares_every_system(smoke: tuple[subprocess.CompletedProces
         assert "-" not in row[2:5], row  # every system has a figure in every row
 
 
+def test_the_plot_has_a_panel_for_every_row(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    """Every row of the table is drawn, the ones ChatLab loses included."""
+    from bench import plot
+
+    _, report = smoke
+    panels = plot.panels(report)
+    assert [p.title for p in panels] == [f"{row[0].split()[0]}: {row[1]}" for row in report["table"]]
+    for panel, row in zip(panels, report["table"], strict=True):
+        assert panel.labels == row[2:5]  # the figures as printed, for all three systems
+        assert panel.values == [float(cell.replace(",", "")) if cell[0].isdigit() else None for cell in row[2:5]]
+
+
 async def test_the_client_reads_frames_split_anywhere() -> None:
     """The bare client's framing: any split of the byte stream gives the same deliveries."""
     import random
