@@ -433,6 +433,7 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         limit = asyncio.Semaphore(64)
         stopped_at = time.monotonic()
         deadline = stopped_at + load.rejoin_cap
+        latest = {client.user: client for client in subs}  # each user's newest client
         rejoined: list[loadgen.Client] = []
         back_after: list[float] = []  # per client, seconds from SIGTERM
         failures: list[str] = []
@@ -466,6 +467,7 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
                         return
                     continue
                 rejoined.append(client)
+                latest[old.user] = client
                 last_rejoin = time.monotonic()
                 back_after.append(last_rejoin - stopped_at)
                 return
@@ -494,7 +496,7 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         sent_by_then = traffic.sent
 
         def caught_up() -> bool:
-            return all(_missing(c, traffic, sent_by_then) == 0 for c in rejoined)
+            return all(_missing(c, traffic, sent_by_then) == 0 for c in latest.values())
 
         if everyone and not failures:
             if await loadgen.wait_until(caught_up, load.after + sizes.drain_seconds, step=0.1):
@@ -506,18 +508,16 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         await sender
         await loadgen.wait_until(lambda: traffic.acks_ok + traffic.acks_error >= traffic.sent, sizes.drain_seconds)
         wanted = traffic.acked.count(1)
-        await loadgen.wait_until(lambda: _lost(rejoined, traffic) == 0, sizes.drain_seconds, step=0.1)
-        lost = _lost(rejoined, traffic) + wanted * (load.clients - len(rejoined))
+        everybody = list(latest.values())  # who never came back counts what it missed too
+        await loadgen.wait_until(lambda: _lost(everybody, traffic) == 0, sizes.drain_seconds, step=0.1)
         out.metrics.update(
             {
                 "clients": load.clients,
                 "rejoined": len(rejoined),
                 "messages_sent": traffic.sent,
                 "acknowledged": wanted,
-                "lost": lost,
-                "clients_missing_messages": sum(1 for c in rejoined if _lost([c], traffic))
-                + load.clients
-                - len(rejoined),
+                "lost": _lost(everybody, traffic),
+                "clients_missing_messages": sum(1 for c in everybody if _lost([c], traffic)),
                 "duplicates": traffic.duplicates,
                 "node_a_exit": node_a.proc.returncode,
             }

@@ -173,3 +173,58 @@ def test_the_benchmarks_page_shows_the_last_full_run() -> None:
     assert f"`bench/results/{last.name}`" in page
     assert f"(../bench/results/{last.stem}.png)" in page
     assert last.with_suffix(".png").stat().st_size > 0
+
+
+def _frames(*texts: bytes) -> bytes:
+    """The server's side of an upgraded connection: a 101 answer, then unmasked text frames."""
+    out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+    for text in texts:
+        assert len(text) < 126
+        out += bytes((0x81, len(text))) + text
+    return out
+
+
+async def test_the_channels_client_reads_acks_and_deliveries() -> None:
+    from bench import loadgen
+
+    gen = loadgen.Generator()
+    traffic = loadgen.Traffic(3)
+    gen.traffic = traffic
+    client = loadgen.ChannelsClient(gen, "127.0.0.1", 1, "p0", subscriber=True)
+    for seq in range(3):
+        client.publish(traffic, seq)  # no transport yet: nothing is written, refs 1-3 are kept
+    client.data_received(
+        _frames(
+            b'{"ref": 0, "status": "ok"}',
+            f'{{"event": "new:msg", "payload": {{"user": "p0", "body": "{traffic.body(1)}"}}}}'.encode(),
+            b'{"ref": 2, "status": "ok"}',
+            b'{"ref": 3, "status": "error"}',
+        )
+    )
+    assert client.joined.done() and client.joined.exception() is None
+    assert bytes(client.seen) == b"\x00\x01\x00" and traffic.received == 1
+    assert bytes(traffic.acked) == b"\x00\x01\x00"
+    assert (traffic.acks_ok, traffic.acks_error) == (1, 1)
+
+
+async def test_a_phoenix_client_rejoins_with_the_newest_id_it_saw() -> None:
+    """W5: the id is read from broadcasts and from what the join replays, the newest kept."""
+    from bench import loadgen
+
+    gen = loadgen.Generator()
+    old = loadgen.PhoenixClient(gen, "127.0.0.1", 1, "s1", subscriber=True)
+    old.track_last_seen = True
+    old.data_received(
+        _frames(
+            b'["1",null,"rooms:lobby","new:msg",{"id":"1700000000002-0","body":"x"}]',
+            b'[null,null,"rooms:lobby","new:msg",{"id":"1700000000010-1","body":"y"}]',
+            b'[null,null,"rooms:lobby","new:msg",{"id":"1700000000009-5","body":"z"}]',
+        )
+    )
+    assert old.last_seen == (1700000000010, 1)
+    new = loadgen.PhoenixClient(gen, "127.0.0.1", 2, "s1", subscriber=True)
+    new.inherit(old)
+    sent: list[str] = []
+    new.send_text = sent.append  # type: ignore[method-assign]
+    new.join()
+    assert sent == ['["1","1","rooms:lobby","phx_join",{"user":"s1","last_seen_id":"1700000000010-1"}]']
