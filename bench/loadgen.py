@@ -554,23 +554,30 @@ async def open_and_join(
     opened: Callable[[Client], None],
     previous: Client | None = None,
 ) -> Client:
-    """One client, connected and joined; `opened` gets it as soon as it exists (so a failure
-    can still close it). `previous` is the client this one replaces after a reconnect."""
+    """One client, connected and joined; `opened` gets it as soon as it exists. A client
+    that fails to join is closed: it must not go on receiving. `previous` is the client
+    this one replaces after a reconnect."""
+    client: Client | None = None
     async with limit:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
-        async with asyncio.timeout(remaining):
-            _, client = await asyncio.get_running_loop().create_connection(
-                lambda: PROTOCOLS[protocol](gen, host, port, user, subscriber=subscriber), host, port
-            )
-            opened(client)
-            if previous is not None:
-                client.inherit(previous)
-            await client.opened
-            client.join()
-            await client.joined
-            return client
+        try:
+            async with asyncio.timeout(remaining):
+                _, client = await asyncio.get_running_loop().create_connection(
+                    lambda: PROTOCOLS[protocol](gen, host, port, user, subscriber=subscriber), host, port
+                )
+                opened(client)
+                if previous is not None:
+                    client.inherit(previous)
+                await client.opened
+                client.join()
+                await client.joined
+                return client
+        except BaseException:
+            if client is not None:
+                client.shutdown()
+            raise
 
 
 async def send_traffic(publishers: list[Client], traffic: Traffic, rate: float) -> None:

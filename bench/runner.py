@@ -211,7 +211,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="SECONDS",
         help="allow this long for every join and settle phase (diagnosis: the run may then pass 8 minutes)",
     )
-    parser.add_argument("--budget", type=float, metavar="SECONDS", help="the whole run's time budget (default 450)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS", help="the whole run's time budget (default 470)")
     args = parser.parse_args(argv)
     args.only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
     chosen = args.systems.strip().lower()
