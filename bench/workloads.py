@@ -433,8 +433,10 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         limit = asyncio.Semaphore(64)
         stopped_at = time.monotonic()
         deadline = stopped_at + load.rejoin_cap
+        on_a = set(subs)
         latest = {client.user: client for client in subs}  # each user's newest client
         rejoined: list[loadgen.Client] = []
+        publishers_dropped: list[str] = []
         back_after: list[float] = []  # per client, seconds from SIGTERM
         failures: list[str] = []
         retries = 0
@@ -468,14 +470,19 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
                         return
                     continue
                 rejoined.append(client)
+                if latest[old.user] in on_a:  # the first time back, not a later drop from node b
+                    last_rejoin = time.monotonic()
+                    back_after.append(last_rejoin - stopped_at)
                 latest[old.user] = client
-                last_rejoin = time.monotonic()
-                back_after.append(last_rejoin - stopped_at)
                 return
 
         def dropped(old: loadgen.Client) -> None:
             nonlocal last_drop
-            last_drop = time.monotonic()
+            if not old.subscriber:  # node b closed a publisher: its later messages go unanswered
+                publishers_dropped.append(old.user)
+                return
+            if old in on_a:
+                last_drop = time.monotonic()
             task = asyncio.ensure_future(come_back(old))
             back.add(task)
             task.add_done_callback(back.discard)
@@ -483,10 +490,10 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         gen.on_drop = dropped
         stopping = asyncio.ensure_future(_stop(node_a, load.stop_grace))
         everyone = await loadgen.wait_until(
-            lambda: len(rejoined) + len(failures) >= load.clients, load.rejoin_cap + 1.0
+            lambda: len(back_after) + len(failures) >= load.clients, load.rejoin_cap + 1.0
         )
         if failures or not everyone:
-            out.notes.append(f"{len(rejoined)} of {load.clients} back on node b; e.g. {failures[:1]}")
+            out.notes.append(f"{len(back_after)} of {load.clients} back on node b; e.g. {failures[:1]}")
         else:
             out.metrics["rejoin_s"] = round(last_rejoin - stopped_at, 2)
         out.metrics["closed_s"] = round(last_drop - stopped_at, 2)  # node a's last socket closed
@@ -507,6 +514,10 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         await asyncio.sleep(max(0.0, last_rejoin + load.after - time.monotonic()))
         done_sending.set()
         await sender
+        if publishers_dropped:
+            out.notes.append(
+                f"node b closed publishers {', '.join(publishers_dropped)}: what they sent after went unanswered"
+            )
         await loadgen.wait_until(lambda: traffic.acks_ok + traffic.acks_error >= traffic.sent, sizes.drain_seconds)
         wanted = traffic.acked.count(1)
         everybody = list(latest.values())  # who never came back counts what it missed too
@@ -514,7 +525,8 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         out.metrics.update(
             {
                 "clients": load.clients,
-                "rejoined": len(rejoined),
+                "rejoined": len(back_after),
+                "dropped_by_node_b": len(rejoined) - len(back_after),
                 "messages_sent": traffic.sent,
                 "acknowledged": wanted,
                 "lost": _lost(everybody, traffic),
