@@ -180,7 +180,7 @@ class RedisBroker:
         self._held: list[tuple[str, str, str]] = []
         self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
         self.bad_lines = 0
-        self._bad_line_logged_at = -BAD_LINE_LOG_EVERY
+        self._bad_line_log = logs.Every(BAD_LINE_LOG_EVERY)
 
     # Broker interface --------------------------------------------------------------
 
@@ -385,9 +385,7 @@ class RedisBroker:
     def _drop_bad_line(self, line: str, reason: str) -> None:
         self.bad_lines += 1
         self.membership.on_bad_line()
-        now = time.monotonic()
-        if now - self._bad_line_logged_at >= BAD_LINE_LOG_EVERY:
-            self._bad_line_logged_at = now
+        if self._bad_line_log.due():
             logs.event(
                 log,
                 "bad line on our channel dropped",

@@ -43,7 +43,7 @@ from shared.protocol import MAX_FRAME_BYTES
 from tests.helpers.cluster import Cluster
 from tests.helpers.dns import HeadlessService, Pod, pod_ip, port_free_on_all
 from tests.helpers.metrics import memory_mb, metric
-from tests.helpers.node import NodeProcess
+from tests.helpers.node import NodeProcess, running_node
 from tests.helpers.phoenix import PhoenixClient
 from tests.helpers.raw_websocket import RawWebSocket, client_frame
 from tests.helpers.redis_server import RedisServer
@@ -203,6 +203,76 @@ def test_garbage_instead_of_http_gets_400_and_the_connection_closed(nodes: Clust
     answer = raw_http(nodes.node("a").port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
     assert healthy(nodes)
+
+
+# Handshake headers that wsproto or Hypercorn cannot parse: each raised inside the server
+# (a traceback on stderr, or two error events) instead of being answered.
+MALFORMED_HANDSHAKES = {
+    "window bits not a number": b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=x",
+    "window bits empty": b"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=",
+    "non-ASCII Connection": b"Connection: Upgrade, \xff\xfe",
+    "non-ASCII extensions": b"Sec-WebSocket-Extensions: permessage-deflate; \xe9",
+    "non-ASCII protocol": b"Sec-WebSocket-Protocol: chat, \xc3\xa9",
+}
+
+
+def upgrade_with(port: int, header: bytes) -> bytes:
+    """The status line and headers answering a WebSocket upgrade that carries `header` (a
+    Connection header replaces the usual one); b"" when the node ends the connection instead."""
+    lines = [
+        b"GET /socket/websocket?vsn=2.0.0 HTTP/1.1",
+        f"Host: 127.0.0.1:{port}".encode(),
+        b"Upgrade: websocket",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        b"Sec-WebSocket-Version: 13",
+        header,
+    ]
+    if not header.lower().startswith(b"connection:"):
+        lines.append(b"Connection: Upgrade")
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        return answer
+
+
+def test_malformed_handshake_headers_get_400_and_one_json_line_at_most_a_second() -> None:
+    from shared.server import REFUSAL_LOG_EVERY
+    from tests.helpers.results import record
+
+    rounds = 20
+    with running_node("stage1_dev", {"PING_INTERVAL": "0"}) as node:
+        started = time.monotonic()
+        statuses = {
+            name: [upgrade_with(node.port, header)[:12] for _ in range(rounds)]
+            for name, header in MALFORMED_HANDSHAKES.items()
+        }
+        elapsed = time.monotonic() - started
+        assert httpx.get(node.url + "/healthz", timeout=5).status_code == 200
+        ws = RawWebSocket.open("127.0.0.1", node.port)  # a well-formed upgrade is still accepted
+        ws.close()
+    lines = node.lines
+    not_json = [line for line in lines if not line.startswith("{") or not isinstance(json.loads(line), dict)]
+    refusals = [line for line in node.logs() if line.get("event") == "websocket refused: malformed handshake header"]
+    record(
+        "malformed_handshake_headers",
+        requests=rounds * len(MALFORMED_HANDSHAKES),
+        statuses=sorted({s.decode() for codes in statuses.values() for s in codes}),
+        log_lines=len(lines),
+        log_bytes=sum(len(line) + 1 for line in lines),
+        lines_not_json=len(not_json),
+        error_lines=len([line for line in node.logs() if line.get("level") in ("error", "critical")]),
+        refusal_lines=len(refusals),
+    )
+    for name, codes in statuses.items():
+        assert codes == [b"HTTP/1.1 400"] * rounds, (name, codes[:3])
+    assert not_json == [], not_json[:5]
+    assert [line for line in node.logs() if line.get("level") in ("error", "critical")] == []
+    # Logged, but not once per request: one line per REFUSAL_LOG_EVERY, counting the rest.
+    assert 1 <= len(refusals) <= 1 + elapsed / REFUSAL_LOG_EVERY, (len(refusals), elapsed)
+    assert sum(int(line["refused"]) for line in refusals) <= rounds * len(MALFORMED_HANDSHAKES)
 
 
 IDLE_CONNECTIONS = 300
