@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
+from shared.history import Replay, RoomHistory
 from shared.messages import ChatMessage, Draft
 from stage2_cluster.settings import redact_url
 
@@ -88,6 +89,26 @@ for i = 9, #ARGV do
   redis.call('PUBLISH', ARGV[i], line)
 end
 return {id, ts}
+"""
+
+
+# A join's history read. The node keeps the last copy it read of each room's stream (its
+# messages and their encoded payloads); the script returns the stream only when it differs
+# from that copy, whose version is the stream's length, first and last id. Streams here are
+# only ever appended to (ids always grow) and trimmed from the oldest, so two states with the
+# same three are the same: any node's append changes the last id, and this check runs in
+# Redis on every join, so a joiner never gets a stale copy, whoever wrote to the room.
+READ_SCRIPT = """
+local n = redis.call('XLEN', KEYS[1])
+local version = tostring(n)
+if n > 0 then
+  version = version .. ' ' .. redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+    .. ' ' .. redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+end
+if version == ARGV[1] then
+  return {version}
+end
+return {version, redis.call('XRANGE', KEYS[1], '-', '+')}
 """
 
 
@@ -169,6 +190,8 @@ class RedisBroker:
             encoding_errors="replace",
         )
         self._script = self.client.register_script(PUBLISH_SCRIPT)
+        self._read_script = self.client.register_script(READ_SCRIPT)
+        self._copies: dict[str, tuple[str, RoomHistory]] = {}  # per topic: READ_SCRIPT's version, the copy
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
         self._healthy: bool | None = None  # None until the first attempt, so that one is logged too
@@ -230,16 +253,19 @@ class RedisBroker:
         if peers:
             await self.send(peers, f"b {topic} {frame}")
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
-        start = "-" if after is None else f"({after}"
+    async def history(self, topic: str, after: str | None) -> Replay:
+        version, copy = self._copies.get(topic, ("", None))
         try:
-            entries = await self.client.xrange(stream_key(topic), min=start, max="+")
+            result = await self._read_script(keys=[stream_key(topic)], args=[version])
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(str(error)) from None
-        return [
-            ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
-            for entry_id, fields in entries
-        ]
+        if copy is None or len(result) == 2:  # the stream changed since the copy: a new copy
+            copy = RoomHistory(self.history_size)
+            for entry_id, flat in result[1] if len(result) == 2 else []:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                copy.append(ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"])))
+            self._copies[topic] = (result[0], copy)
+        return copy.after(after)
 
     # Cluster transport -------------------------------------------------------------
 
