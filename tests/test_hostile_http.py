@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -38,6 +39,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from shared.protocol import MAX_FRAME_BYTES
 from tests.helpers.cluster import Cluster
@@ -555,6 +557,74 @@ def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
     assert served and history_replayed == 101
     assert failures == [], failures[:3]
     assert node.proc.returncode == 0  # type: ignore[union-attr]  # it stopped on SIGTERM, not before
+
+
+def test_rejoins_asking_for_the_whole_history_again_and_again_are_bounded_per_socket() -> None:
+    """20 sockets each join 20 times, 5 a second (half the rate limit), with 100 messages of
+    8 KB in history: every join without last_seen_id asks for all of it again."""
+    from shared.channel import REPLAY_BUDGET
+    from tests.helpers.results import record
+
+    sockets, joins, interval = 20, 20, 0.2
+    rate, burst = REPLAY_BUDGET
+    body = "🙂" * 2000  # 8000 bytes of UTF-8
+
+    async def attack(url: str) -> tuple[list[int], list[dict[str, int]], float]:
+        async with PhoenixClient(url) as writer:
+            await writer.join("rooms:lobby", {"user": "writer"})
+            for _ in range(100):
+                assert (await writer.push("rooms:lobby", "new:msg", {"user": "writer", "body": body})).ok
+
+        async def rejoiner(n: int) -> tuple[int, dict[str, int]]:
+            received, replies = 0, {}
+            async with websockets.connect(url, compression=None, max_size=None) as ws:
+
+                async def read() -> None:
+                    nonlocal received
+                    while sum(replies.values()) < joins:
+                        text = await ws.recv()
+                        received += len(text.encode() if isinstance(text, str) else text)
+                        frame = json.loads(text)
+                        if frame[3] == "phx_reply":
+                            key = frame[4]["response"].get("reason", frame[4]["status"])
+                            replies[key] = replies.get(key, 0) + 1
+
+                reading = asyncio.create_task(read())
+                for j in range(joins):
+                    await ws.send(json.dumps([str(j), str(j), "rooms:lobby", "phx_join", {"user": f"r{n}"}]))
+                    await asyncio.sleep(interval)  # the attack's pace, not a wait for anything
+                async with asyncio.timeout(60):
+                    await reading
+            return received, replies
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(rejoiner(n) for n in range(sockets)))
+        return [r[0] for r in results], [r[1] for r in results], time.monotonic() - started
+
+    # The writer fills history faster than RATE_LIMIT allows; the attack's 5 joins a second are under it.
+    with running_node("stage1_dev", {"PING_INTERVAL": "0", "RATE_LIMIT": "10000/10000"}) as node:
+        received, replies, elapsed = run_async(lambda: attack(node.ws_url))
+        replayed = metric(httpx.get(node.url + "/metrics", timeout=5).text, "chat_replay_bytes_total", default=-1)
+    refused = sum(r.get("replay_limited", 0) for r in replies)
+    record(
+        "replay_budget",
+        sockets=sockets,
+        joins_each=joins,
+        history_kb=round(100 * len(body.encode()) / 1000),
+        seconds=round(elapsed, 2),
+        bytes_out_per_socket_max_mb=round(max(received) / 1e6, 2),
+        bytes_out_total_mb=round(sum(received) / 1e6, 1),
+        replayed_bytes_metric_mb=round(replayed / 1e6, 1),
+        joins_ok=sum(r.get("ok", 0) for r in replies),
+        joins_replay_limited=refused,
+    )
+    # Bytes of history a socket is sent: the budget, and what refilled while the attack went on.
+    bound = burst + rate * elapsed
+    assert 0 <= replayed <= sockets * bound, (replayed, sockets * bound)
+    frames_and_replies = 64 * 1024  # per socket: the join replies, presence and the writer's entry
+    assert max(received) <= bound + frames_and_replies, (max(received), bound)
+    assert all(r.get("ok", 0) >= 1 for r in replies) and refused > 0, replies
+    assert all(set(r) <= {"ok", "replay_limited"} for r in replies), replies
 
 
 @pytest.mark.parametrize(
