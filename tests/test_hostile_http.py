@@ -468,6 +468,51 @@ def test_a_compressed_chat_frame_under_the_limit_is_inflated_and_served(stage1_n
     assert replies["2"] == {"status": "ok", "response": {"msg": body, "id": replies["2"]["response"]["id"]}}
 
 
+def test_a_thousand_h2c_websockets_with_deflate_stay_inside_the_pods_memory() -> None:
+    """10 cleartext HTTP/2 connections of 100 WebSocket streams each, every stream offering
+    permessage-deflate as browsers do and joined with a compressed frame: the node holds
+    them all inside the 256 MiB a pod is given (docs/protocol.md, the memory arithmetic)."""
+    from tests.helpers.h2c import STREAMS_PER_CONNECTION, H2cConnection, wait_joined
+    from tests.helpers.results import record
+
+    count, pod = 1000, 256.0
+    with running_node("stage1_dev", {"PING_INTERVAL": "0", "MAX_CONNECTIONS": str(count)}) as node:
+        pid = node.proc.pid  # type: ignore[union-attr]
+        before = memory_mb(pid)
+        connections = [
+            H2cConnection(node.port, STREAMS_PER_CONNECTION, f"h{n}") for n in range(count // STREAMS_PER_CONNECTION)
+        ]
+        try:
+            # One connection after another: all at once is a join storm (every join a presence
+            # diff to every member), which this measures nothing of (docs/reliability.md, limits).
+            for started in range(len(connections)):
+                connections[started].start()
+                wait_joined(connections[: started + 1], 60)
+            # Every stream got its join's ok; a few may have been dropped since as slow
+            # readers (1008: this one Python client reads a thousand sockets' presence diffs).
+            served = metric(httpx.get(node.url + "/metrics", timeout=10).text, "chat_connections")
+            rss, peak = memory_mb(pid), memory_mb(pid, "VmHWM")
+        finally:
+            for connection in connections:
+                connection.stop.set()
+            for connection in connections:
+                connection.join(10)
+        offers = {s.extensions for c in connections for s in c.streams.values()}
+    record(
+        "h2c_deflate_memory",
+        streams=count,
+        connections=len(connections),
+        negotiated=sorted(offers),
+        still_connected=served,
+        rss_before_mb=round(before, 1),
+        rss_joined_mb=round(rss, 1),
+        peak_rss_mb=round(peak, 1),
+        per_socket_kb=round((rss - before) * 1024 / count, 1),
+    )
+    assert all(offer.startswith("permessage-deflate") for offer in offers), offers  # compression kept
+    assert peak < pod, f"peak RSS {peak:.1f} MB: past a pod's {pod:.0f} MiB"
+
+
 def test_a_heartbeat_flood_is_rate_limited_like_any_frame(stage1_node: NodeProcess) -> None:
     from tests.helpers.results import record
 
