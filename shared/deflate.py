@@ -55,7 +55,7 @@ class BoundedDeflate(PerMessageDeflate):
         self._over = False  # the current message passed the limit: discard the rest
         self._text = False
 
-    def accept(self, offer: str) -> bool | None | str:
+    def accept(self, offer: str) -> bool | str | None:
         # A bare client_max_window_bits lets the server pick the client's window; without
         # the parameter the client may use 15 bits, and the inflater must too.
         if any(param.strip() == "client_max_window_bits" for param in offer.split(";")[1:]):
