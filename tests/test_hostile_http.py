@@ -545,7 +545,8 @@ CAPPED = (
 def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
     """40 sockets that never read each ask for the history again and again: every join
     replays 100 messages of 8 KB, framed for that socket alone. The node has 128 MiB of
-    address space in all; each stalled socket is dropped and the node serves on."""
+    address space in all; each stalled socket is dropped, or refused its replays past the
+    replay budget, and the node serves on."""
     from tests.helpers.results import record
 
     stalled_count, rejoins, cap = 40, 20, 128 * 1024 * 1024
@@ -579,7 +580,17 @@ def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
             with contextlib.suppress(OSError):  # the node may drop it before the last join is sent
                 ws.sock.sendall(join * rejoins)
             stalled.append(ws)
-        codes = [ws.close_code() for ws in stalled]
+
+        # Each is either dropped (1008) or refused its replays past the budget (replay_limited):
+        # which one depends on how much the kernel's buffers took, so the node's counters tell.
+        def settled() -> tuple[float, float] | None:
+            text = httpx.get(node.url + "/metrics", timeout=5).text
+            drops, joins = metric(text, "chat_drops_total"), metric(text, "chat_joins_total") - 1  # the writer's
+            refused = metric(text, "chat_messages_rejected_total", default=0, reason="replay_limited")
+            # Every join of a socket not dropped is answered, ok or refused.
+            return (drops, refused) if joins + refused + drops * rejoins >= stalled_count * rejoins else None
+
+        drops, replays_refused = wait_until(settled, 60, "every stalled socket dropped or refused its replays")
         after = memory_mb(pid, "VmHWM")
         served, history_replayed = run_async(still_serving)
     finally:
@@ -593,12 +604,13 @@ def test_stalled_sockets_cannot_exhaust_a_memory_capped_node() -> None:
         joins_each=rejoins,
         replay_kb_per_join=800,
         address_space_cap_mb=cap // (1024 * 1024),
-        stalled_close_codes=sorted(set(codes), key=str),
+        dropped_1008=drops,
+        replays_refused=replays_refused,
         peak_rss_before_mb=round(before, 1),
         peak_rss_after_mb=round(after, 1),
         errors_logged=len(failures),
     )
-    assert codes == [1008] * stalled_count, codes  # each dropped as too slow
+    assert after - before < 32, (before, after)
     assert served and history_replayed == 101
     assert failures == [], failures[:3]
     assert node.proc.returncode == 0  # type: ignore[union-attr]  # it stopped on SIGTERM, not before
