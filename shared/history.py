@@ -11,6 +11,7 @@ import itertools
 import re
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -51,6 +52,13 @@ class Replay:
     messages: list[ChatMessage]
     payloads: list[bytes]
     truncated: bool = False
+
+    def __iter__(self) -> Iterator[ChatMessage]:
+        """A replay reads as its messages (`for m in await broker.history(...)`, in the console too)."""
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
 
     @property
     def size(self) -> int:
