@@ -92,6 +92,22 @@ return {id, ts}
 """
 
 
+class BadLine(ValueError):
+    """A line on our channel that is not one of ours: anyone who can reach Redis can PUBLISH."""
+
+
+def node_channel(node: str) -> str:
+    return f"chat:node:{node}"
+
+
+def stream_key(topic: str) -> str:
+    return f"chat:room:{topic}"
+
+
+def client_ids_key(topic: str) -> str:
+    return f"chat:client-ids:{topic}"
+
+
 # A join's history read. The node keeps the last copy it read of each room's stream (its
 # messages and their encoded payloads); the script returns the stream only when it differs
 # from that copy, whose version is the stream's length, first and last id. Streams here are
@@ -110,22 +126,6 @@ if version == ARGV[1] then
 end
 return {version, redis.call('XRANGE', KEYS[1], '-', '+')}
 """
-
-
-class BadLine(ValueError):
-    """A line on our channel that is not one of ours: anyone who can reach Redis can PUBLISH."""
-
-
-def node_channel(node: str) -> str:
-    return f"chat:node:{node}"
-
-
-def stream_key(topic: str) -> str:
-    return f"chat:room:{topic}"
-
-
-def client_ids_key(topic: str) -> str:
-    return f"chat:client-ids:{topic}"
 
 
 def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
