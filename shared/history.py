@@ -96,6 +96,21 @@ class RoomHistory:
         if key is not None:
             self._client_ids[key] = message
 
+    def copy(self) -> RoomHistory:
+        """Another history holding the same messages, payloads shared, not encoded again."""
+        other = RoomHistory(self._messages.maxlen or 0)
+        other._messages, other._payloads = self._messages.copy(), self._payloads.copy()
+        other._ids, other._keys = self._ids.copy(), self._keys.copy()
+        other._client_ids = dict(self._client_ids)
+        return other
+
+    def span(self) -> str:
+        """`<count> <oldest id> <newest id>`, `0` when empty: what tells two states of an
+        append-only history apart (stage2_cluster/broker.py compares it with the stream's)."""
+        if not self._messages:
+            return "0"
+        return f"{len(self._messages)} {self._messages[0].id} {self._messages[-1].id}"
+
     def find(self, user: str, client_msg_id: str) -> ChatMessage | None:
         """The message `user` pushed with `client_msg_id`, while it is still in history."""
         return self._client_ids.get((user, client_msg_id))

@@ -108,24 +108,35 @@ def client_ids_key(topic: str) -> str:
     return f"chat:client-ids:{topic}"
 
 
-# A join's history read. The node keeps the last copy it read of each room's stream (its
-# messages and their encoded payloads); the script returns the stream only when it differs
-# from that copy, whose version is the stream's length, first and last id. Streams here are
-# only ever appended to (ids always grow) and trimmed from the oldest, so two states with the
-# same three are the same: any node's append changes the last id, and this check runs in
-# Redis on every join, so a joiner never gets a stale copy, whoever wrote to the room.
+# A join's history read. The node keeps a copy of each room's stream (its messages and their
+# encoded payloads), known by its span: the length, first and last id. Streams here are only
+# ever appended to (ids always grow) and trimmed from the oldest, so two states with the same
+# span are the same: any node's append changes the last id. The script compares spans in
+# Redis on every join, so a joiner never gets a stale copy, whoever wrote to the room; when
+# they differ it returns what came after the copy's last id (ARGV[2]; all of it when '').
 READ_SCRIPT = """
 local n = redis.call('XLEN', KEYS[1])
-local version = tostring(n)
+local span = tostring(n)
 if n > 0 then
-  version = version .. ' ' .. redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+  span = span .. ' ' .. redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
     .. ' ' .. redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
 end
-if version == ARGV[1] then
-  return {version}
+if span == ARGV[1] then
+  return {span}
 end
-return {version, redis.call('XRANGE', KEYS[1], '-', '+')}
+if ARGV[2] ~= '' then
+  return {span, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')}
+end
+return {span, redis.call('XRANGE', KEYS[1], '-', '+')}
 """
+
+
+def _extended(history: RoomHistory, entries: list[Any]) -> RoomHistory:
+    """`history` with READ_SCRIPT's stream entries appended, each payload encoded once."""
+    for entry_id, flat in entries:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        history.append(ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"])))
+    return history
 
 
 def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
@@ -191,7 +202,7 @@ class RedisBroker:
         )
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._read_script = self.client.register_script(READ_SCRIPT)
-        self._copies: dict[str, tuple[str, RoomHistory]] = {}  # per topic: READ_SCRIPT's version, the copy
+        self._copies: dict[str, RoomHistory] = {}  # per topic, the last copy of its stream read (READ_SCRIPT)
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
         self._healthy: bool | None = None  # None until the first attempt, so that one is logged too
@@ -254,18 +265,23 @@ class RedisBroker:
             await self.send(peers, f"b {topic} {frame}")
 
     async def history(self, topic: str, after: str | None) -> Replay:
-        version, copy = self._copies.get(topic, ("", None))
+        kept = self._copies.get(topic)
         try:
-            result = await self._read_script(keys=[stream_key(topic)], args=[version])
+            if kept is not None:
+                span = kept.span()
+                newest = span.split(" ")[-1] if " " in span else ""
+                result = await self._read_script(keys=[stream_key(topic)], args=[span, newest])
+                if len(result) == 2:  # the stream moved on: the copy and what came after it...
+                    kept = _extended(kept.copy(), result[1])
+                    if kept.span() != result[0]:  # ...unless it was trimmed or rewritten otherwise
+                        kept = None
+            if kept is None:
+                result = await self._read_script(keys=[stream_key(topic)], args=["", ""])
+                kept = _extended(RoomHistory(self.history_size), result[1])
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(str(error)) from None
-        if copy is None or len(result) == 2:  # the stream changed since the copy: a new copy
-            copy = RoomHistory(self.history_size)
-            for entry_id, flat in result[1] if len(result) == 2 else []:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                copy.append(ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"])))
-            self._copies[topic] = (result[0], copy)
-        return copy.after(after)
+        self._copies[topic] = kept
+        return kept.after(after)
 
     # Cluster transport -------------------------------------------------------------
 

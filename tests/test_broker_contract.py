@@ -165,6 +165,29 @@ async def test_a_copy_of_the_history_is_not_stale_when_an_unconnected_node_appen
             await broker.stop()
 
 
+async def test_a_copy_of_the_history_is_read_whole_again_when_the_stream_was_replaced(
+    module_redis: RedisServer,
+) -> None:
+    """A stream emptied and written anew (by hand, or a Redis that lost its data) matches no
+    copy plus what came after it: the node reads it whole."""
+    with module_redis.client() as client:
+        client.flushall()
+    broker = RedisBroker(module_redis.url, NODE, HISTORY)
+    await broker.start(lambda delivery: None)
+    try:
+        await async_wait_until(lambda: broker.available, DEADLINE, "the broker available")
+        for n in range(2):
+            await broker.publish(LOBBY, Draft("alice", f"before {n}"), NODE)
+        assert len((await broker.history(LOBBY, None)).messages) == 2
+        with module_redis.client() as client:
+            client.flushall()
+        after = await broker.publish(LOBBY, Draft("alice", "after"), NODE)
+
+        assert (await broker.history(LOBBY, None)).messages == [after]
+    finally:
+        await broker.stop()
+
+
 async def test_a_broadcast_reaches_the_room_but_is_not_stored(room: Room) -> None:
     joiner = object()
 

@@ -177,3 +177,15 @@ def test_a_replay_carries_each_payload_encoded_once() -> None:
     assert [json.loads(p) for p in replay.payloads] == [stored.payload()]
     assert replay.size == len(replay.payloads[0])
     assert history.after(None).payloads[0] is replay.payloads[0]  # the same bytes, not encoded again
+
+
+def test_a_copy_is_the_same_history_and_grows_apart() -> None:
+    history = full(3, 10)
+
+    copy = history.copy()
+    copy.append(message("20-0"))
+
+    assert history.span() == "3 10-0 12-0"
+    assert copy.span() == "3 11-0 20-0"
+    assert copy.after(None).payloads[0] is history.after(None).payloads[1]  # shared, not encoded again
+    assert RoomHistory(3).span() == "0"
