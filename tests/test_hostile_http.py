@@ -8,6 +8,9 @@
   over 16 KiB get 431; connections that never finish a request are closed after the
   keep-alive timeout and a body that stalls after BODY_TIMEOUT, while the node answers
   everyone else at once.
+- Upgrade headers Hypercorn or wsproto would raise on get 400 and one JSON log line a
+  second at most; rejoins asking for the whole history again and again are bounded by
+  the replay budget; a thousand h2c WebSockets with deflate fit a pod's memory.
 - WebSocket frames that break the protocol (invalid UTF-8, unmasked, reserved bits, a
   fragmented message past 64 KiB) close the socket with a code, not the node; upgrades
   from a disallowed Origin get 403 (more Origin cases are in tests/test_server.py and
