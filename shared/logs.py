@@ -92,7 +92,7 @@ def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     get("loop").error(
         clean(str(context.get("message", "unhandled exception in the event loop")), 1000),
         exc_info=(type(error), error, error.__traceback__) if isinstance(error, BaseException) else None,
-        extra={"fields": {"where": repr(context.get("task") or context.get("future") or context.get("handle"))}},
+        where=repr(context.get("task") or context.get("future") or context.get("handle")),
     )
 
 
