@@ -62,7 +62,7 @@ class CheckedHandshake(ws_stream.Handshake):
         self.problem = header_problem(headers)
         super().__init__(headers if self.problem is None else [], http_version)
         if self.problem is not None and (count := self.refusals.due()):
-            logs.event(log, "websocket refused: malformed handshake header", reason=self.problem, refused=count)
+            log.info("websocket refused: malformed handshake header", reason=self.problem, refused=count)
 
     def is_valid(self) -> bool:
         return self.problem is None and super().is_valid()
