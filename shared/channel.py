@@ -10,15 +10,19 @@ plus what the original did not have: presence, history replay and catch-up.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared import logs, presence, protocol
-from shared.broker import BrokerUnavailable, Delivery
+from shared.broker import Broker, BrokerUnavailable, Delivery
 from shared.history import parse_id
 from shared.messages import ChatMessage, InvalidMessage, validate_draft, validate_user
 
 if TYPE_CHECKING:
+    from shared.hub import Hub
+    from shared.metrics import Metrics
     from shared.socket import PhoenixSocket
+    from shared.tracker import PresenceTracker
 
 LOBBY = "rooms:lobby"
 log = logs.get("channel")
@@ -53,12 +57,23 @@ def join_params(payload: dict[str, Any]) -> tuple[str | None, str | None]:
     return user, last_seen_id
 
 
-class RoomChannel:
-    __slots__ = ("_answered", "_held", "hub", "join_ref", "presence_ref", "socket", "topic", "user")
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """What the room channels of one node use, built once by the node."""
 
-    def __init__(self, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
+    node: str  # this node's name, in presence metas and stored messages
+    hub: Hub  # the fan-out: a channel joins and leaves its topic there
+    tracker: PresenceTracker
+    broker: Broker
+    metrics: Metrics
+
+
+class RoomChannel:
+    __slots__ = ("_answered", "_held", "join_ref", "presence_ref", "rooms", "socket", "topic", "user")
+
+    def __init__(self, rooms: Rooms, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
+        self.rooms = rooms
         self.socket = socket
-        self.hub = socket.hub
         self.topic = topic
         self.join_ref = join_ref
         self.user = user
@@ -85,11 +100,12 @@ class RoomChannel:
 
     async def join(self, frame: protocol.Frame, last_seen_id: str | None) -> None:
         """Subscribe, replay history after `last_seen_id`, then go live without gaps."""
-        self.hub.add(self.topic, self)
+        rooms = self.rooms
+        rooms.hub.add(self.topic, self)
         try:
-            history = await self.hub.broker.history(self.topic, last_seen_id)
+            history = await rooms.broker.history(self.topic, last_seen_id)
         except BrokerUnavailable:
-            self.hub.remove(self.topic, self)
+            rooms.hub.remove(self.topic, self)
             raise JoinRefused("unavailable") from None
         # What a join sends goes out in two writes, one on each side of the await.
         first = [protocol.reply(frame, "ok")]
@@ -102,9 +118,9 @@ class RoomChannel:
         self.socket.send_all(first)
         await self._broadcast("user:entered", entered, exclude=self)
         # Phoenix's after_join idiom: track, then push the list, so the joiner is in it.
-        meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
-        self.hub.track(self.topic, self.user or "anonymous", meta)
-        state = self.hub.presence(self.topic).encoded_state()
+        meta = {"phx_ref": self.presence_ref, "node": rooms.node, "online_at": int(time.time())}
+        rooms.tracker.track(self.topic, self.user or "anonymous", meta)
+        state = rooms.tracker.room(self.topic).encoded_state()
         rest = [
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
@@ -125,26 +141,26 @@ class RoomChannel:
         try:
             draft = validate_draft(frame.payload)
         except InvalidMessage as error:
-            self.hub.metrics.messages_rejected.labels("invalid").inc()
+            self.rooms.metrics.messages_rejected.labels("invalid").inc()
             self.socket.send(protocol.reply(frame, "error", {"reason": str(error)}))
             return
         try:
-            message: ChatMessage = await self.hub.broker.publish(self.topic, draft, self.hub.node)
+            message: ChatMessage = await self.rooms.broker.publish(self.topic, draft, self.rooms.node)
         except BrokerUnavailable:
-            self.hub.metrics.messages_rejected.labels("unavailable").inc()
+            self.rooms.metrics.messages_rejected.labels("unavailable").inc()
             self.socket.send(protocol.reply(frame, "error", {"reason": "unavailable"}))
             return
-        self.hub.metrics.messages_in.inc()
+        self.rooms.metrics.messages_in.inc()
         self.user = draft.user
         self.socket.send(protocol.reply(frame, "ok", {"msg": message.body, "id": message.id}))
 
     def leave(self) -> None:
         """Stop receiving and drop this socket's presence."""
-        self.hub.remove(self.topic, self)
-        self.hub.untrack(self.topic, self.presence_ref)
+        self.rooms.hub.remove(self.topic, self)
+        self.rooms.tracker.untrack(self.topic, self.presence_ref)
 
     async def _broadcast(self, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
         try:
-            await self.hub.broker.broadcast(self.topic, event, payload, exclude=exclude)
+            await self.rooms.broker.broadcast(self.topic, event, payload, exclude=exclude)
         except BrokerUnavailable:
             log.warning("broadcast dropped: broker unavailable", extra={"fields": {"event": event}})

@@ -13,15 +13,22 @@ import time
 from quart import Blueprint
 
 from shared import logs, protocol
-from shared.broker import Broker, MemoryBroker
-from shared.hub import Hub, Replicate
+from shared.broker import Broker, Delivery, MemoryBroker
+from shared.channel import Rooms
+from shared.hub import Hub
+from shared.messages import SYSTEM
 from shared.metrics import Metrics
+from shared.outbox import Budget
 from shared.settings import Settings
-from shared.socket import PhoenixSocket
+from shared.socket import IDLE_TIMEOUT, OUTBOX_LIMIT, PhoenixSocket
+from shared.tracker import PresenceTracker, Replicate
 
 log = logs.get("node")
 DRAIN_TIMEOUT = 10.0  # seconds to wait for sockets to flush and close on drain
 IDLE_SWEEP_SECONDS = 1.0  # how often idle sockets are looked for
+# Each connection's share of the node's outbox budget: MAX_CONNECTIONS of them bound what
+# all slow sockets together may hold queued (docs/protocol.md, Limits).
+OUTBOX_SHARE = 32 * 1024
 
 
 class ChatNode:
@@ -34,7 +41,10 @@ class ChatNode:
         self.settings = settings
         self.metrics = Metrics()
         self.broker: Broker = broker or MemoryBroker(settings.history_size)
-        self.hub = Hub(settings, self.broker, self.metrics, replicate)
+        self.hub = Hub(self.metrics)
+        self.tracker = PresenceTracker(settings.node_name, self.hub.deliver, replicate)
+        self.rooms = Rooms(settings.node_name, self.hub, self.tracker, self.broker, self.metrics)
+        self.budget = Budget(settings.max_connections * OUTBOX_SHARE)
         self.sockets: set[PhoenixSocket] = set()
         self.draining = False
         self._no_sockets = asyncio.Event()
@@ -49,6 +59,12 @@ class ChatNode:
         """This node first, then the nodes it is connected to (`Node.list([:this, :visible])`)."""
         return [self.name]
 
+    def new_socket(self, *, outbox_limit: int = OUTBOX_LIMIT, idle_timeout: float = IDLE_TIMEOUT) -> PhoenixSocket:
+        """A socket for one client of this node."""
+        return PhoenixSocket(
+            self.rooms, self.budget, self.settings.rate_limit, outbox_limit=outbox_limit, idle_timeout=idle_timeout
+        )
+
     @property
     def ready(self) -> bool:
         return not self.draining and self.broker.available
@@ -56,7 +72,7 @@ class ChatNode:
     async def start(self) -> None:
         await self.broker.start(self.hub.deliver)
         self.metrics.cluster_nodes.set(len(self.nodes()))
-        self.spawn(self.hub.ping_forever())
+        self.spawn(self.ping_forever())
         self.spawn(self.close_idle_forever())
 
     async def stop(self) -> None:
@@ -74,6 +90,22 @@ class ChatNode:
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
         return task
+
+    async def ping_forever(self) -> None:
+        """The original's demo timer: every PING_INTERVAL, `SYSTEM ping` to every joined socket.
+
+        The original ran one timer per channel; one timer per node sends the same
+        frames without a timer per socket.
+        """
+        interval = self.settings.ping_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for topic in tuple(self.hub.members):
+                self.hub.deliver(
+                    Delivery(topic, protocol.broadcast(topic, "new:msg", {"user": SYSTEM, "body": "ping"}))
+                )
 
     async def close_idle_forever(self) -> None:
         """Close the sockets that went silent (PhoenixSocket.close_if_idle)."""

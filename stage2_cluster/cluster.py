@@ -35,8 +35,8 @@ from stage2_cluster import handshake
 from stage2_cluster.broker import BadLine, node_channel
 
 if TYPE_CHECKING:
-    from shared.hub import Hub
     from shared.metrics import Metrics
+    from shared.tracker import PresenceTracker
     from stage2_cluster.broker import RedisBroker
     from stage2_cluster.settings import ClusterSettings
 
@@ -94,13 +94,15 @@ class Cluster:
     """A node's membership: who its peers are, how it joins and leaves them, and what the
     broker asks of it (`broker.Membership`)."""
 
-    def __init__(self, settings: ClusterSettings, broker: RedisBroker, metrics: Metrics, hub: Hub) -> None:
+    def __init__(
+        self, settings: ClusterSettings, broker: RedisBroker, metrics: Metrics, tracker: PresenceTracker
+    ) -> None:
         self.settings = settings
         self.name = settings.node_name
         self.cookie: str = settings.cluster_cookie or ""
         self.broker = broker
         self.metrics = metrics
-        self.hub = hub
+        self.tracker = tracker
         self.peers: dict[str, Peer] = {}
         # Peers dropped for silence -> when: still sent our messages for LOST_KEEP seconds.
         self.lost: dict[str, float] = {}
@@ -425,7 +427,7 @@ class Cluster:
         if self.peers.pop(name, None) is None:
             return
         self.metrics.cluster_nodes.set(len(self.peers) + 1)
-        self.hub.drop_node(name)
+        self.tracker.drop_node(name)
         logs.event(log, "node disconnected", peer=name, reason=reason, nodes=len(self.peers) + 1, **fields)
 
     async def disconnect(self, name: str, reason: str = "disconnected by request") -> bool:
@@ -476,7 +478,7 @@ class Cluster:
                 raise BadLine("presence without a topic")
             joins, leaves = _entries(sender, message.get("joins")), _entries(sender, message.get("leaves"))
             self.peers[sender].last_heard = time.monotonic()
-            self.hub.apply_remote(topic, joins, leaves)
+            self.tracker.apply_remote(topic, joins, leaves)
         else:
             topics = message.get("topics")
             if not isinstance(topics, dict):
@@ -484,7 +486,7 @@ class Cluster:
             entries = {topic: _entries(sender, items) for topic, items in topics.items()}
             self.peers[sender].last_heard = time.monotonic()
             for topic, items in entries.items():
-                self.hub.sync_node(topic, sender, items)
+                self.tracker.sync_node(topic, sender, items)
             if message.get("want_reply") is True:
                 asyncio.get_running_loop().create_task(self._send_sync(sender, want_reply=False))
 
@@ -500,7 +502,7 @@ class Cluster:
         asyncio.get_running_loop().create_task(self._send_quietly(list(self.peers), line))
 
     async def _send_sync(self, name: str, *, want_reply: bool) -> None:
-        topics = {topic: _items(room.of_node(self.name)) for topic, room in self.hub.presences.items()}
+        topics = {topic: _items(room.of_node(self.name)) for topic, room in self.tracker.rooms.items()}
         line = "s " + orjson.dumps({"node": self.name, "topics": topics, "want_reply": want_reply}).decode()
         await self._send_quietly([name], line)
 

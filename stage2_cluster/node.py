@@ -25,14 +25,14 @@ class ClusterNode(ChatNode):
         assert settings.redis_url is not None, "ClusterSettings.check requires REDIS_URL"
         self.redis = RedisBroker(settings.redis_url, settings.node_name, settings.history_size, membership=self)
         super().__init__(settings, self.redis, replicate=self.replicate_presence)
-        self.cluster = Cluster(settings, self.redis, self.metrics, self.hub)
+        self.cluster = Cluster(settings, self.redis, self.metrics, self.tracker)
         self._discovery: asyncio.Task[None] | None = None
 
     def nodes(self) -> list[str]:
         return self.cluster.nodes()
 
-    # The broker and the hub were built before the cluster, so they ask the node, and the
-    # node's cluster answers: the broker's Membership, and the hub's replicate.
+    # The broker and the tracker were built before the cluster, so they ask the node, and the
+    # node's cluster answers: the broker's Membership, and the tracker's replicate.
 
     def targets(self) -> list[str]:
         return self.cluster.targets()

@@ -19,9 +19,8 @@ from wsproto.frame_protocol import FrameProtocol
 
 import shared.socket
 from shared.broker import Broker, BrokerUnavailable, MemoryBroker
-from shared.hub import Hub
 from shared.messages import ChatMessage, Draft
-from shared.metrics import Metrics
+from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
@@ -33,12 +32,12 @@ DEADLINE = 5.0  # seconds; every wait in this file ends by then
 OK: dict[str, Any] = {"status": "ok", "response": {}}
 
 
-async def make_hub(broker: Broker | None = None, **settings: Any) -> Hub:
+async def make_node(broker: Broker | None = None, **settings: Any) -> ChatNode:
     config = Settings(**{"ping_interval": 0, **settings})
     broker = broker or MemoryBroker(config.history_size)
-    hub = Hub(config, broker, Metrics())
-    await broker.start(hub.deliver)
-    return hub
+    node = ChatNode(config, broker)
+    await broker.start(node.hub.deliver)
+    return node
 
 
 def text(join_ref: str | None, ref: str | None, topic: str, event: str, payload: dict[str, Any] | None = None) -> str:
@@ -49,9 +48,9 @@ def take(sock: PhoenixSocket, *, presence_diffs: bool = False) -> list[list[Any]
     """Every frame queued for `sock`, decoded, oldest first; empties the outbox.
 
     Presence diffs go out on a timer and are left out unless asked for."""
-    frames = [json.loads(frame) for frame in sock.outbox]
-    sock.outbox.clear()
-    sock.outbox_bytes = 0
+    frames = [json.loads(frame) for frame in sock.outbox.frames]
+    sock.outbox.frames.clear()
+    sock.outbox.bytes = 0
     return [f for f in frames if presence_diffs or f[3] != "presence_diff"]
 
 
@@ -59,13 +58,16 @@ async def take_when(sock: PhoenixSocket, expected: list[Any]) -> list[list[Any]]
     """`take(sock)` once `expected` is among the frames: events such as user:entered
     reach the other members in batches, a few milliseconds after they happen."""
     await async_wait_until(
-        lambda: any(json.loads(frame) == expected for frame in sock.outbox), DEADLINE, f"{expected} queued", 0.005
+        lambda: any(json.loads(frame) == expected for frame in sock.outbox.frames),
+        DEADLINE,
+        f"{expected} queued",
+        0.005,
     )
     return take(sock)
 
 
-async def joined(hub: Hub, user: str | None = "alice", join_ref: str = "1") -> PhoenixSocket:
-    sock = PhoenixSocket(hub)
+async def joined(node: ChatNode, user: str | None = "alice", join_ref: str = "1") -> PhoenixSocket:
+    sock = node.new_socket()
     payload = {} if user is None else {"user": user}
     await sock.handle(text(join_ref, join_ref, LOBBY, "phx_join", payload))
     frames = take(sock)
@@ -73,12 +75,12 @@ async def joined(hub: Hub, user: str | None = "alice", join_ref: str = "1") -> P
     return sock
 
 
-async def publish(hub: Hub, body: str, user: str = "bob") -> ChatMessage:
-    return await hub.broker.publish(LOBBY, Draft(user, body), hub.node)
+async def publish(node: ChatNode, body: str, user: str = "bob") -> ChatMessage:
+    return await node.broker.publish(LOBBY, Draft(user, body), node.name)
 
 
-async def stored(hub: Hub) -> list[ChatMessage]:
-    return await hub.broker.history(LOBBY, None)
+async def stored(node: ChatNode) -> list[ChatMessage]:
+    return await node.broker.history(LOBBY, None)
 
 
 def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
@@ -88,8 +90,8 @@ def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
 class Client:
     """A socket served by `run()` over in-memory queues, as the Quart route serves it."""
 
-    def __init__(self, hub: Hub, **kwargs: Any) -> None:
-        self.socket = PhoenixSocket(hub, **kwargs)
+    def __init__(self, node: ChatNode, **kwargs: Any) -> None:
+        self.socket = node.new_socket(**kwargs)
         self.to_server: asyncio.Queue[str | bytes] = asyncio.Queue()
         self.from_server: asyncio.Queue[list[Any]] = asyncio.Queue()
         self.task: asyncio.Task[int] | None = None
@@ -143,11 +145,11 @@ class Client:
 
 
 async def test_join_sends_reply_entered_join_presence_state_then_history_oldest_first_then_presence_diff() -> None:
-    hub = await make_hub()
-    first = await publish(hub, "one")
-    second = await publish(hub, "two")
+    node = await make_node()
+    first = await publish(node, "one")
+    second = await publish(node, "two")
 
-    async with Client(hub) as alice:
+    async with Client(node) as alice:
         await alice.send("1", "1", LOBBY, "phx_join", {"user": "alice"})
         frames = [await alice.recv(skip=()) for _ in range(7)]
 
@@ -170,8 +172,8 @@ async def test_join_sends_reply_entered_join_presence_state_then_history_oldest_
 
 
 async def test_join_without_user_broadcasts_user_entered_null() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join"))
 
@@ -179,19 +181,19 @@ async def test_join_without_user_broadcasts_user_entered_null() -> None:
 
 
 async def test_user_entered_is_broadcast_to_members_already_in_the_room() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
 
-    await joined(hub, "bob")
+    await joined(node, "bob")
 
     entered = [None, None, LOBBY, "user:entered", {"user": "bob"}]
     assert await take_when(alice, entered) == [entered]
 
 
 async def test_presence_state_lists_the_members_already_in_the_room_and_the_joiner() -> None:
-    hub = await make_hub()
-    await joined(hub, "alice")
-    bob = PhoenixSocket(hub)
+    node = await make_node()
+    await joined(node, "alice")
+    bob = node.new_socket()
 
     await bob.handle(text("1", "1", LOBBY, "phx_join", {"user": "bob"}))
 
@@ -202,8 +204,8 @@ async def test_presence_state_lists_the_members_already_in_the_room_and_the_join
 
 
 async def test_members_see_a_presence_diff_when_someone_joins_and_leaves() -> None:
-    hub = await make_hub()
-    async with Client(hub) as alice, Client(hub) as bob:
+    node = await make_node()
+    async with Client(node) as alice, Client(node) as bob:
         await alice.join("alice")
         await alice.recv_event("presence_diff", lambda diff: "alice" in diff["joins"])
         await bob.join("bob")
@@ -218,8 +220,8 @@ async def test_members_see_a_presence_diff_when_someone_joins_and_leaves() -> No
 
 
 async def test_join_of_another_room_is_unauthorized() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", "rooms:secret", "phx_join", {"user": "alice"}))
 
@@ -227,12 +229,12 @@ async def test_join_of_another_room_is_unauthorized() -> None:
         ["1", "1", "rooms:secret", "phx_reply", {"status": "error", "response": {"reason": "unauthorized"}}]
     ]
     assert sock.channels == {}
-    assert "rooms:secret" not in hub.members
+    assert "rooms:secret" not in node.hub.members
 
 
 async def test_join_of_an_unknown_topic_is_unmatched() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", "foo", "phx_join"))
 
@@ -243,21 +245,21 @@ async def test_join_of_an_unknown_topic_is_unmatched() -> None:
 
 
 async def test_push_on_an_unjoined_topic_is_unmatched() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "hi"}))
 
     assert take(sock) == [
         ["1", "2", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}]
     ]
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 @pytest.mark.parametrize("user", ["u" * 33, 42, ["alice"]])
 async def test_join_with_an_invalid_user_is_refused(user: Any) -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": user}))
 
@@ -265,21 +267,21 @@ async def test_join_with_an_invalid_user_is_refused(user: Any) -> None:
     assert reply[:4] == ["1", "1", LOBBY, "phx_reply"]
     assert reply[4]["status"] == "error"
     assert "user" in reply[4]["response"]["reason"]
-    assert LOBBY not in hub.members
+    assert LOBBY not in node.hub.members
 
 
 # new:msg ---------------------------------------------------------------------------------
 
 
 async def test_new_msg_is_broadcast_to_every_member_including_the_sender_and_replied_with_body_and_id() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node()
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     take(alice)
 
     await alice.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "  hello  "}))
 
-    [message] = await stored(hub)
+    [message] = await stored(node)
     assert (message.user, message.body, message.node) == ("alice", "hello", NODE)
     broadcast = [
         None,
@@ -311,9 +313,9 @@ INVALID_MESSAGES = {
 
 @pytest.mark.parametrize("payload", INVALID_MESSAGES.values(), ids=INVALID_MESSAGES.keys())
 async def test_invalid_new_msg_replies_error_and_is_neither_stored_nor_broadcast(payload: dict[str, Any]) -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node()
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     take(alice)
 
     await alice.handle(text("1", "2", LOBBY, "new:msg", payload))
@@ -322,28 +324,28 @@ async def test_invalid_new_msg_replies_error_and_is_neither_stored_nor_broadcast
     assert reply[:4] == ["1", "2", LOBBY, "phx_reply"]
     assert reply[4]["status"] == "error"
     assert isinstance(reply[4]["response"]["reason"], str) and reply[4]["response"]["reason"]
-    assert await stored(hub) == []
+    assert await stored(node) == []
     assert take(bob) == []
 
 
 async def test_unknown_event_on_a_joined_topic_replies_error() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
 
     await alice.handle(text("1", "2", LOBBY, "shout", {"body": "hi"}))
 
     [reply] = take(alice)
     assert reply[:4] == ["1", "2", LOBBY, "phx_reply"]
     assert reply[4]["status"] == "error"
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 # Heartbeat, leave, rejoin ----------------------------------------------------------------
 
 
 async def test_heartbeat_replies_ok() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text(None, "9", "phoenix", "heartbeat"))
 
@@ -351,8 +353,8 @@ async def test_heartbeat_replies_ok() -> None:
 
 
 async def test_leave_replies_ok_then_phx_close() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
 
     await alice.handle(text("1", "5", LOBBY, "phx_leave"))
 
@@ -360,21 +362,21 @@ async def test_leave_replies_ok_then_phx_close() -> None:
 
 
 async def test_after_leave_the_socket_gets_no_room_messages_and_its_presence_is_gone() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node()
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     await alice.handle(text("1", "5", LOBBY, "phx_leave"))
     take(alice)
 
     await bob.handle(text("1", "2", LOBBY, "new:msg", {"user": "bob", "body": "still there?"}))
 
     assert take(alice) == []
-    assert list(hub.presence(LOBBY).state()) == ["bob"]
+    assert list(node.tracker.room(LOBBY).state()) == ["bob"]
 
 
 async def test_push_after_leave_is_unmatched() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
     await alice.handle(text("1", "5", LOBBY, "phx_leave"))
     take(alice)
 
@@ -386,8 +388,8 @@ async def test_push_after_leave_is_unmatched() -> None:
 
 
 async def test_duplicate_join_closes_the_old_join_first_then_joins_again() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
 
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
 
@@ -395,12 +397,12 @@ async def test_duplicate_join_closes_the_old_join_first_then_joins_again() -> No
     assert frames[0] == ["1", "1", LOBBY, "phx_close", {}]
     assert frames[1] == ["3", "3", LOBBY, "phx_reply", OK]
     assert ["3", None, LOBBY, "join", {"status": "connected"}] in frames
-    assert len(hub.presence(LOBBY)) == 1
+    assert len(node.tracker.room(LOBBY)) == 1
 
 
 async def test_after_a_duplicate_join_messages_arrive_once_on_the_new_join() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
     take(alice)
 
@@ -418,20 +420,20 @@ async def test_after_a_duplicate_join_messages_arrive_once_on_the_new_join() -> 
 
 
 async def test_push_with_a_stale_join_ref_is_ignored() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
     take(alice)
 
     await alice.handle(text("1", "4", LOBBY, "new:msg", {"user": "alice", "body": "from the old join"}))
 
     assert take(alice) == []
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 async def test_leave_with_a_stale_join_ref_is_ignored() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
     take(alice)
 
@@ -439,18 +441,18 @@ async def test_leave_with_a_stale_join_ref_is_ignored() -> None:
 
     assert take(alice) == []
     assert alice.channels[LOBBY].join_ref == "3"
-    assert LOBBY in hub.members
+    assert LOBBY in node.hub.members
 
 
 # History and catch-up --------------------------------------------------------------------
 
 
 async def test_join_with_last_seen_id_replays_only_newer_messages() -> None:
-    hub = await make_hub()
-    first = await publish(hub, "one")
-    second = await publish(hub, "two")
-    third = await publish(hub, "three")
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    first = await publish(node, "one")
+    second = await publish(node, "two")
+    third = await publish(node, "three")
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": first.id}))
 
@@ -458,10 +460,10 @@ async def test_join_with_last_seen_id_replays_only_newer_messages() -> None:
 
 
 async def test_join_with_the_newest_id_as_last_seen_id_replays_nothing() -> None:
-    hub = await make_hub()
-    await publish(hub, "one")
-    newest = await publish(hub, "two")
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    await publish(node, "one")
+    newest = await publish(node, "two")
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": newest.id}))
 
@@ -472,8 +474,8 @@ async def test_join_with_the_newest_id_as_last_seen_id_replays_nothing() -> None
 
 @pytest.mark.parametrize("last_seen_id", ["yesterday", "1-2-3", "", 1700000000000, ["1-0"]])
 async def test_join_with_an_invalid_last_seen_id_is_refused(last_seen_id: Any) -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": last_seen_id}))
 
@@ -482,13 +484,13 @@ async def test_join_with_an_invalid_last_seen_id_is_refused(last_seen_id: Any) -
     assert reply[4]["status"] == "error"
     assert "last_seen_id" in reply[4]["response"]["reason"]
     assert sock.channels == {}
-    assert LOBBY not in hub.members
+    assert LOBBY not in node.hub.members
 
 
 async def test_join_replays_at_most_history_size_messages() -> None:
-    hub = await make_hub(history_size=3)
-    messages = [await publish(hub, f"message {n}") for n in range(5)]
-    sock = PhoenixSocket(hub)
+    node = await make_node(history_size=3)
+    messages = [await publish(node, f"message {n}") for n in range(5)]
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
 
@@ -518,15 +520,15 @@ async def test_message_published_while_a_joiner_replays_history_is_delivered_onc
     read_before_gate: bool,
 ) -> None:
     broker = GatedBroker(100, read_before_gate=read_before_gate)
-    hub = await make_hub(broker)
-    first = await publish(hub, "one")
-    second = await publish(hub, "two")
-    sock = PhoenixSocket(hub)
+    node = await make_node(broker)
+    first = await publish(node, "one")
+    second = await publish(node, "two")
+    sock = node.new_socket()
 
     join = asyncio.create_task(sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"})))
     async with asyncio.timeout(DEADLINE):
         await broker.waiting.wait()
-    third = await publish(hub, "three")
+    third = await publish(node, "three")
     broker.gate.set()
     async with asyncio.timeout(DEADLINE):
         await join
@@ -538,8 +540,8 @@ async def test_message_published_while_a_joiner_replays_history_is_delivered_onc
 
 async def test_broadcast_arriving_before_the_join_reply_is_sent_after_it() -> None:
     broker = GatedBroker(100, read_before_gate=False)
-    hub = await make_hub(broker)
-    sock = PhoenixSocket(hub)
+    node = await make_node(broker)
+    sock = node.new_socket()
 
     join = asyncio.create_task(sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"})))
     async with asyncio.timeout(DEADLINE):
@@ -578,21 +580,21 @@ class SwitchableBroker(MemoryBroker):
 
 async def test_join_while_the_broker_is_unavailable_replies_error_unavailable() -> None:
     broker = SwitchableBroker(100)
-    hub = await make_hub(broker)
+    node = await make_node(broker)
     broker.down = True
-    sock = PhoenixSocket(hub)
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
 
     assert take(sock) == [["1", "1", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unavailable"}}]]
-    assert LOBBY not in hub.members
+    assert LOBBY not in node.hub.members
 
 
 async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_broadcast() -> None:
     broker = SwitchableBroker(100)
-    hub = await make_hub(broker)
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node(broker)
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     take(alice)
     broker.down = True
 
@@ -601,12 +603,12 @@ async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_
     assert take(alice) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unavailable"}}]]
     assert take(bob) == []
     broker.down = False
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 async def test_a_push_as_system_is_refused_and_neither_stored_nor_broadcast() -> None:
-    hub = await make_hub()
-    sock = await joined(hub, "mallory")
+    node = await make_node()
+    sock = await joined(node, "mallory")
     take(sock)
 
     await sock.handle(
@@ -615,12 +617,12 @@ async def test_a_push_as_system_is_refused_and_neither_stored_nor_broadcast() ->
 
     reason = {"reason": "user SYSTEM is reserved for the server"}
     assert take(sock) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": reason}]]
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 async def test_a_join_as_system_is_refused() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "system"}))
 
@@ -653,9 +655,9 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
     return clock
 
 
-async def rate_limited_socket(hub: Hub) -> PhoenixSocket:
+async def rate_limited_socket(node: ChatNode) -> PhoenixSocket:
     """A joined socket that has used 20 pushes (the join and 19 messages), all accepted."""
-    sock = PhoenixSocket(hub)
+    sock = node.new_socket()
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
     for n in range(2, 21):
         await sock.handle(text("1", str(n), LOBBY, "new:msg", {"user": "alice", "body": f"message {n}"}))
@@ -665,18 +667,18 @@ async def rate_limited_socket(hub: Hub) -> PhoenixSocket:
 
 
 async def test_the_21st_quick_push_replies_rate_limited_and_is_not_stored(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
 
     await sock.handle(text("1", "21", LOBBY, "new:msg", {"user": "alice", "body": "one too many"}))
 
     assert take(sock) == [["1", "21", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "rate_limited"}}]]
-    assert len(await stored(hub)) == 19
+    assert len(await stored(node)) == 19
 
 
 async def test_a_heartbeat_past_the_limit_replies_rate_limited(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
 
     await sock.handle(text(None, "hb", "phoenix", "heartbeat"))
 
@@ -686,8 +688,8 @@ async def test_a_heartbeat_past_the_limit_replies_rate_limited(frozen_clock: Fro
 
 
 async def test_heartbeats_use_up_the_burst(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = PhoenixSocket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = node.new_socket()
     for n in range(20):
         await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
 
@@ -699,8 +701,8 @@ async def test_heartbeats_use_up_the_burst(frozen_clock: FrozenTime) -> None:
 
 
 async def test_invalid_pushes_use_up_the_burst(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = PhoenixSocket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = node.new_socket()
     for n in range(20):
         await sock.handle(text(None, str(n), LOBBY, "new:msg", {"user": "eve", "body": ""}))
 
@@ -717,8 +719,8 @@ async def test_invalid_pushes_use_up_the_burst(frozen_clock: FrozenTime) -> None
 
 async def test_frames_refused_for_the_rate_cost_a_token_too(frozen_clock: FrozenTime) -> None:
     """A flooder that keeps sending runs into debt: one second's refill is not enough to get through."""
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
     for n in range(30):  # refused, and each one costs: 20 tokens of debt (the floor)
         await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
     take(sock)
@@ -733,8 +735,8 @@ async def test_frames_refused_for_the_rate_cost_a_token_too(frozen_clock: Frozen
 
 
 async def test_the_bucket_refills_at_the_rate_per_second(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
 
     frozen_clock.now += 1.0
     for n in range(21, 32):
@@ -748,8 +750,8 @@ async def test_the_bucket_refills_at_the_rate_per_second(frozen_clock: FrozenTim
 
 
 async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_every_message() -> None:
-    hub = await make_hub()
-    slow = PhoenixSocket(hub, outbox_limit=4096)
+    node = await make_node()
+    slow = node.new_socket(outbox_limit=4096)
     await slow.handle(text("1", "1", LOBBY, "phx_join", {"user": "slow"}))
     never = asyncio.Event()
 
@@ -758,9 +760,9 @@ async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_ever
 
     slow_in: asyncio.Queue[str] = asyncio.Queue()
     slow_run = asyncio.create_task(slow.run(slow_in.get, stuck_send))
-    async with Client(hub) as fast:
+    async with Client(node) as fast:
         await fast.join("fast")
-        sent = [await publish(hub, f"{n} " + "x" * 300) for n in range(40)]
+        sent = [await publish(node, f"{n} " + "x" * 300) for n in range(40)]
 
         async with asyncio.timeout(DEADLINE):
             code = await slow_run
@@ -768,14 +770,14 @@ async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_ever
 
         assert code == 1008
         assert [f[4]["id"] for f in received] == [m.id for m in sent]
-        assert hub.metrics.registry.get_sample_value("chat_drops_total") == 1
+        assert node.metrics.registry.get_sample_value("chat_drops_total") == 1
         assert slow.channels == {}
-        assert {ch.socket for ch in hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
+        assert {ch.socket for ch in node.hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
 
 
 async def test_idle_socket_is_closed_with_1001_once_silent_past_its_timeout() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub, idle_timeout=10.0)
+    node = await make_node()
+    sock = node.new_socket(idle_timeout=10.0)
     silence = asyncio.Event()
 
     async def receive() -> str:
@@ -797,32 +799,32 @@ async def test_idle_socket_is_closed_with_1001_once_silent_past_its_timeout() ->
 
 
 async def test_binary_frame_closes_with_1007() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send_raw(b'["1","1","rooms:lobby","phx_join",{}]')
 
         assert await client.close_code() == 1007
 
 
 async def test_unparseable_frame_closes_with_1007() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send_raw("hello?")
 
         assert await client.close_code() == 1007
 
 
 async def test_frame_over_64_kib_closes_with_1009() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send_raw(text("1", "1", LOBBY, "phx_join", {"pad": "x" * MAX_FRAME_BYTES}))
 
         assert await client.close_code() == 1009
 
 
 async def test_close_flushes_queued_frames_then_returns_the_code() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send(None, "1", "phoenix", "heartbeat")
         assert await client.recv() == [None, "1", "phoenix", "phx_reply", OK]
         client.socket.send(text(None, None, LOBBY, "last", {}))
@@ -834,8 +836,8 @@ async def test_close_flushes_queued_frames_then_returns_the_code() -> None:
 
 
 async def test_a_socket_that_ends_leaves_its_room_and_its_presence_leaves() -> None:
-    hub = await make_hub()
-    async with Client(hub) as alice, Client(hub) as bob:
+    node = await make_node()
+    async with Client(node) as alice, Client(node) as bob:
         await alice.join("alice")
         await bob.join("bob")
         await alice.recv_event("presence_diff", lambda diff: "bob" in diff["joins"])
@@ -845,18 +847,18 @@ async def test_a_socket_that_ends_leaves_its_room_and_its_presence_leaves() -> N
         diff = (await alice.recv_event("presence_diff", lambda diff: bool(diff["leaves"])))[4]
 
         assert list(diff["leaves"]) == ["bob"]
-        assert {ch.socket for ch in hub.members[LOBBY]} == {alice.socket}  # type: ignore[attr-defined]
-        assert list(hub.presence(LOBBY).state()) == ["alice"]
+        assert {ch.socket for ch in node.hub.members[LOBBY]} == {alice.socket}  # type: ignore[attr-defined]
+        assert list(node.tracker.room(LOBBY).state()) == ["alice"]
 
 
 # The original's demo timer ---------------------------------------------------------------
 
 
 async def test_joined_socket_receives_the_system_ping() -> None:
-    hub = await make_hub(ping_interval=0.01)
-    async with Client(hub) as alice:
+    node = await make_node(ping_interval=0.01)
+    async with Client(node) as alice:
         await alice.join("alice")
-        pinger = asyncio.create_task(hub.ping_forever())
+        pinger = asyncio.create_task(node.ping_forever())
         try:
             ping = await alice.recv_event("new:msg")
         finally:
@@ -866,10 +868,10 @@ async def test_joined_socket_receives_the_system_ping() -> None:
 
 
 async def test_ping_interval_zero_turns_the_ping_off() -> None:
-    hub = await make_hub(ping_interval=0)
+    node = await make_node(ping_interval=0)
 
     async with asyncio.timeout(DEADLINE):
-        assert await hub.ping_forever() is None
+        assert await node.ping_forever() is None
 
 
 class CountingTransport:
@@ -898,10 +900,10 @@ def text_frames(data: bytes) -> list[list[Any]]:
 async def test_a_join_with_history_goes_out_in_two_writes_in_order() -> None:
     """Reply and own user:entered, then join, presence_state and the history: one write
     on each side of the join's one await, not one per frame."""
-    hub = await make_hub()
+    node = await make_node()
     for n in range(5):
-        await publish(hub, f"m{n}")
-    sock, transport = PhoenixSocket(hub), CountingTransport()
+        await publish(node, f"m{n}")
+    sock, transport = node.new_socket(), CountingTransport()
     incoming: asyncio.Queue[str] = asyncio.Queue()
     run = asyncio.create_task(sock.run(incoming.get, incoming.put, transport))  # type: ignore[arg-type]
     await incoming.put(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
