@@ -52,8 +52,8 @@ async def storm(clients: int, out: Path) -> float:
         await loadgen.connect_and_join(
             gen,
             cluster.protocol,
-            [f"s{i}" for i in range(clients)],
             cluster.targets[:1],
+            [f"s{i}" for i in range(clients)],
             subscriber=True,
             deadline=started + JOIN_CAP,
         )
