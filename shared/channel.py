@@ -28,6 +28,31 @@ LOBBY = "rooms:lobby"
 log = logs.get("channel")
 
 
+def coalesce_entered(topic: str, deliveries: list[Delivery], named: int) -> list[Delivery]:
+    """One batch of a room's events with at most `named` `user:entered` kept by name; the
+    others become one `users:entered` with their count, after the rest (docs/protocol.md,
+    Join storms). A local joiner summed in it is not sent the count: it heard its own
+    `user:entered` when it joined, and the online list shows the others."""
+    prefix = protocol.broadcast(topic, "user:entered", None)[:-5]  # '[null,null,"<topic>","user:entered",'
+    kept: list[Delivery] = []
+    summed = 0
+    joiners = []
+    for delivery in deliveries:
+        if delivery.frame.startswith(prefix) and delivery.message_id is None:
+            if named > 0:
+                named -= 1
+            else:
+                summed += 1
+                if delivery.exclude is not None:
+                    joiners.append(delivery.exclude)
+                continue
+        kept.append(delivery)
+    if summed:
+        frame = protocol.broadcast(topic, "users:entered", {"count": summed})
+        kept.append(Delivery(topic, frame, exclude=frozenset(joiners) if joiners else None))
+    return kept
+
+
 class JoinRefused(Exception):
     """str() is the `reason` of the error reply."""
 
@@ -119,8 +144,9 @@ class RoomChannel:
         await self._broadcast("user:entered", entered, exclude=self)
         # Phoenix's after_join idiom: track, then push the list, so the joiner is in it.
         meta = {"phx_ref": self.presence_ref, "node": rooms.node, "online_at": int(time.time())}
-        rooms.tracker.track(self.topic, self.user or "anonymous", meta)
-        state = rooms.tracker.room(self.topic).encoded_state()
+        key = self.user or "anonymous"
+        rooms.tracker.track(self.topic, key, meta)
+        state = rooms.tracker.room(self.topic).joiner_state(key, meta)
         rest = [
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),

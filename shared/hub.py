@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from shared.broker import Delivery
@@ -31,9 +32,20 @@ EVENT_BATCH_SECONDS = 0.02
 FLUSH_COST_FACTOR = 4.0
 
 
+# Rewrites one batch of a room's events before it goes out (channel.coalesce_entered).
+Coalesce = Callable[[str, list[Delivery]], list[Delivery]]
+
+
+def _excluded(delivery: Delivery, member: Member) -> bool:
+    """`exclude` names one member (Phoenix's broadcast_from) or a frozenset of them."""
+    exclude = delivery.exclude
+    return exclude is member or (type(exclude) is frozenset and member in exclude)
+
+
 class Hub:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, coalesce: Coalesce | None = None) -> None:
         self.metrics = metrics
+        self.coalesce = coalesce
         self.members: dict[str, set[Member]] = {}
         self._events: dict[str, list[Delivery]] = {}  # per topic, events waiting to go out together
         self._flush_cost: dict[str, float] = {}  # per topic, seconds the last flush of events took
@@ -78,13 +90,20 @@ class Hub:
         if not room:
             self._flush_cost.pop(topic, None)
             return
+        if self.coalesce is not None:
+            deliveries = self.coalesce(topic, deliveries)
         wires = [text_frame(delivery.frame) for delivery in deliveries]
         together = b"".join(wires)
-        excluded = {delivery.exclude for delivery in deliveries if delivery.exclude is not None}
+        excluded: set[object] = set()
+        for delivery in deliveries:
+            if type(delivery.exclude) is frozenset:
+                excluded |= delivery.exclude
+            elif delivery.exclude is not None:
+                excluded.add(delivery.exclude)
         for member in tuple(room):
             if member in excluded:
                 # A joiner heard its own user:entered already: everything else, still in one write.
-                kept = [(d, w) for d, w in zip(deliveries, wires, strict=True) if d.exclude is not member]
+                kept = [(d, w) for d, w in zip(deliveries, wires, strict=True) if not _excluded(d, member)]
                 if kept:
                     member.deliver_many([d for d, _ in kept], [w for _, w in kept], b"".join(w for _, w in kept))
             else:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 from quart import Blueprint
 
 from shared import logs, protocol
 from shared.broker import Broker, Delivery, MemoryBroker
-from shared.channel import Rooms
+from shared.channel import Rooms, coalesce_entered
 from shared.hub import Hub
 from shared.messages import SYSTEM
 from shared.metrics import Metrics
@@ -41,7 +42,7 @@ class ChatNode:
         self.settings = settings
         self.metrics = Metrics()
         self.broker: Broker = broker or MemoryBroker(settings.history_size)
-        self.hub = Hub(self.metrics)
+        self.hub = Hub(self.metrics, functools.partial(coalesce_entered, named=settings.entered_names))
         self.tracker = PresenceTracker(settings.node_name, self.hub.deliver, replicate)
         self.rooms = Rooms(settings.node_name, self.hub, self.tracker, self.broker, self.metrics)
         self.budget = Budget(settings.max_connections * OUTBOX_SHARE)

@@ -107,6 +107,7 @@ class PresenceTracker:
 
     def _flush(self, topic: str) -> None:
         batch = self._batches.pop(topic)
+        self.room(topic).expire()  # joiners from now on need the changes this batch sends
         if batch.joins or batch.leaves:
             diff = presence.diff(list(batch.joins.values()), list(batch.leaves.values()))
             self._deliver(Delivery(topic, protocol.broadcast(topic, "presence_diff", diff)))
