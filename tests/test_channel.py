@@ -83,6 +83,16 @@ async def stored(node: ChatNode) -> list[ChatMessage]:
     return await node.broker.history(LOBBY, None)
 
 
+async def take_diff(sock: PhoenixSocket) -> dict[str, Any]:
+    """The next presence_diff queued for `sock` (diffs go out on a timer)."""
+
+    def diffs() -> list[dict[str, Any]]:
+        return [json.loads(f)[4] for f in sock.outbox.frames if json.loads(f)[3] == "presence_diff"]
+
+    await async_wait_until(lambda: bool(diffs()), DEADLINE, "a presence_diff queued", 0.005)
+    return diffs()[0]
+
+
 def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
     return [f[4] for f in sock_frames if f[3] == "new:msg"]
 
@@ -188,6 +198,45 @@ async def test_user_entered_is_broadcast_to_members_already_in_the_room() -> Non
 
     entered = [None, None, LOBBY, "user:entered", {"user": "bob"}]
     assert await take_when(alice, entered) == [entered]
+
+
+async def test_a_join_storm_names_the_first_entered_names_and_counts_the_rest() -> None:
+    """ENTERED_NAMES per batch by name, the rest of the batch as one users:entered count.
+    The joins below run without the loop turning, so they fall into one batch."""
+    node = await make_node(entered_names=2)
+    alice = await joined(node, "alice")
+    await async_wait_until(lambda: LOBBY not in node.hub._events, DEADLINE, "alice's batch sent", 0.005)
+    take(alice)
+    joiners = [await joined(node, f"u{i}") for i in range(5)]
+
+    count = [None, None, LOBBY, "users:entered", {"count": 3}]
+    frames = await take_when(alice, count)
+    assert [f[4] for f in frames if f[3] in ("user:entered", "users:entered")] == [
+        {"user": "u0"},
+        {"user": "u1"},
+        {"count": 3},
+    ]
+    # A joiner summed in the count is not sent it (it heard its own entry at its join);
+    # one named hears the other named one and the count.
+    first = await take_when(joiners[0], [None, None, LOBBY, "user:entered", {"user": "u1"}])
+    assert [f[4] for f in first if f[3].endswith(":entered")] == [{"user": "u1"}, {"count": 3}]
+    await async_wait_until(lambda: LOBBY not in node.hub._events, DEADLINE, "the batch sent", 0.005)
+    assert [f[4] for f in take(joiners[4]) if f[3].endswith(":entered")] == [{"user": "u0"}, {"user": "u1"}]
+
+
+async def test_joiners_of_one_batch_share_one_encoding_and_each_finds_itself() -> None:
+    node = await make_node()
+    await joined(node, "alice")
+    socks = [node.new_socket() for _ in range(3)]
+    for i, sock in enumerate(socks):
+        await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": f"u{i}"}))
+
+    states = [next(f[4] for f in take(sock) if f[3] == "presence_state") for sock in socks]
+    # Each joiner's state holds the room as last encoded and itself; the joins between
+    # come in the batch's presence_diff, which every one of them gets.
+    assert [sorted(state) for state in states] == [["alice", f"u{i}"] for i in range(3)]
+    for sock in socks:
+        assert sorted((await take_diff(sock))["joins"]) == ["alice", "u0", "u1", "u2"]
 
 
 async def test_presence_state_lists_the_members_already_in_the_room_and_the_joiner() -> None:
