@@ -2,11 +2,13 @@
 
     python -m bench.profile                              # 5,000 clients, bench/profiles/join-storm.svg
     python -m bench.profile --clients 1000 --out /some/where.svg
+    python -m bench.profile --out storm.txt              # collapsed stacks, for grep and sort
 
 Starts the same cluster as `make bench` (Redis and two stage 2 nodes), attaches the
 py-spy sampling profiler (pinned in the bench extra) to node a, joins `--clients`
 clients to `rooms:lobby` on node a as W3 does, waits until the node is idle again,
-and writes py-spy's flame graph (an SVG to open in a browser). Profiling a process it
+and writes py-spy's flame graph (an SVG to open in a browser; `.json` gives speedscope's
+format, `.txt` py-spy's collapsed stacks). Profiling a process it
 did not start needs ptrace: on Linux, the same user and a `kernel.yama.ptrace_scope`
 of 0, or root.
 """
@@ -27,6 +29,7 @@ from bench.run import settle
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 RATE = 200  # samples a second
+FORMATS = {".svg": "flamegraph", ".json": "speedscope", ".txt": "raw"}  # by the output's suffix
 JOIN_CAP = 120.0  # seconds for the whole storm: a profile of a slow join is the point
 SETTLE_CAP = 30.0
 
@@ -43,7 +46,7 @@ async def storm(clients: int, out: Path) -> float:
     try:
         await settle(gen, cluster, SETTLE_CAP)
         node = cluster.nodes[0]
-        argv = [py_spy, "record", "--pid", str(node.proc.pid), "--rate", str(RATE), "--format", "flamegraph"]
+        argv = [py_spy, "record", "--pid", str(node.proc.pid), "--rate", str(RATE), "--format", FORMATS[out.suffix]]
         spy = await asyncio.create_subprocess_exec(*argv, "--output", str(out), stdout=asyncio.subprocess.DEVNULL)
         await asyncio.sleep(1.0)  # py-spy attaches before the first join
         if spy.returncode is not None:
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=5000, help="how many clients join (default 5000)")
     parser.add_argument("--out", type=Path, default=PROFILES / "join-storm.svg", help="where the SVG goes")
     args = parser.parse_args(argv)
+    if args.out.suffix not in FORMATS:
+        parser.error(f"--out must end in one of {', '.join(FORMATS)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     loadgen.raise_fd_limit()
     took = asyncio.run(storm(args.clients, args.out.resolve()))
