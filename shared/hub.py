@@ -27,9 +27,10 @@ class Member(Protocol):
 
 EVENT_BATCH_SECONDS = 0.02
 # A room's next batch of events waits at least this many times as long as its last flush
-# took, so in a large room a join storm spends at most about a fifth of the loop on
-# fanning out events, however fast the joins come; a quiet room keeps the 20 ms.
-FLUSH_COST_FACTOR = 4.0
+# took, so in a large room a join storm spends at most about a tenth of the loop on
+# fanning out events, however fast the joins come, and the joins get the rest; a quiet
+# room keeps the 20 ms. Each flush writes once to every member, whatever it carries.
+FLUSH_COST_FACTOR = 9.0
 
 
 # Rewrites one batch of a room's events before it goes out (channel.coalesce_entered).

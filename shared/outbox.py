@@ -62,15 +62,19 @@ class Outbox:
         self.budget.used += self.bytes
         self.flush_soon()
 
-    def put(self, frame: str, wire: bytes | None = None) -> bool:
+    def put(self, frame: str, wire: bytes | None = None, *, burst: bool = False) -> bool:
         """Send a frame: straight to the transport when it keeps up (`wire` is the frame
         already framed, shared by every socket of a broadcast), else queued behind what
-        waits. False, and nothing queued, when a bound would be passed."""
-        if self.transport is not None and self.write_now(wire if wire is not None else text_frame(frame)):
-            return True
+        waits. False, and nothing queued, when a bound would be passed; a `burst` frame
+        (see put_all) is held to the node's budget only."""
+        if self.transport is not None and (wire is not None or len(frame) <= HIGH_WATER):
+            if self.write_now(wire if wire is not None else text_frame(frame)):
+                return True
         size = sys.getsizeof(frame)
         budget = self.budget
-        if self.bytes + size > self.limit or (self._send is not None and budget.used + size > budget.limit):
+        if (self.bytes + size > self.limit and not burst) or (
+            self._send is not None and budget.used + size > budget.limit
+        ):
             return False
         self.bytes += size
         if self._send is not None:
@@ -81,10 +85,18 @@ class Outbox:
 
     def put_all(self, frames: list[str]) -> bool:
         """Send frames in order, in one write when the client keeps up (a join's replies,
-        state and history: one system call instead of a hundred)."""
-        if self.transport is not None and self.write_now(b"".join(map(text_frame, frames))):
+        state and history: one system call instead of a hundred).
+
+        They are one honest burst, bounded by what a join sends (its replies, the room's
+        presence list, at most HISTORY_SIZE messages): taken whole however large, as the
+        list grows with the room, and held to the node's budget like any queued frame."""
+        if (
+            self.transport is not None
+            and sum(map(len, frames)) <= HIGH_WATER  # characters: never more than the bytes
+            and self.write_now(b"".join(map(text_frame, frames)))
+        ):
             return True
-        return all(self.put(frame) for frame in frames)
+        return all(self.put(frame, burst=True) for frame in frames)
 
     def write_now(self, wire: bytes) -> bool:
         """Write framed bytes straight to the transport if nothing waits before them and the

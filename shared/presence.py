@@ -112,7 +112,7 @@ class Presence:
         if encoded is None or key in self._pieces:
             return self.encoded_state()
         own = orjson.dumps({key: {"metas": [meta]}})[1:-1]
-        return encoded[:-1] + (b"," if len(encoded) > 2 else b"") + own + b"}"
+        return b"".join((encoded[:-1], b"," if len(encoded) > 2 else b"", own, b"}"))  # one copy
 
     def encoded_state(self) -> bytes:
         """`state()` as JSON, as it is now."""

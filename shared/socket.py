@@ -167,7 +167,8 @@ class PhoenixSocket:
             self._drop()
 
     def send_all(self, frames: list[str]) -> None:
-        """Send frames in order, in one write when the client keeps up."""
+        """Send a join's frames in order, in one write when the client keeps up (outbox.py:
+        one burst, held to the node's budget only)."""
         if self.state is not State.CLOSED and not self.outbox.put_all(frames):
             self._drop()
 

@@ -23,7 +23,7 @@ from shared.messages import ChatMessage, Draft
 from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import Settings
-from shared.socket import PhoenixSocket
+from shared.socket import PhoenixSocket, State
 from tests.helpers.waits import async_wait_until
 
 LOBBY = "rooms:lobby"
@@ -822,6 +822,29 @@ async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_ever
         assert node.metrics.registry.get_sample_value("chat_drops_total") == 1
         assert slow.channels == {}
         assert {ch.socket for ch in node.hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
+
+
+async def test_a_join_into_a_room_whose_list_passes_the_socket_bound_is_taken_whole() -> None:
+    """A join's frames are one burst, held to the node's budget only: a presence list
+    grows with the room, and a large room must not make every joiner "too slow"."""
+    node = await make_node()
+    for i in range(60):
+        await joined(node, f"user{i:02}")
+    await async_wait_until(lambda: LOBBY not in node.tracker._batches, DEADLINE, "the joins' diff sent", 0.005)
+    sock = node.new_socket(outbox_limit=4096)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "late"}))
+
+    assert sock.state is State.NEW and sock.code is None  # not dropped
+    frames = take(sock)
+    [state] = [f[4] for f in frames if f[3] == "presence_state"]
+    assert len(json.dumps(state)) > 4096 and len(state) == 61
+    # Past the burst, the socket's own bound holds again.
+    await async_wait_until(lambda: LOBBY not in node.hub._events, DEADLINE, "the batch sent", 0.005)
+    take(sock)
+    for n in range(20):
+        await publish(node, f"{n} " + "x" * 300)
+    assert sock.state is State.CLOSED and sock.code == 1008
 
 
 async def test_idle_socket_is_closed_with_1001_once_silent_past_its_timeout() -> None:
