@@ -23,7 +23,7 @@ from shared.messages import ChatMessage, Draft
 from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import Settings
-from shared.socket import PhoenixSocket, State
+from shared.socket import NEXT, PhoenixSocket, State
 from tests.helpers.waits import async_wait_until
 
 LOBBY = "rooms:lobby"
@@ -905,6 +905,41 @@ async def test_close_flushes_queued_frames_then_returns_the_code() -> None:
 
         assert await client.close_code() == 1001
         assert await client.recv() == [None, None, LOBBY, "last", {}]
+
+
+async def test_the_first_close_code_wins_and_a_close_after_the_end_changes_nothing() -> None:
+    node = await make_node()
+    async with Client(node) as client:
+        await client.join("alice")
+        client.socket.close(1001)
+        client.socket.close(1012)
+
+        assert await client.close_code() == 1001
+        client.socket.close(1011)
+        assert (client.socket.state, client.socket.code) == (State.CLOSED, 1001)
+
+
+def test_every_state_is_reached_and_closed_is_final() -> None:
+    reachable = {State.NEW} | {after for nexts in NEXT.values() for after in nexts}
+    assert reachable == set(State)
+    assert NEXT[State.CLOSED] == frozenset()
+    assert all(State.NEW not in nexts for nexts in NEXT.values())  # no way back
+
+
+async def test_a_cancellation_from_outside_goes_on_up_and_the_socket_leaves_its_room() -> None:
+    """Only the socket's own interruption (entering CLOSED) is taken back; a server
+    cancelling the connection's task sees its CancelledError."""
+    node = await make_node()
+    client = Client(node)
+    async with client:
+        await client.join("alice")
+        await client.recv_event("presence_state")
+        assert client.task is not None
+        client.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await client.task
+    assert LOBBY not in node.hub.members
+    assert len(node.tracker.room(LOBBY)) == 0
 
 
 async def test_a_socket_that_ends_leaves_its_room_and_its_presence_leaves() -> None:
