@@ -94,11 +94,12 @@ class Rooms:
 
 
 class RoomChannel:
-    __slots__ = ("_answered", "_held", "join_ref", "presence_ref", "rooms", "socket", "topic", "user")
+    __slots__ = ("_answered", "_held", "join_ref", "outbox", "presence_ref", "rooms", "socket", "topic", "user")
 
     def __init__(self, rooms: Rooms, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
         self.rooms = rooms
         self.socket = socket
+        self.outbox = socket.outbox  # a live broadcast's fast path: one call per socket
         self.topic = topic
         self.join_ref = join_ref
         self.user = user
@@ -109,14 +110,14 @@ class RoomChannel:
         self._answered = False
 
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
-        if self._held is None and self.socket.write_now(together):
+        if self._held is None and self.outbox.write_now(together):
             return
         for delivery, wire in zip(deliveries, wires, strict=True):
             self.deliver(delivery, wire)
 
     def deliver(self, delivery: Delivery, wire: bytes) -> None:
         if self._held is None:
-            if not self.socket.write_now(wire):  # the common case first: one call per socket
+            if not self.outbox.write_now(wire):  # the common case first
                 self.socket.send(delivery.frame, wire)
         elif delivery.message_id is not None or not self._answered:
             self._held.append(delivery)

@@ -172,10 +172,6 @@ class PhoenixSocket:
         if self.state is not State.CLOSED and not self.outbox.put_all(frames):
             self._drop()
 
-    def write_now(self, wire: bytes) -> bool:
-        """Framed bytes straight to the transport, or False (outbox.py)."""
-        return self.outbox.write_now(wire)
-
     def _drop(self) -> None:
         self.metrics.drops.inc()
         log.warning(
