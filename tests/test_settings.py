@@ -42,6 +42,7 @@ CONFIG_VARS = (
     "ENTERED_NAMES",
     "NODE_DOWN_AFTER",
     "GOSSIP_SECRET",
+    "CONSOLE_PORT",
 )
 
 
@@ -58,6 +59,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.rate_limit == (10.0, 20)
     assert settings.max_connections == 1000
     assert settings.entered_names == 10
+    assert settings.console_port is None  # no console
 
 
 def test_each_stage_adds_its_own_defaults() -> None:
@@ -132,6 +134,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
             "MAX_CONNECTIONS": "250",
             "ENTERED_NAMES": "0",
             "NODE_DOWN_AFTER": "3",
+            "CONSOLE_PORT": " 4100 ",
         }
     )
 
@@ -150,6 +153,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
     assert settings.max_connections == 250
     assert settings.entered_names == 0
     assert settings.node_down_after == 3
+    assert settings.console_port == 4100
 
 
 def test_allowed_origins_accepts_a_star() -> None:
@@ -202,6 +206,11 @@ def test_allowed_origins_accepts_a_star() -> None:
         ("ENTERED_NAMES", "2.5"),
         ("NODE_DOWN_AFTER", "0"),
         ("GOSSIP_SECRET", "short"),
+        ("CONSOLE_PORT", "0"),
+        ("CONSOLE_PORT", "70000"),
+        ("CONSOLE_PORT", "abc"),
+        ("CONSOLE_PORT", ""),
+        ("CONSOLE_PORT", "  "),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(var: str, value: str) -> None:
@@ -287,3 +296,15 @@ def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
     assert lines == [
         "config error: DISCOVERY: dns is a mode of stage 3 (python -m stage3_k8s); this node has manual, redis, gossip"
     ]
+
+
+@pytest.mark.parametrize("value", ["0", "70000", "abc", ""])
+def test_a_bad_console_port_stops_the_node_with_one_line(value: str) -> None:
+    """Blank too, unlike the other variables: blank would mean no console, which is not
+    what someone who set CONSOLE_PORT meant."""
+    code, lines = run_node("stage1_dev", {"CONSOLE_PORT": value})
+
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("config error: CONSOLE_PORT: must be ")
+    assert lines[0].endswith(f"between 1 and 65535, got {value!r}")
