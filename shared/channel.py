@@ -36,7 +36,7 @@ def coalesce_entered(topic: str, deliveries: list[Delivery], named: int) -> list
     prefix = protocol.broadcast(topic, "user:entered", None)[:-5]  # '[null,null,"<topic>","user:entered",'
     kept: list[Delivery] = []
     summed = 0
-    joiners = []
+    joiners: list[object] = []  # local joiners summed in the count
     for delivery in deliveries:
         if delivery.frame.startswith(prefix) and delivery.message_id is None:
             if named > 0:
