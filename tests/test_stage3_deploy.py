@@ -26,14 +26,15 @@ import pytest
 import yaml
 
 from stage3_k8s.deploy import clusters, proofs
-from stage3_k8s.deploy.actions import Up, scale
+from stage3_k8s.deploy import shell as shell_module
+from stage3_k8s.deploy.actions import Up, scale, status
 from stage3_k8s.deploy.build import image_tag
 from stage3_k8s.deploy.clusters import CLOUD_PROVIDER_KIND_IMAGE, Kind
 from stage3_k8s.deploy.config import NAMESPACE, OVERLAYS, SECRET
 from stage3_k8s.deploy.pods import Pod, cause_of, chat_pods, rollout, shortfall, wait_one_cluster
 from stage3_k8s.deploy.proofs import browser_host, exchange_message, http_status, prove_entry
 from stage3_k8s.deploy.resources import cookie_objects, kustomization, tagged_overlay
-from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool
+from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool, shown
 from tests.helpers.entry_proxy import EntryProxy
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
@@ -117,6 +118,57 @@ def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
     assert index_of(commands(result.stdout), "docker", "build") >= 0
 
 
+def test_the_dry_runs_first_line_says_what_it_needs_and_what_is_not_found(tmp_path: Path) -> None:
+    (tmp_path / "docker").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "docker").chmod(0o755)
+    result = run_deploy("--dry-run", "up", path=str(tmp_path))
+    first, second = result.stdout.splitlines()[:2]
+    assert first == "# dry run of `up` on kind, which needs docker, kind, kubectl: not found: kind"
+    assert second == f"#   kind: {WHERE_TO_GET['kind']}"
+    (tmp_path / "kind").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "kind").chmod(0o755)
+    result = run_deploy("--dry-run", "up", path=str(tmp_path))
+    assert (
+        result.stdout.splitlines()[0] == "# dry run of `up` on kind, which needs docker, kind, kubectl: all found here"
+    )
+
+
+class RecordedRuns:
+    """subprocess.run for a real (not dry) Shell: records each command and answers like a 2-pod cluster
+    whose second pod sees its peer only from the second poll on."""
+
+    def __init__(self) -> None:
+        self.cmds: list[list[str]] = []
+        self.views = 0
+
+    def __call__(self, cmd, **_kwargs):  # type: ignore[no-untyped-def]
+        self.cmds.append(list(cmd))
+        out = ""
+        if "--raw" in cmd:
+            self.views += 1
+            seen = ["chat@10.0.0.1", "chat@10.0.0.2"] if self.views > 2 or "chat-a" in cmd[-1] else ["chat@10.0.0.2"]
+            out = json.dumps({"self": "?", "nodes": seen})
+        elif "json" in cmd and "pods" in cmd:
+            out = json.dumps({"items": [pod("chat-a", "10.0.0.1"), pod("chat-b", "10.0.0.2")]})
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+
+def test_a_real_run_prints_each_command_it_runs_and_a_polled_one_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = RecordedRuns()
+    monkeypatch.setattr(shell_module.subprocess, "run", runs)
+    cluster = Kind(Shell(dry_run=False))
+    wait_one_cluster(cluster, replicas=2, deadline=10)
+    status(cluster)
+    printed = [line[2:].split("  # ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert runs.views > 2, "the wait polled more than once"
+    assert {shown(cmd) for cmd in runs.cmds} <= set(printed)
+    polled = shown(cluster.kubectl("get", "pods", "--selector", "app=chat", "--output", "json"))
+    assert printed.count(polled) == 1 and [shown(cmd) for cmd in runs.cmds].count(polled) > 2
+    assert all(line.startswith(".venv/bin/kubectl ") for line in printed), "runnable from the repository"
+
+
 # Tool checks ----------------------------------------------------------------------------------
 
 
@@ -124,9 +176,9 @@ def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
 def test_missing_tools_are_named_with_where_to_get_them(k8s: str, tmp_path: Path) -> None:
     result = run_deploy("--k8s", k8s, "up", path=str(tmp_path))  # an empty PATH: no docker, no kind, no minikube
     assert result.returncode == 2
-    assert f"missing: docker, {k8s}\n" in result.stdout
+    assert f"not found: docker, {k8s}\n" in result.stdout
     assert WHERE_TO_GET["docker"] in result.stdout and WHERE_TO_GET[k8s] in result.stdout
-    assert "kubectl" not in result.stdout.split("missing:")[1].splitlines()[0], "kubectl comes with the virtualenv"
+    assert "kubectl" not in result.stdout.split("not found:")[1].splitlines()[0], "kubectl comes with the virtualenv"
     assert "==>" not in result.stdout, "nothing is started before the check"
 
 
@@ -152,7 +204,7 @@ def test_every_missing_prerequisite_is_reported_at_once_docker_daemon_included(t
     (tmp_path / "docker").chmod(0o755)
     result = run_deploy("up", path=str(tmp_path))
     assert result.returncode == 2
-    assert "missing: kind\n" in result.stdout
+    assert "not found: kind\n" in result.stdout
     assert WHERE_TO_GET["kind"] in result.stdout
     assert "docker is installed but does not answer" in result.stdout
     assert "==>" not in result.stdout
@@ -264,10 +316,11 @@ def test_scale_waits_for_the_rollout_and_for_every_pod_to_see_all() -> None:
     ]
     assert order == sorted(order)
     assert index_of(cmds, "get", "nodes", "--output", "json") < order[0], "capacity is checked before scaling"
-    polled = "then polled until every pod lists all: "
-    assert result.stdout.index("rollout status deployment/chat") < result.stdout.index(polled)
-    assert "get pods --selector app=chat --output json" in result.stdout.split(polled)[1]
-    assert "proxy/api/nodes" in result.stdout
+    # After the rollout, the two commands the wait polls: the pods, then each pod's node list.
+    assert order[-1] < index_of(cmds, "get", "pods", "--selector", "app=chat", "--output", "json")
+    assert order[-1] < index_of(cmds, "get", "--raw", "/api/v1/namespaces/chatlab/pods/<pod>:4000/proxy/api/nodes")
+    polled = [line for line in result.stdout.splitlines() if line.endswith("# polled until every pod lists all")]
+    assert len(polled) == 2
 
 
 def test_status_shows_pods_the_headless_endpoints_and_each_node_list() -> None:

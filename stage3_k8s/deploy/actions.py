@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import shlex
 from dataclasses import dataclass, field
 
 from stage3_k8s.deploy.build import image_tag
@@ -32,7 +31,7 @@ from stage3_k8s.deploy.pods import (
 )
 from stage3_k8s.deploy.proofs import prove_entry, prove_message_crosses
 from stage3_k8s.deploy.resources import secret_objects, secrets_to_create, tagged_overlay
-from stage3_k8s.deploy.shell import Step, rel, say, walk
+from stage3_k8s.deploy.shell import Step, rel, say, shown, walk
 
 
 @dataclass
@@ -146,9 +145,10 @@ def status(cluster: Cluster) -> None:
         cluster.kubectl("get", "endpointslices", "--selector", "kubernetes.io/service-name=chat-nodes"), check=False
     )
     say("== each pod's GET /api/nodes")
-    raw = f"/api/v1/namespaces/{NAMESPACE}/pods/<pod>:{PORT}/proxy/api/nodes"
-    say("+ " + shlex.join(cluster.kubectl("get", "--raw", raw, namespace=None)) + "  # for each pod")
     pods = chat_pods(cluster)
+    if shell.dry_run:
+        raw = f"/api/v1/namespaces/{NAMESPACE}/pods/<pod>:{PORT}/proxy/api/nodes"
+        say("+ " + shown(cluster.kubectl("get", "--raw", raw, namespace=None)) + "  # for each pod")
     expected = {pod.node for pod in pods}
     for pod in pods:
         view = node_view(cluster, pod)

@@ -60,7 +60,6 @@ class Cluster:
             [find_tool("kubectl") or "kubectl", "config", "get-contexts", "--output", "name"],
             assume="the context exists",
             dry=(0, self.context),
-            show=False,
         )
         return self.context in answer.stdout.split()
 

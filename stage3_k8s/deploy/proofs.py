@@ -7,7 +7,6 @@ import contextlib
 import http.client
 import json
 import secrets
-import shlex
 import socket
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ import wsproto.utilities
 from stage3_k8s.deploy.clusters import Cluster
 from stage3_k8s.deploy.config import ENTRY_DEADLINE, HOST_NAME, MESSAGE_DEADLINE, PORT
 from stage3_k8s.deploy.pods import Pod
-from stage3_k8s.deploy.shell import StepFailed, say, wait_until
+from stage3_k8s.deploy.shell import StepFailed, say, shown, wait_until
 
 
 def browser_host(port: int, name: str = HOST_NAME) -> str:
@@ -129,6 +128,7 @@ def port_forward(cluster: Cluster, pod: Pod, deadline: float = 20.0) -> Iterator
     """`kubectl port-forward` to one pod on a free local port, ended (by its PID) on the way out."""
     port = free_port()
     cmd = cluster.kubectl("port-forward", "--address", "127.0.0.1", f"pod/{pod.name}", f"{port}:{PORT}")
+    say("+ " + shown(cmd) + "  # in the background, until the check ends")
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
@@ -156,7 +156,7 @@ def prove_message_crosses(cluster: Cluster, pods: list[Pod]) -> None:
     if cluster.shell.dry_run:
         for index in (1, 2):
             forward = cluster.kubectl("port-forward", "--address", "127.0.0.1", f"pod/<pod-{index}>", f"<port>:{PORT}")
-            say("+ " + shlex.join(forward))
+            say("+ " + shown(forward) + "  # in the background, until the check ends")
         say("  # then over WebSocket: both join rooms:lobby, pod 1 gets new:msg, pod 2 must deliver it")
         return
     if len(pods) < 2:
