@@ -36,6 +36,7 @@ from stage3_k8s.deploy.proofs import browser_host, exchange_message, http_status
 from stage3_k8s.deploy.resources import cookie_objects, kustomization, tagged_overlay
 from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool, shown
 from tests.helpers.entry_proxy import EntryProxy
+from tests.helpers.entry_proxy import kind_route as rendered_kind_route
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
@@ -262,7 +263,8 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
         if program(cmd) == "kubectl":
             assert cmd[1:3] == ["--context", "kind-chatlab"], cmd
     # The last step goes through the entry point learners use, with the Host header.
-    assert "and /api/nodes with Host: test.com; then a WebSocket join on /socket/websocket" in result.stdout
+    (check,) = [line for line in result.stdout.splitlines() if line.startswith("  # GET http://<gateway address>:80/")]
+    assert "with Host: test.com;" in check and "/api/nodes" in check and "/socket/websocket" in check
     assert "http://test.com" in result.stdout
     assert "ingress-nginx" not in result.stdout
 
@@ -717,13 +719,9 @@ class BehindEntry(Kind):
 def kind_route(monkeypatch: pytest.MonkeyPatch, system: str) -> tuple[dict, dict]:
     """The Gateway and HTTPRoute that `up` applies on kind when run on `system`, with its runtime patches."""
     monkeypatch.setattr(clusters.platform, "system", lambda: system)
-    patches = Kind(ScriptedShell({"docker network inspect kind": (0, "172.18.0.0/16\n", "")})).overlay_patches()
-    with tagged_overlay(OVERLAYS / "kind", "0.1.0-0123456789ab", patches=patches) as workdir:
-        text = subprocess.run(
-            [BIN / "kubectl", "kustomize", workdir], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(text) if doc}
-    return docs["Gateway"], docs["HTTPRoute"]
+    return rendered_kind_route(
+        Kind(ScriptedShell({"docker network inspect kind": (0, "172.18.0.0/16\n", "")})).overlay_patches()
+    )
 
 
 @pytest.mark.parametrize(("system", "port"), [("Linux", 80), ("Darwin", 49153), ("Windows", 49153)])
@@ -768,8 +766,20 @@ def test_the_final_check_fails_where_the_route_would_not_match_the_browsers_host
 
 
 def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_node) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(StepFailed, match="/api/nodes answered 200 through the entry point"):
+    """A (stage 1) node reached directly, nothing in between: its metrics answer."""
+    with pytest.raises(StepFailed, match="GET /metrics answered 200 through the entry point: it must not be routed"):
         prove_entry(BehindEntry((stage1_node.host, stage1_node.port)))
+
+
+def test_the_final_check_fails_when_the_navbar_cannot_reach_the_node_list(
+    stage1_node, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The route of before, without /api/nodes and /readyz: the navbar's `nodes:` and `redis:` never changed."""
+    gateway, route = kind_route(monkeypatch, "Darwin")
+    route["spec"]["rules"] = route["spec"]["rules"][:1]
+    with EntryProxy.for_route(gateway, route, [(stage1_node.host, stage1_node.port)]) as proxy:
+        with pytest.raises(StepFailed, match="GET /api/nodes answered 404 through the entry point"):
+            prove_entry(BehindEntry(("127.0.0.1", proxy.port)))
 
 
 def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() -> None:

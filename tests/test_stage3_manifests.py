@@ -52,8 +52,10 @@ KUBERNETES_VERSIONS = ("1.36.0", "1.37.0")
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 JS_DIR = ROOT / "tests" / "js"
 GATEWAY_SCHEMAS = JS_DIR / "node_modules" / "@kubernetes-models" / "gateway-api" / "package.json"
-# The public paths (SPEC, "Added 2026-11-29"): the page, static files, the socket, /healthz.
+# The public paths (SPEC, "Added 2026-11-29"): the page, static files, the socket, /healthz;
+# and ("Added 2026-12-05") what the live navbar polls, read only: /api/nodes and /readyz.
 PUBLIC = {("Exact", "/"), ("PathPrefix", "/static"), ("Exact", "/socket/websocket"), ("Exact", "/healthz")}
+NAVBAR = {("Exact", "/api/nodes"), ("Exact", "/readyz")}
 
 
 def render(overlay: str) -> str:
@@ -312,12 +314,36 @@ def is_routed(path: str, routed: set[tuple[str, str]]) -> bool:
 
 def test_only_the_public_paths_are_routed_from_outside(manifests: Manifests, routes: set) -> None:
     routed = routed_paths(manifests)
-    assert routed == PUBLIC
+    assert routed == PUBLIC | NAVBAR
+    public = ("/", "/healthz", "/api/nodes", "/readyz")
     for _, rule in routes:
         path = rule.split("<")[0] + "x" if "<" in rule else rule  # /static/<path:filename> -> /static/x
-        assert is_routed(path, routed) == (rule in ("/", "/healthz") or rule.startswith("/static/")), rule
-    for private in ("/api/nodes", "/api/drain", "/cluster/hello", "/metrics", "/readyz", "/staticky"):
+        assert is_routed(path, routed) == (rule in public or rule.startswith("/static/")), rule
+    for private in ("/api/nodes/connect", "/api/nodes/x", "/api/drain", "/cluster/hello", "/metrics", "/staticky"):
         assert not is_routed(private, routed), private
+
+
+def test_what_the_public_route_reaches_on_a_node_only_reads(manifests: Manifests, routes: set) -> None:
+    """The node serves nothing but GET (and HEAD, OPTIONS) on a routed path, so no method a
+    client picks changes state there, even where the route cannot match a method (an Ingress)."""
+    routed = routed_paths(manifests)
+    reached = {
+        (method, rule)
+        for method, rule in routes
+        if is_routed(rule.split("<")[0] + "x" if "<" in rule else rule, routed)
+    }
+    assert {rule for _, rule in reached} >= {"/", "/healthz", "/api/nodes", "/readyz"}
+    assert {method for method, _ in reached} <= {"GET", "HEAD", "OPTIONS"}, reached
+
+
+def test_the_gateway_routes_the_navbars_paths_for_get_only(rendered: dict[str, str]) -> None:
+    route = Manifests(rendered["kind"]).get("HTTPRoute", "chat")
+    methods = {
+        (match["path"]["type"], match["path"]["value"]): match.get("method")
+        for rule in route["spec"]["rules"]
+        for match in rule["matches"]
+    }
+    assert {methods[path] for path in NAVBAR} == {"GET"}
 
 
 def test_the_routed_socket_path_is_the_one_the_node_serves() -> None:

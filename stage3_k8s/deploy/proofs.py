@@ -170,24 +170,38 @@ def prove_message_crosses(cluster: Cluster, pods: list[Pod]) -> None:
     say(f"    {first.name} ({first.node}) -> {second.name} ({second.node}): {body!r} delivered")
 
 
-def http_status(address: tuple[str, int], path: str, host: str = HOST_NAME) -> int:
-    """GET `path` as a browser's address bar does: Host as typed (port included), no Origin."""
+def http_get(address: tuple[str, int], path: str, host: str = HOST_NAME, method: str = "GET") -> tuple[int, bytes]:
+    """`method path` as a browser's address bar or fetch() sends it: Host as typed (port included), no Origin."""
     connection = http.client.HTTPConnection(*address, timeout=10)
     try:
-        connection.request("GET", path, headers={"Host": host})
-        return connection.getresponse().status
+        connection.request(method, path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read()
     finally:
         connection.close()
 
 
+def http_status(address: tuple[str, int], path: str, host: str = HOST_NAME, method: str = "GET") -> int:
+    return http_get(address, path, host, method)[0]
+
+
+# What the entry point must not pass on: the node API's state-changing calls, the node-to-node
+# handshake and the metrics (each would answer 401, 405 or 200 if it reached a node).
+PRIVATE = (("POST", "/api/drain"), ("POST", "/api/nodes/connect"), ("POST", "/cluster/hello"), ("GET", "/metrics"))
+
+
 def prove_entry(cluster: Cluster) -> tuple[str, int]:
-    """What a learner's browser does at http://test.com[:port]: the page, then a WebSocket join, each
-    with the Host the browser sends (the port included when it is not 80) and, for the socket, the
-    page's Origin. The node API is not routed from outside: /api/nodes answers 404 there."""
+    """What a learner's browser does at http://test.com[:port]: the page, the live navbar's
+    GET /api/nodes and /readyz, then a WebSocket join, each with the Host the browser sends
+    (the port included when it is not 80) and, for the socket, the page's Origin. The rest
+    of the node API and /metrics are not routed from outside: 404 there."""
     address = cluster.entry()
     where = f"{address[0]}:{address[1]}"
     host = browser_host(address[1])
-    say(f"  # GET http://{where}/ and /api/nodes with Host: {host}; then a WebSocket join on /socket/websocket")
+    say(
+        f"  # GET http://{where}/, /api/nodes and /readyz with Host: {host}; then a WebSocket join on"
+        f" /socket/websocket; {', '.join(f'{m} {p}' for m, p in PRIVATE)} must answer 404"
+    )
     if cluster.shell.dry_run:
         return address
     seen = ""
@@ -201,13 +215,24 @@ def prove_entry(cluster: Cluster) -> tuple[str, int]:
         return seen.endswith(" 200"), seen
 
     wait_until(f"http://{host} via {where}", page, ENTRY_DEADLINE)
-    hidden = http_status(address, "/api/nodes", host)
-    if hidden != 404:
-        raise StepFailed(f"/api/nodes answered {hidden} through the entry point: the node API must not be routed")
+    status, body = http_get(address, "/api/nodes", host)
+    nodes = json.loads(body).get("nodes") if status == 200 else None
+    if not isinstance(nodes, list) or not nodes:
+        raise StepFailed(f"GET /api/nodes answered {status} through the entry point: the navbar's `nodes:` stays stale")
+    ready = http_status(address, "/readyz", host)
+    if ready != 200:
+        raise StepFailed(f"GET /readyz answered {ready} through the entry point: the navbar's `redis:` stays stale")
+    for method, path in PRIVATE:
+        answer = http_status(address, path, host, method)
+        if answer != 404:
+            raise StepFailed(f"{method} {path} answered {answer} through the entry point: it must not be routed")
     joined = ProofSocket(address, host)
     try:
         joined.join("rooms:lobby", "make stage3 (entry point)")
     finally:
         joined.close()
-    say(f"    http://{host} via {where}: page 200, /api/nodes 404, WebSocket joined rooms:lobby")
+    say(
+        f"    http://{host} via {where}: page 200, /api/nodes lists {len(nodes)}, /readyz 200,"
+        " the node API's calls 404, WebSocket joined rooms:lobby"
+    )
     return address
