@@ -237,15 +237,19 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
     cmds = commands(result.stdout)
     image = f"chatlab:{image_tag()}"
     order = [
+        index_of(cmds, "kind", "version"),
+        index_of(cmds, "docker", "info", "--format", "{{.MemTotal}}"),
         index_of(cmds, "kind", "get", "clusters"),
         index_of(cmds, "kind", "create", "cluster", "--name", "chatlab", "--config", "stage3_k8s/kind-config.yaml"),
         index_of(cmds, "docker", "run", "--name", "chatlab-cloud-provider-kind", CLOUD_PROVIDER_KIND_IMAGE),
+        index_of(cmds, "get", "gatewayclass/cloud-provider-kind"),
         index_of(cmds, "wait", "--for=condition=Accepted", "gatewayclass/cloud-provider-kind"),
         index_of(cmds, "docker", "build", "--file", "stage3_k8s/Dockerfile", "--tag", image, "."),
         index_of(cmds, "kind", "load", "docker-image", image, "--name", "chatlab"),
         index_of(cmds, "get", "secret", "chat-cookie"),
         index_of(cmds, "get", "secret", "redis-auth"),
-        index_of(cmds, "apply", "--filename", "-"),
+        index_of(cmds, "apply", "--filename", "stage3_k8s/k8s/base/namespace.yaml"),
+        index_of(cmds, "create", "--filename", "-"),
         index_of(cmds, "docker", "network", "inspect", "kind"),
         index_of(cmds, "apply", "--kustomize"),
         index_of(cmds, "rollout", "status", "statefulset/redis"),
@@ -256,6 +260,10 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
     ]
     assert order == sorted(order)
     assert CLOUD_PROVIDER_KIND_IMAGE.endswith(":v0.11.1"), "the entry point's controller is pinned"
+    (provider,) = [cmd for cmd in cmds if CLOUD_PROVIDER_KIND_IMAGE in cmd]
+    assert provider[provider.index(CLOUD_PROVIDER_KIND_IMAGE) + 1 :] == ["--enable-default-ingress=false"]
+    # Every wait is bounded by one timeout: none is retried on top of its own --timeout.
+    assert not [cmd for cmd in cmds if "--for=create" in cmd]
     assert f"newTag: {image_tag()}" in result.stdout, "the applied overlay uses the image just built"
     assert not image.endswith(":latest")
     # Every kubectl call names the cluster it made: no other cluster of the user's is touched.
@@ -286,9 +294,11 @@ def test_up_on_minikube_names_driver_and_cpus_and_lets_the_addon_wait_for_itself
         "--memory",
         "4g",
         "--cni",
-        "calico",
+        "kindnet",
     ]
     order = [
+        index_of(cmds, "minikube", "version", "--short"),
+        index_of(cmds, "docker", "info", "--format", "{{.MemTotal}}"),
         index_of(cmds, "minikube", "status", "--profile", "chatlab"),
         index_of(cmds, *start),
         index_of(cmds, "minikube", "addons", "enable", "ingress", "--profile", "chatlab"),
@@ -568,10 +578,13 @@ def test_only_secrets_that_are_not_found_are_created(capsys: pytest.CaptureFixtu
         }
     )
     Up(Kind(shell), tag="t").secrets()
-    (applied,) = shell.ran
-    assert applied.endswith("apply --filename -")
-    created = [item["metadata"]["name"] for item in json.loads(shell.stdin[0])["items"] if item["kind"] == "Secret"]
-    assert created == ["redis-auth"]
+    namespace, create = shell.ran
+    assert namespace.endswith("apply --filename stage3_k8s/k8s/base/namespace.yaml") and shell.stdin[0] is None
+    # Created, never applied: `apply` would keep the value in the last-applied-configuration annotation.
+    assert create.endswith("--namespace chatlab create --filename -") and "apply" not in create
+    items = json.loads(shell.stdin[1])["items"]
+    assert [(item["kind"], item["metadata"]["name"]) for item in items] == [("Secret", "redis-auth")]
+    assert "annotations" not in items[0]["metadata"]
     assert "chat-cookie exists; keeping it" in capsys.readouterr().out
 
 
@@ -807,3 +820,173 @@ def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(mon
     assert kind.entry() == ("127.0.0.1", 49153)
     monkeypatch.setattr(clusters.platform, "system", lambda: "Linux")
     assert "--enable-lb-port-mapping" not in kind.provider_command(), "on Linux the Gateway's own address is reachable"
+
+
+# This machine, checked before anything is made --------------------------------------------------
+
+STUB_DOCKER = """#!/bin/sh
+echo "docker $*" >> "$LOG"
+case "$*" in
+  "info --format {{.MemTotal}}") echo "$MEM" ;;
+  "ps --format {{.Names}} {{.Image}}") printf '%b' "$RUNNING" ;;
+esac
+"""
+STUB_KIND = """#!/bin/sh
+echo "kind $*" >> "$LOG"
+case "$1" in
+  version) echo "kind $VERSION go1.25.1 linux/amd64" ;;
+  get) printf '%b' "$CLUSTERS" ;;
+  create) exit 3 ;;
+esac
+"""
+STUB_MINIKUBE = """#!/bin/sh
+echo "minikube $*" >> "$LOG"
+case "$1" in
+  version) echo "$VERSION" ;;
+  status) exit 7 ;;
+  start) exit 3 ;;
+esac
+"""
+GIB = 2**30
+
+
+def stub_up(tmp_path: Path, k8s: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """A real (not dry) `up` with stand-ins for docker and kind/minikube that log what they are asked;
+    making the cluster fails (exit 3), so the run stops at step 2 at the latest."""
+    for name, script in (("docker", STUB_DOCKER), (k8s, STUB_KIND if k8s == "kind" else STUB_MINIKUBE)):
+        (tmp_path / name).write_text(script)
+        (tmp_path / name).chmod(0o755)
+    log = tmp_path / "log"
+    log.touch()
+    defaults = {
+        "MEM": str(8 * GIB),
+        "VERSION": "v0.33.0" if k8s == "kind" else "v1.39.0",
+        "CLUSTERS": "",
+        "RUNNING": "",
+    }
+    result = run_deploy("--k8s", k8s, "up", path=f"{tmp_path}:/usr/bin:/bin", LOG=str(log), **{**defaults, **env})
+    return result, log.read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("k8s", "version", "lacks"),
+    [
+        ("kind", "v0.23.0", ["ignores NetworkPolicies", "v1 ServiceCIDR API"]),
+        ("kind", "v0.27.1", ["v1 ServiceCIDR API"]),
+        ("minikube", "v1.33.1", ["does not enforce NetworkPolicies"]),
+    ],
+)
+def test_a_tool_too_old_stops_up_before_anything_is_made(
+    tmp_path: Path, k8s: str, version: str, lacks: list[str]
+) -> None:
+    result, asked = stub_up(tmp_path, k8s, VERSION=version)
+    assert result.returncode == 1, result.stdout + result.stderr
+    reasons = [line for line in result.stdout.splitlines() if line.startswith("  - ")]
+    assert len(reasons) == len(lacks) and all(what in line for what, line in zip(lacks, reasons, strict=True))
+    assert all(f"{k8s} {version} is too old" in line for line in reasons)
+    assert not [line for line in asked if " create " in line or " start " in line or line.startswith("docker build")]
+
+
+def test_the_tested_versions_pass_the_check(tmp_path: Path) -> None:
+    result, asked = stub_up(tmp_path, "kind")
+    assert "==> [1/10] this machine" in result.stdout and "    ok" in result.stdout.split("==> [2/10]")[0]
+    assert asked.index("kind version") < asked.index(
+        "kind create cluster --name chatlab --config stage3_k8s/kind-config.yaml --wait 180s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("k8s", "memory", "stops", "says"),
+    [
+        ("kind", GIB, True, "Docker has 1.0 GiB of memory, a kind cluster needs 1.5 GiB"),
+        ("kind", 2 * GIB, False, "three chat pods fit; for ten"),  # Colima's default VM
+        ("minikube", 2 * GIB, True, "minikube start --memory 4g needs 4.0 GiB"),
+        ("minikube", 8 * GIB, False, ""),
+    ],
+)
+def test_dockers_memory_is_read_first_and_what_will_not_fit_is_named(
+    tmp_path: Path, k8s: str, memory: int, stops: bool, says: str
+) -> None:
+    result, asked = stub_up(tmp_path, k8s, MEM=str(memory))
+    before = result.stdout.split("==> [2/10]")[0]
+    assert says in before
+    assert ("==> [2/10]" not in result.stdout) == stops
+    made = [line for line in asked if line.startswith(("kind create", "minikube start"))]
+    assert "docker info --format {{.MemTotal}}" in asked and bool(made) != stops
+
+
+def test_other_kind_clusters_and_another_cloud_provider_kind_are_named_and_explained(tmp_path: Path) -> None:
+    running = "kindccm-other registry.k8s.io/cloud-provider-kind/cloud-controller-manager:v0.10.0\\nweb nginx:1\\n"
+    result, _ = stub_up(tmp_path, "kind", CLUSTERS="dev\\nci\\n", RUNNING=running)
+    before = result.stdout.split("==> [2/10]")[0]
+    (clusters,) = [line for line in before.splitlines() if "other kind clusters" in line]
+    assert "(ci, dev)" in clusters and "every kind cluster" in clusters and "--enable-default-ingress=false" in clusters
+    (rival,) = [line for line in before.splitlines() if "another cloud-provider-kind" in line]
+    assert "(kindccm-other)" in rival and "web" not in rival
+    assert "==> [2/10]" in result.stdout, "warnings, not problems: the run goes on"
+
+
+def test_minikube_off_linux_says_to_start_the_tunnel_before_the_cluster_and_checks_through_a_port_forward(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(clusters.platform, "system", lambda: "Darwin")
+    shell = Shell(dry_run=True)
+    Up(clusters.Minikube(shell), tag="t").run()
+    out = capsys.readouterr().out
+    first_step = out.split("==> [2/10]")[0]
+    assert "minikube tunnel --profile chatlab" in first_step
+    cmds = commands(out)
+    forward = index_of(cmds, "--namespace", "ingress-nginx", "port-forward", "service/ingress-nginx-controller")
+    assert forward > index_of(cmds, "rollout", "status", "deployment/chat")
+    assert not [cmd for cmd in cmds if cmd[:2] == ["minikube", "tunnel"]], "never started by make stage3"
+
+
+def test_a_cloud_provider_kind_of_an_earlier_lab_is_replaced_not_kept() -> None:
+    old = f"running {CLOUD_PROVIDER_KIND_IMAGE} []"  # no --enable-default-ingress=false
+    shell = ScriptedShell({"docker inspect": (0, old, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
+    Kind(shell).install_entry()
+    assert shell.ran[0] == "docker rm --force chatlab-cloud-provider-kind"
+    assert shell.ran[1].startswith("docker run ") and shell.ran[1].endswith(" --enable-default-ingress=false")
+    current = f'running {CLOUD_PROVIDER_KIND_IMAGE} ["--enable-default-ingress=false"]'
+    shell = ScriptedShell({"docker inspect": (0, current, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
+    Kind(shell).install_entry()
+    assert not [cmd for cmd in shell.ran if cmd.startswith("docker ")]
+
+
+def test_a_gateway_class_that_never_comes_stops_within_its_deadline_with_the_controllers_logs_and_conditions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(clusters, "GATEWAY_CLASS_DEADLINE", 0.5)
+    shell = ScriptedShell(
+        {
+            "docker inspect": (0, f'running {CLOUD_PROVIDER_KIND_IMAGE} ["--enable-default-ingress=false"]', ""),
+            "get gatewayclass/cloud-provider-kind --output name": (1, "", "the server doesn't have a resource type"),
+            "docker logs --tail 40 chatlab-cloud-provider-kind": (0, "E1205 failed to install CRDs: forbidden\n", ""),
+            "get gatewayclass/cloud-provider-kind --output 'jsonpath": (1, "", "NotFound"),
+            "get gateway/chat": (1, "", "NotFound"),
+            "get httproute/chat": (1, "", "NotFound"),
+        }
+    )
+    with pytest.raises(StepFailed, match="gatewayclass/cloud-provider-kind exists: not done after 0s"):
+        Kind(shell).install_entry()
+    assert "    | E1205 failed to install CRDs: forbidden" in capsys.readouterr().out
+
+
+def test_a_gateway_never_programmed_shows_its_conditions_and_the_controllers_logs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    programmed = "Accepted=True Accepted: ok\nProgrammed=False Pending: waiting for the proxy\n"
+    shell = ScriptedShell(
+        {
+            "docker logs": (0, "I1205 creating gateway container\n", ""),
+            "get gatewayclass/cloud-provider-kind --output 'jsonpath": (0, "Accepted=True Accepted: ok\n", ""),
+            "get gateway/chat": (0, programmed, ""),
+            "get httproute/chat": (0, "route Accepted=True Accepted: ok\n", ""),
+        },
+        fail="--for=condition=Programmed",
+    )
+    with pytest.raises(StepFailed):
+        Kind(shell).wait_entry()
+    out = capsys.readouterr().out
+    assert "    | Programmed=False Pending: waiting for the proxy" in out
+    assert "    | I1205 creating gateway container" in out and "    | route Accepted=True" in out

@@ -15,11 +15,13 @@ from stage3_k8s.deploy.config import (
     IMAGE,
     NAME,
     NAMESPACE,
+    NAMESPACE_FILE,
     OVERLAYS,
     PORT,
     ROOT,
     SECRETS,
 )
+from stage3_k8s.deploy.machine import Findings
 from stage3_k8s.deploy.pods import (
     Pod,
     chat_pods,
@@ -31,7 +33,7 @@ from stage3_k8s.deploy.pods import (
 )
 from stage3_k8s.deploy.proofs import prove_entry, prove_message_crosses
 from stage3_k8s.deploy.resources import secret_objects, secrets_to_create, tagged_overlay
-from stage3_k8s.deploy.shell import Step, rel, say, shown, walk
+from stage3_k8s.deploy.shell import Step, StepFailed, rel, say, shown, walk
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Up:
     def steps(self) -> list[Step]:
         c = self.cluster
         return [
+            Step(f"this machine: {c.k8s}'s version, Docker's memory, other clusters", self.check_machine),
             Step(f"cluster: {c.k8s} `{NAME}` (context {c.context})", c.ensure),
             Step(f"entry point: {c.entry_name}", c.install_entry),
             Step(f"image {self.image} (a few minutes the first time, seconds after)", self.build),
@@ -59,15 +62,28 @@ class Up:
             Step(f"proving http://{HOST_NAME} works through the entry point", self.prove_entry),
         ]
 
+    def check_machine(self) -> None:
+        findings = Findings()
+        self.cluster.check_machine(findings)
+        for warning in findings.warnings:
+            say(f"    ! {warning}")
+        if findings.problems:
+            raise StepFailed("this machine is not ready:\n" + "\n".join(f"  - {p}" for p in findings.problems))
+        say("    ok" if not findings.warnings else "    going on")
+
     def build(self) -> None:
         self.cluster.shell.run(["docker", "build", "--file", rel(DOCKERFILE), "--tag", self.image, rel(ROOT) or "."])
 
     def secrets(self) -> None:
-        missing = secrets_to_create(self.cluster)
+        c = self.cluster
+        missing = secrets_to_create(c)
         if missing:
-            self.cluster.shell.run(
-                self.cluster.kubectl("apply", "--filename", "-", namespace=None),
-                note=f"stdin: Namespace + new random {', '.join(missing)}, not shown",
+            c.shell.run(c.kubectl("apply", "--filename", rel(NAMESPACE_FILE), namespace=None))
+            # Created, not applied: `kubectl apply` would copy each Secret, value included,
+            # into its last-applied-configuration annotation, readable wherever the object is.
+            c.shell.run(
+                c.kubectl("create", "--filename", "-"),
+                note=f"stdin: new random {', '.join(missing)}, not shown",
                 stdin=secret_objects({name: secrets.token_urlsafe(32) for name in missing}),
             )
 
@@ -114,7 +130,11 @@ class Up:
         say(f"Done: {len(self.pods) or 'the'} chat pods on {self.cluster.k8s}, one cluster.")
         for line in self.cluster.url_help(self.entry):
             say("  " + line)
-        say("  Each browser tab shows the `self:` node it landed on; `make stage3-status` lists them all.")
+        say(
+            "  A tab's `self:` is the pod that served its page; its socket may be on another (the entry point"
+            " balances each connection): the messages you send show the pod they were pushed on."
+            " `make stage3-status` lists every pod."
+        )
 
 
 def scale(cluster: Cluster, replicas: int) -> None:
