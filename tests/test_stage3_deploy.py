@@ -900,7 +900,8 @@ def test_the_tested_versions_pass_the_check(tmp_path: Path) -> None:
     [
         ("kind", GIB, True, "Docker has 1.0 GiB of memory, a kind cluster needs 1.5 GiB"),
         ("kind", 2 * GIB, False, "three chat pods fit; for ten"),  # Colima's default VM
-        ("minikube", 2 * GIB, True, "minikube start --memory 4g needs 4.0 GiB"),
+        ("minikube", 2 * GIB, True, "Docker has 2.0 GiB of memory, a minikube cluster needs 2.5 GiB"),
+        ("minikube", 3 * GIB, False, "three chat pods fit; for ten"),
         ("minikube", 8 * GIB, False, ""),
     ],
 )

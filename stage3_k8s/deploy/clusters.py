@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,8 +67,13 @@ CCM_GATEWAY_LABEL = "io.x-k8s.cloud-provider-kind.gateway.name"
 # picks `bridge`, which ignores NetworkPolicies, for the docker runtime: hence named.
 MINIKUBE_DRIVER = "docker"
 MINIKUBE_CPUS = 2
+# A limit for minikube's node container, which Docker does not reserve: what must fit
+# in Docker's VM is what the node uses (its control plane, kindnet, the ingress
+# controller: about 1.2 GiB; then Redis and the chat pods). minikube itself compares
+# --memory with this machine's memory, not with Docker's VM.
 MINIKUBE_MEMORY = "4g"
-MINIKUBE_MEMORY_BYTES = 4 * GIB
+MINIKUBE_MEMORY_NEEDED = int(2.5 * GIB)
+MINIKUBE_MEMORY_FOR_TEN = int(3.5 * GIB)
 MINIKUBE_CNI = "kindnet"
 MINIKUBE_TESTED = "v1.39.0"
 MINIKUBE_FLOORS = (Floor((1, 34, 0), "its kindnet (before kindnetd v20240813) does not enforce NetworkPolicies"),)
@@ -153,14 +159,16 @@ def on_linux() -> bool:
     return platform.system() == "Linux"
 
 
-def check_memory(shell: Shell, findings: Findings, needed: int, what: str, *, comfortable: int = 0) -> None:
+def check_memory(shell: Shell, findings: Findings, needed: int, what: str, *, comfortable: int) -> None:
+    """A problem under `needed` (the cluster with three chat pods), a warning under `comfortable` (ten)."""
     total = docker_memory(shell)
+    advice = math.ceil(comfortable / GIB) + 1
     if total is None:
         findings.warnings.append("cannot read Docker's memory (`docker info`); the lab needs " + gib(needed))
     elif total < needed:
         findings.problems.append(
-            f"Docker has {gib(total)} of memory, {what} needs {gib(needed)}: give Docker more"
-            " (Docker Desktop: Settings, Resources; Colima, whose VM has 2 GiB by default: `colima start --memory 4`)"
+            f"Docker has {gib(total)} of memory, {what} needs {gib(needed)}: give Docker more (Docker Desktop:"
+            f" Settings, Resources; Colima, whose VM has 2 GiB by default: `colima start --memory {advice}`)"
         )
     elif total < comfortable:
         findings.warnings.append(
@@ -411,9 +419,9 @@ class Minikube(Cluster):
             ["minikube", "version", "--short"], assume=f"minikube {MINIKUBE_TESTED}", dry=(0, MINIKUBE_TESTED)
         )
         check_version("minikube", version.stdout or version.stderr, MINIKUBE_FLOORS, MINIKUBE_TESTED, findings)
-        # minikube compares --memory with this machine's memory, not with Docker's VM: a VM
-        # too small lets it start, then fail.
-        check_memory(self.shell, findings, MINIKUBE_MEMORY_BYTES, f"minikube start --memory {MINIKUBE_MEMORY}")
+        check_memory(
+            self.shell, findings, MINIKUBE_MEMORY_NEEDED, "a minikube cluster", comfortable=MINIKUBE_MEMORY_FOR_TEN
+        )
         if not on_linux():
             say(
                 f"    ! on this machine the browser reaches minikube only through `minikube tunnel --profile {NAME}`:"
