@@ -49,6 +49,15 @@ class ClusterNode(ChatNode):
     def replicate_presence(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None:
         self.cluster.replicate_presence(topic, joins, leaves)
 
+    def console_namespace(self) -> dict[str, object]:
+        async def node_connect(name: str, address: str | None = None) -> bool:
+            """Erlang's `Node.connect/1`: connect to `name` (from the registry, or at "host:port")
+            and to its peers, with this node's cookie; raises ConnectError saying why not."""
+            await self.cluster.connect(name, address)
+            return True
+
+        return {**super().console_namespace(), "cluster": self.cluster, "node_connect": node_connect}
+
     def discovery_loop(self) -> Coroutine[Any, Any, None] | None:
         """The loop that finds peers for DISCOVERY; a later stage overrides it to add its own."""
         return discovery.for_settings(self.settings, self.cluster)

@@ -57,6 +57,7 @@ import pytest
 from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
+from stage2_cluster.launch import CONSOLE_OFFSET
 from stage3_k8s import compose_lab
 from tests.helpers import containers, docs_runner
 from tests.helpers.browser import ChatPages
@@ -109,7 +110,7 @@ def stage2() -> DocsEnv:
     node a, as the page's prerequisites tell a learner whose ports moved. GOSSIP_SECRET
     keeps gossip among this run's nodes: the group and port are fixed, and other runs on
     this machine may be gossiping at the same time."""
-    base, redis_port = free_ports(3), free_port()
+    base, redis_port = free_ports(3, also=CONSOLE_OFFSET), free_port()
     nodes = [f"http://127.0.0.1:{base + offset}" for offset in range(3)]
 
     def settled(command: str) -> bool:
@@ -126,6 +127,11 @@ def stage2() -> DocsEnv:
     for offset, documented in enumerate((4000, 4001, 4002)):
         address = f"127.0.0.1:{base + offset}"
         replacements |= {f"localhost:{documented}": address, f"127.0.0.1:{documented}": address}
+        console = base + CONSOLE_OFFSET + offset  # what `chatctl console --port 4100` reaches
+        replacements |= {
+            f"--port {documented + CONSOLE_OFFSET}": f"--port {console}",
+            f"CONSOLE_PORT={documented + CONSOLE_OFFSET}": f"CONSOLE_PORT={console}",
+        }
     return DocsEnv(
         replacements=replacements,
         env={"CHAT_URL": f"http://{replacements['localhost:4000']}", "GOSSIP_SECRET": secrets.token_urlsafe(24)},

@@ -45,6 +45,7 @@ ENV_VARS = (
     "HISTORY_SIZE",
     "ALLOWED_ORIGINS",
     "RATE_LIMIT",
+    "CONSOLE_PORT",  # "Added 2026-12-05"
 )
 
 # From SPEC.md, "HTTP": method and route, as the pages should write them.
@@ -90,7 +91,7 @@ EVENTS = (
 )
 REASONS = ("unauthorized", "unmatched topic", "rate_limited", "unavailable")
 CLOSE_CODES = ("1001", "1007", "1009")
-CLI_COMMANDS = ("chatctl nodes", "chatctl connect", "chatctl disconnect", "chatctl drain")
+CLI_COMMANDS = ("chatctl nodes", "chatctl connect", "chatctl disconnect", "chatctl drain", "chatctl console")
 
 PAGES = docs_runner.pages()
 DOCS = "\n".join(page.text for page in PAGES)
