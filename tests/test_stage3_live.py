@@ -117,7 +117,8 @@ class Sender:
     sending again with the same client_msg_id until each is acknowledged."""
 
     def __init__(self, entry: tuple[str, int]) -> None:
-        self.entry, self.sock = entry, None
+        self.entry = entry
+        self.sock: ProofSocket | None = None
         self.acked: dict[str, str] = {}  # id -> body
 
     def connect(self) -> ProofSocket:
