@@ -214,7 +214,7 @@ def test_the_pages_python_scripts_need_only_what_make_stage1_installs() -> None:
                     imported |= {alias.name.split(".")[0] for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     imported.add(node.module.split(".")[0])
-    assert {"websockets", "redis", "json"} <= imported, "the walker sees the pages' scripts"
+    assert {"websockets", "json"} <= imported, "the walker sees the pages' scripts"
     outside = sorted(
         name
         for name in imported

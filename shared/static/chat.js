@@ -195,7 +195,13 @@
     joinRef = String(ref + 1);
     joinedAs = user;
     send(TOPIC, "phx_join", params, (status, response) => {
-      if (status === "ok") { setConnection("online", "online"); return; }
+      if (status === "ok") {
+        setConnection("online", "online");
+        // The room moved on by more than its history while we were away: say so, above
+        // the oldest message it still has, which the replay shows next.
+        if (response.history_truncated) showEvent("some earlier messages are no longer available", "event gap");
+        return;
+      }
       joinRef = null;
       setConnection("offline", "join refused: " + (response.reason || status));
       setTimeout(join, 2000);
