@@ -952,6 +952,10 @@ def test_a_cloud_provider_kind_of_an_earlier_lab_is_replaced_not_kept() -> None:
     shell = ScriptedShell({"docker inspect": (0, current, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
     Kind(shell).install_entry()
     assert not [cmd for cmd in shell.ran if cmd.startswith("docker ")]
+    garbled = f"exited {CLOUD_PROVIDER_KIND_IMAGE} not-json"
+    shell = ScriptedShell({"docker inspect": (0, garbled, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
+    Kind(shell).install_entry()
+    assert shell.ran[0] == "docker rm --force chatlab-cloud-provider-kind" and shell.ran[1].startswith("docker run ")
 
 
 def test_a_gateway_class_that_never_comes_stops_within_its_deadline_with_the_controllers_logs_and_conditions(

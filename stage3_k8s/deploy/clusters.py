@@ -242,7 +242,10 @@ class Kind(Cluster):
             dry=(1, "", f"Error: No such object: {CLOUD_PROVIDER_KIND_CONTAINER}"),
         )
         state, image, args = (found.stdout.strip() + "  ").split(" ", 2) if found.returncode == 0 else ["", "", ""]
-        current = image == CLOUD_PROVIDER_KIND_IMAGE and json.loads(args or "null") == self.provider_flags()
+        flags: object = None
+        with contextlib.suppress(ValueError):
+            flags = json.loads(args)
+        current = image == CLOUD_PROVIDER_KIND_IMAGE and flags == self.provider_flags()
         if state and not current:
             say(f"    {CLOUD_PROVIDER_KIND_CONTAINER} runs another version or other flags; replacing it")
             self.shell.run(["docker", "rm", "--force", CLOUD_PROVIDER_KIND_CONTAINER])
