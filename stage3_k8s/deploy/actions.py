@@ -77,6 +77,15 @@ class Up:
     def secrets(self) -> None:
         c = self.cluster
         missing = secrets_to_create(c)
+        for name in SECRETS:
+            if name not in missing:
+                # Earlier versions of this lab applied the Secrets, which copied each value
+                # into this annotation; harmless when it is not there.
+                c.shell.run(
+                    c.kubectl("annotate", "secret", name, "kubectl.kubernetes.io/last-applied-configuration-"),
+                    check=False,
+                    note="no copy of the value in an annotation",
+                )
         if missing:
             c.shell.run(c.kubectl("apply", "--filename", rel(NAMESPACE_FILE), namespace=None))
             # Created, not applied: `kubectl apply` would copy each Secret, value included,
