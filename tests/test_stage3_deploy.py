@@ -937,8 +937,8 @@ def test_minikube_off_linux_says_to_start_the_tunnel_before_the_cluster_and_chec
     shell = Shell(dry_run=True)
     Up(clusters.Minikube(shell), tag="t").run()
     out = capsys.readouterr().out
-    first_step = out.split("==> [2/10]")[0]
-    assert "minikube tunnel --profile chatlab" in first_step
+    before = out.split("==> [1/10]")[0]
+    assert "minikube tunnel --profile chatlab" in before, "said before the first step"
     cmds = commands(out)
     forward = index_of(cmds, "--namespace", "ingress-nginx", "port-forward", "service/ingress-nginx-controller")
     assert forward > index_of(cmds, "rollout", "status", "deployment/chat")

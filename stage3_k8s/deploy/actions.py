@@ -132,6 +132,8 @@ class Up:
         self.entry = prove_entry(self.cluster)
 
     def run(self) -> None:
+        if self.cluster.notice():
+            say(self.cluster.notice())
         walk(self.steps())
         say("")
         if self.cluster.shell.dry_run:

@@ -111,6 +111,10 @@ class Cluster:
         """Versions, Docker's memory, other clusters: what stops the run or deserves a word first."""
         raise NotImplementedError
 
+    def notice(self) -> str:
+        """What the learner must do while `up` runs, said before its first step; empty when nothing."""
+        return ""
+
     def ensure(self) -> None:
         raise NotImplementedError
 
@@ -425,12 +429,15 @@ class Minikube(Cluster):
         check_memory(
             self.shell, findings, MINIKUBE_MEMORY_NEEDED, "a minikube cluster", comfortable=MINIKUBE_MEMORY_FOR_TEN
         )
-        if not on_linux():
-            say(
-                f"    ! on this machine the browser reaches minikube only through `minikube tunnel --profile {NAME}`:"
-                " start it in another terminal (it asks for your password and keeps running)."
-                " `make stage3` checks the entry point through a port-forward and does not wait for it."
-            )
+
+    def notice(self) -> str:
+        if on_linux():
+            return ""
+        return (
+            f"! On this machine your browser reaches minikube only through `minikube tunnel --profile {NAME}`:"
+            " start it now in another terminal (it asks for your password and keeps running)."
+            " `make stage3` checks the entry point through a port-forward and does not wait for it."
+        )
 
     def ensure(self) -> None:
         status = self.shell.query(["minikube", "status", "--profile", NAME], assume="no cluster yet")
