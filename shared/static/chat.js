@@ -85,9 +85,13 @@
     const li = document.createElement("li");
     li.className = "msg";
     if (user === currentUser()) li.classList.add("mine");
-    // A run of messages reads as one block: only its first line says who and when.
-    if (prev && prev.sender === user && when && prev.sentAt && when - prev.sentAt < GROUP_MS) li.classList.add("cont");
+    // A run of messages reads as one block: only its first line says who, when and on
+    // which node. A message typed on another node starts a block, so its node shows.
+    if (prev && prev.sender === user && prev.node === msg.node && when && prev.sentAt && when - prev.sentAt < GROUP_MS) {
+      li.classList.add("cont");
+    }
     li.sender = user;
+    li.node = msg.node;
     li.sentAt = when;
     li.style.setProperty("--hue", hue(user));
 
