@@ -90,6 +90,7 @@ class RoomChannel:
             history = await self.hub.broker.history(self.topic, last_seen_id)
         except BrokerUnavailable:
             self.hub.remove(self.topic, self)
+            self.hub.metrics.joins_refused.labels("unavailable").inc()
             raise JoinRefused("unavailable") from None
         # What a join sends goes out in two writes, one on each side of the await.
         first = [protocol.reply(frame, "ok")]

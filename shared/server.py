@@ -48,6 +48,7 @@ def hypercorn_config() -> Config:
 
 
 async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
+    await chat.claim()
     app = create_app(chat)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,4 +92,8 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: obje
     except OSError as error:
         logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
         raise SystemExit(1) from None
-    runner(serve_node(node_class(settings), sock))  # Hypercorn owns the socket from here and closes it
+    try:
+        runner(serve_node(node_class(settings), sock))  # Hypercorn owns the socket from here and closes it
+    except ConfigError as error:  # found out before serving: a name a live node holds
+        sys.stderr.write(f"config error: {error}\n")
+        raise SystemExit(2) from None

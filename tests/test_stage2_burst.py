@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -54,18 +55,28 @@ async def test_300_pushes_and_300_rejoins_at_once_are_all_answered_ok(cluster: C
                 "ok": len(group)
             }
         body = unique("burst")
-        pushes = await at_once(
-            clients, "new:msg", [{"user": f"u{i}", "body": f"{body}-{i}"} for i in range(SOCKETS)]
-        )
+        started = time.monotonic()
+        pushes = await at_once(clients, "new:msg", [{"user": f"u{i}", "body": f"{body}-{i}"} for i in range(SOCKETS)])
+        pushes_took = time.monotonic() - started
         last_seen = clients[0].messages()[-1]["id"] if clients[0].messages() else None
     async with sockets(a.ws_url, SOCKETS) as clients:
+        started = time.monotonic()
         joins = await at_once(
             clients, "phx_join", [{"user": f"u{i}", "last_seen_id": last_seen} for i in range(SOCKETS)]
         )
+        joins_took = time.monotonic() - started
     async with httpx.AsyncClient() as http:
         text = (await http.get(a.url + "/metrics")).text
     refused = metric(text, "chat_joins_refused_total", default=0.0, reason="unavailable")
-    record("burst of pushes and rejoins", sockets=SOCKETS, pushes=dict(pushes), rejoins=dict(joins), refused=refused)
+    record(
+        "burst of pushes and rejoins",
+        sockets=SOCKETS,
+        pushes=dict(pushes),
+        rejoins=dict(joins),
+        refused=refused,
+        pushes_answered_s=round(pushes_took, 2),
+        rejoins_answered_s=round(joins_took, 2),
+    )
     assert pushes == {"ok": SOCKETS}
     assert joins == {"ok": SOCKETS}
     assert refused == 0

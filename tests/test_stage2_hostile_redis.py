@@ -16,7 +16,8 @@ import time
 
 from shared.broker import Delivery
 from stage2_cluster.broker import Alone, RedisBroker, node_channel
-from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
+from stage2_cluster.handshake import valid_address
+from stage2_cluster.membership import REGISTRY_KEEP
 from stage2_cluster.settings import ClusterSettings, redact_url
 from tests.helpers.cluster import Cluster, env_without, full_name, poll_readyz
 from tests.helpers.metrics import metric
