@@ -57,14 +57,19 @@ async def test_a_node_restarted_at_once_under_its_name_leaves_no_ghost_on_its_pe
     started = loop.time()
     await asyncio.to_thread(cluster.restart, "a")  # waits for the old claim to expire, then serves
     ready_after = loop.time() - started
-    await wait_users(b, set(), deadline=15)
+    gone_after = await time_to(wait_users(b, set(), deadline=15))
     events = [e for e in b.logs() if e.get("peer") == A]
     assert any(e.get("event") == "node restarted" for e in events)
     assert not any(e.get("event") == "node disconnected" for e in events)  # not dropped for silence
     waited = any(
         e.get("event") == "waiting for an earlier node of this name to expire" for e in cluster.node("a").logs()
     )
-    record("fast restart under the same name", ready_after_s=round(ready_after, 2), waited_for_claim=waited)
+    record(
+        "fast restart under the same name",
+        ready_after_s=round(ready_after, 2),
+        waited_for_claim=waited,
+        ghost_gone_after_ready_s=gone_after,
+    )
 
 
 async def wait_users(node: NodeProcess, users: set[str], deadline: float = 10.0) -> None:
