@@ -90,7 +90,7 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: obje
     try:
         sock = listen(settings)
     except OSError as error:
-        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
+        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=logging.ERROR)
         raise SystemExit(1) from None
     try:
         runner(serve_node(node_class(settings), sock))  # Hypercorn owns the socket from here and closes it

@@ -42,7 +42,7 @@ from stage2_cluster.lines import BOOT_RE
 
 if TYPE_CHECKING:
     from shared.metrics import Metrics
-    from stage2_cluster.membership import Membership
+    from stage2_cluster.membership import Membership, Spawn
     from stage2_cluster.registry import Registry
     from stage2_cluster.settings import ClusterSettings
 
@@ -162,13 +162,16 @@ class Challenges:
 class Handshake:
     """Both sides of connecting: `connect` (and `disconnect`) here, `on_*` for the routes."""
 
-    def __init__(self, settings: ClusterSettings, metrics: Metrics, membership: Membership, registry: Registry) -> None:
+    def __init__(
+        self, settings: ClusterSettings, metrics: Metrics, membership: Membership, registry: Registry, spawn: Spawn
+    ) -> None:
         self.name = settings.node_name
         self.address = settings.address
         self.cookie: str = settings.cluster_cookie or ""
         self.metrics = metrics
         self.membership = membership
         self.registry = registry
+        self.spawn = spawn
         self.challenges = Challenges()
         self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
         self._goodbyes: dict[str, float] = {}  # nonce -> expiry, so a goodbye cannot be replayed
@@ -299,7 +302,7 @@ class Handshake:
             finally:
                 self._connecting.pop(name, None)
 
-        task = self._connecting[name] = asyncio.create_task(attempt())  # kept until it ends, for close()
+        task = self._connecting[name] = self.spawn(attempt())
         return task
 
     async def disconnect(self, name: str, reason: str = "disconnected by request") -> bool:

@@ -33,8 +33,9 @@ class ClusterNode(ChatNode):
         super().__init__(settings, self.redis, replicate=self.membership.replicate_presence, metrics=metrics)
         self.registry = RedisRegistry(self.redis.client)
         self.membership.attach(self.redis, self.hub, self.registry, self.spawn)
-        self.handshake = Handshake(settings, metrics, self.membership, self.registry)
+        self.handshake = Handshake(settings, metrics, self.membership, self.registry, self.spawn)
         self._discovery: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def nodes(self) -> list[str]:
         return self.membership.nodes()
@@ -48,18 +49,20 @@ class ClusterNode(ChatNode):
 
     async def start(self) -> None:
         await super().start()
-        self.spawn(self.membership.heartbeat_forever())
+        self._heartbeat = self.spawn(self.membership.heartbeat_forever())
         strategy = self.discovery_loop()
         if strategy is not None:
             self._discovery = self.spawn(strategy)
 
     async def stop(self) -> None:
         await self.drain()
-        # Stop finding peers before saying goodbye, or discovery would connect them again.
-        if self._discovery is not None:
-            self._discovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._discovery
+        # Stop finding peers before saying goodbye, or discovery would connect them again;
+        # and stop beating before giving up our name, or the next beat would claim it again.
+        for task in (self._discovery, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.handshake.close()
         await self.membership.release_name()
         await super().stop()
