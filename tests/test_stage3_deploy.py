@@ -18,21 +18,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from stage3_k8s.deploy import clusters
+from stage3_k8s.deploy import clusters, proofs
 from stage3_k8s.deploy.actions import Up, scale
 from stage3_k8s.deploy.build import image_tag
 from stage3_k8s.deploy.clusters import CLOUD_PROVIDER_KIND_IMAGE, Kind
 from stage3_k8s.deploy.config import NAMESPACE, OVERLAYS, SECRET
 from stage3_k8s.deploy.pods import Pod, cause_of, chat_pods, rollout, shortfall, wait_one_cluster
-from stage3_k8s.deploy.proofs import exchange_message, http_status, prove_entry
+from stage3_k8s.deploy.proofs import browser_host, exchange_message, http_status, prove_entry
 from stage3_k8s.deploy.resources import cookie_objects, kustomization, tagged_overlay
 from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool
+from tests.helpers.entry_proxy import EntryProxy
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
@@ -648,8 +650,8 @@ def test_the_phoenix_socket_of_the_final_check_joins_and_delivers_on_a_real_node
     assert http_status(address, "/", host="test.com") == 200
 
 
-class DirectToNode(Kind):
-    """An "entry point" that is the node itself: nothing between the browser and /api/*."""
+class BehindEntry(Kind):
+    """A kind cluster whose entry point is `address` on this machine (an EntryProxy, or a node itself)."""
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(Shell(dry_run=False))
@@ -659,9 +661,62 @@ class DirectToNode(Kind):
         return self.address
 
 
+def kind_route(monkeypatch: pytest.MonkeyPatch, system: str) -> tuple[dict, dict]:
+    """The Gateway and HTTPRoute that `up` applies on kind when run on `system`, with its runtime patches."""
+    monkeypatch.setattr(clusters.platform, "system", lambda: system)
+    patches = Kind(ScriptedShell({"docker network inspect kind": (0, "172.18.0.0/16\n", "")})).overlay_patches()
+    with tagged_overlay(OVERLAYS / "kind", "0.1.0-0123456789ab", patches=patches) as workdir:
+        text = subprocess.run(
+            [BIN / "kubectl", "kustomize", workdir], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(text) if doc}
+    return docs["Gateway"], docs["HTTPRoute"]
+
+
+@pytest.mark.parametrize(("system", "port"), [("Linux", 80), ("Darwin", 49153), ("Windows", 49153)])
+def test_the_route_takes_the_host_a_browser_sends_for_the_url_up_prints(
+    monkeypatch: pytest.MonkeyPatch, system: str, port: int
+) -> None:
+    """On Linux the Gateway is served on its own address, port 80; elsewhere on a random port of
+    this machine, and the browser's Host then carries that port, which Envoy does not strip."""
+    gateway, route = kind_route(monkeypatch, system)
+    proxy = EntryProxy.for_route(gateway, route, [])
+    url = Kind(Shell(dry_run=True)).url_help(("127.0.0.1" if port != 80 else "172.18.0.3", port))[0].split()[1]
+    host = urllib.parse.urlsplit(url).netloc
+    assert host == browser_host(port)
+    assert proxy.host_matches(host)
+    if system == "Linux":  # where the name still selects the route, as in the original
+        assert proxy.domains == ["test.com"]
+
+
+def test_the_final_check_sends_what_a_browser_sends_and_passes_through_the_route(
+    stage1_node, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    gateway, route = kind_route(monkeypatch, "Darwin")
+    with EntryProxy.for_route(gateway, route, [(stage1_node.host, stage1_node.port)]) as proxy:
+        assert prove_entry(BehindEntry(("127.0.0.1", proxy.port))) == ("127.0.0.1", proxy.port)
+    host = f"test.com:{proxy.port}"
+    page = [seen for seen in proxy.requests if seen.path == "/"]
+    socket = [seen for seen in proxy.requests if seen.path.startswith("/socket/websocket")]
+    assert page and all(seen.headers["host"] == host and seen.status == 0 for seen in page)
+    assert socket and socket[0].headers["host"] == host and socket[0].headers["origin"] == f"http://{host}"
+    assert socket[0].headers["upgrade"].lower() == "websocket" and socket[0].status == 0
+
+
+def test_the_final_check_fails_where_the_route_would_not_match_the_browsers_host(
+    stage1_node, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The route of before (test.com only) behind a published port: a browser got 404, and so does the check."""
+    gateway, route = kind_route(monkeypatch, "Linux")
+    monkeypatch.setattr(proofs, "ENTRY_DEADLINE", 0.5)
+    with EntryProxy.for_route(gateway, route, [(stage1_node.host, stage1_node.port)]) as proxy:
+        with pytest.raises(StepFailed, match="GET / answered 404"):
+            prove_entry(BehindEntry(("127.0.0.1", proxy.port)))
+
+
 def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_node) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(StepFailed, match="/api/nodes answered 200 through the entry point"):
-        prove_entry(DirectToNode((stage1_node.host, stage1_node.port)))
+        prove_entry(BehindEntry((stage1_node.host, stage1_node.port)))
 
 
 def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() -> None:

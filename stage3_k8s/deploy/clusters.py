@@ -167,7 +167,7 @@ class Kind(Cluster):
         subnets = answer.stdout.split()
         if answer.returncode != 0 or not subnets:
             raise StepFailed(f"cannot read the subnets of kind's Docker network: {answer.stderr.strip()}")
-        return [gateway_network_patch(subnets)]
+        return [gateway_network_patch(subnets)] + ([] if on_linux() else ANY_HOST_PATCHES)
 
     def wait_entry(self) -> None:
         self.shell.run(self.kubectl("wait", "--for=condition=Programmed", f"gateway/{GATEWAY}", "--timeout=300s"))
@@ -216,11 +216,14 @@ class Kind(Cluster):
 
     def url_help(self, entry: tuple[str, int]) -> list[str]:
         host, port = entry
-        where = host if port == 80 else f"{host}:{port}"
+        if port == 80:
+            return [
+                f"Open http://{HOST_NAME} once it points at {host} (`{host} {HOST_NAME}` in /etc/hosts),",
+                f"or without that: curl -H 'Host: {HOST_NAME}' http://{host}/",
+            ]
         return [
-            f"Open http://{HOST_NAME}{'' if port == 80 else f':{port}'} once it points at {host}"
-            f" (`{host} {HOST_NAME}` in /etc/hosts),",
-            f"or without that: curl -H 'Host: {HOST_NAME}' http://{where}/",
+            f"Open http://{HOST_NAME}:{port} once {HOST_NAME} points at {host} (`{host} {HOST_NAME}` in /etc/hosts),",
+            f"or http://localhost:{port}: off Linux the route takes any host name (docs/troubleshooting.md).",
         ]
 
 
@@ -229,6 +232,25 @@ def gateway_network_patch(subnets: Sequence[str]) -> dict[str, Any]:
     ops: list[dict[str, Any]] = [{"op": "remove", "path": "/spec/ingress/0/from/1"}]
     ops += [{"op": "add", "path": "/spec/ingress/0/from/-", "value": {"ipBlock": {"cidr": s}}} for s in subnets]
     return {"target": {"kind": "NetworkPolicy", "name": "chat"}, "patch": json.dumps(ops)}
+
+
+# Off Linux the Gateway's port 80 is published on a random port of this machine, so the
+# browser sends `Host: test.com:<port>`. cloud-provider-kind turns the listener's and the
+# route's hostnames into Envoy's virtual-host domains as they are, and Envoy matches the
+# Host header against them with its port (its FAQ, "Why is my route not found?"): test.com
+# would match nothing. Without hostnames the domain is `*`, and any Host reaches the route.
+# (Giving the Gateway a fixed address would publish it on port 80 instead: on every
+# interface of the machine, and only where port 80 is free and may be bound.)
+ANY_HOST_PATCHES: list[dict[str, Any]] = [
+    {
+        "target": {"kind": "Gateway", "name": GATEWAY},
+        "patch": json.dumps([{"op": "remove", "path": "/spec/listeners/0/hostname"}]),
+    },
+    {
+        "target": {"kind": "HTTPRoute", "name": GATEWAY},
+        "patch": json.dumps([{"op": "remove", "path": "/spec/hostnames"}]),
+    },
+]
 
 
 def published_port(docker_port_output: str) -> int:

@@ -25,9 +25,15 @@ from stage3_k8s.deploy.pods import Pod
 from stage3_k8s.deploy.shell import StepFailed, say, wait_until
 
 
-class PhoenixSocket:
-    """A Phoenix socket over one TCP connection, spoken with wsproto (from the runtime
-    dependencies, which Hypercorn brings): enough to join a room and send and read frames."""
+def browser_host(port: int, name: str = HOST_NAME) -> str:
+    """The Host header a browser sends for http://name:port/: the port only when it is not 80."""
+    return name if port == 80 else f"{name}:{port}"
+
+
+class ProofSocket:
+    """The deploy tool's own Phoenix client: one TCP connection spoken with wsproto (from the
+    runtime dependencies, which Hypercorn brings), enough to join a room and send and read
+    frames. It sends what a browser's page sends: the Host it was opened with, and the Origin."""
 
     def __init__(self, address: tuple[str, int], host: str, deadline: float = MESSAGE_DEADLINE) -> None:
         self.end = time.monotonic() + deadline
@@ -35,7 +41,10 @@ class PhoenixSocket:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.events: collections.deque[ws_events.Event] = collections.deque()
         self.refs = 0
-        self.sock.sendall(self.ws.send(ws_events.Request(host=host, target="/socket/websocket?vsn=2.0.0")))
+        request = ws_events.Request(
+            host=host, target="/socket/websocket?vsn=2.0.0", extra_headers=[(b"origin", f"http://{host}".encode())]
+        )
+        self.sock.sendall(self.ws.send(request))
         while True:
             event = self.next_event()
             if isinstance(event, ws_events.AcceptConnection):
@@ -95,9 +104,9 @@ class PhoenixSocket:
 
 def exchange_message(sender: tuple[str, int], receiver: tuple[str, int], body: str) -> dict[str, Any]:
     """Join rooms:lobby on both, push new:msg on the sender, return it as the receiver got it."""
-    a = PhoenixSocket(sender, f"127.0.0.1:{sender[1]}")
+    a = ProofSocket(sender, f"127.0.0.1:{sender[1]}")
     try:
-        b = PhoenixSocket(receiver, f"127.0.0.1:{receiver[1]}")
+        b = ProofSocket(receiver, f"127.0.0.1:{receiver[1]}")
         try:
             a.join("rooms:lobby", "make stage3")
             b.join("rooms:lobby", "make stage3 (listening)")
@@ -162,6 +171,7 @@ def prove_message_crosses(cluster: Cluster, pods: list[Pod]) -> None:
 
 
 def http_status(address: tuple[str, int], path: str, host: str = HOST_NAME) -> int:
+    """GET `path` as a browser's address bar does: Host as typed (port included), no Origin."""
     connection = http.client.HTTPConnection(*address, timeout=10)
     try:
         connection.request("GET", path, headers={"Host": host})
@@ -171,11 +181,13 @@ def http_status(address: tuple[str, int], path: str, host: str = HOST_NAME) -> i
 
 
 def prove_entry(cluster: Cluster) -> tuple[str, int]:
-    """What a learner does: the page through the entry point with Host: test.com, then a WebSocket join there.
-    The node API is not routed from outside: /api/nodes answers 404 there."""
+    """What a learner's browser does at http://test.com[:port]: the page, then a WebSocket join, each
+    with the Host the browser sends (the port included when it is not 80) and, for the socket, the
+    page's Origin. The node API is not routed from outside: /api/nodes answers 404 there."""
     address = cluster.entry()
     where = f"{address[0]}:{address[1]}"
-    say(f"  # GET http://{where}/ and /api/nodes with Host: {HOST_NAME}; then a WebSocket join on /socket/websocket")
+    host = browser_host(address[1])
+    say(f"  # GET http://{where}/ and /api/nodes with Host: {host}; then a WebSocket join on /socket/websocket")
     if cluster.shell.dry_run:
         return address
     seen = ""
@@ -183,19 +195,19 @@ def prove_entry(cluster: Cluster) -> tuple[str, int]:
     def page() -> tuple[bool, str]:
         nonlocal seen
         try:
-            seen = f"GET / answered {http_status(address, '/')}"
+            seen = f"GET / answered {http_status(address, '/', host)}"
         except OSError as error:
             seen = f"GET / failed: {error}"
         return seen.endswith(" 200"), seen
 
-    wait_until(f"http://{HOST_NAME} via {where}", page, ENTRY_DEADLINE)
-    hidden = http_status(address, "/api/nodes")
+    wait_until(f"http://{host} via {where}", page, ENTRY_DEADLINE)
+    hidden = http_status(address, "/api/nodes", host)
     if hidden != 404:
         raise StepFailed(f"/api/nodes answered {hidden} through the entry point: the node API must not be routed")
-    joined = PhoenixSocket(address, HOST_NAME)
+    joined = ProofSocket(address, host)
     try:
-        joined.join("rooms:lobby", "make stage3 (via the entry point)")
+        joined.join("rooms:lobby", "make stage3 (entry point)")
     finally:
         joined.close()
-    say(f"    http://{HOST_NAME} via {where}: page 200, /api/nodes 404, WebSocket joined rooms:lobby")
+    say(f"    http://{host} via {where}: page 200, /api/nodes 404, WebSocket joined rooms:lobby")
     return address
