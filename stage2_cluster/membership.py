@@ -190,9 +190,15 @@ class Membership:
             if holder is None:
                 logs.event(log, "name claimed", claim=f"chat:alive:{self.name}")
             else:
-                # Our claim ran out (Redis was away longer than NODE_DOWN_AFTER) and another
-                # node took the name meanwhile: two nodes now answer to one name.
-                logs.event(log, "name taken by another live node", level=logging.ERROR, holder_boot=holder.boot)
+                # Redis was away when we started, or longer than our claim lasts: an earlier
+                # incarnation's claim (it runs out) or a live node that took the name meanwhile.
+                logs.event(
+                    log,
+                    "name held by another node: not registered until its claim runs out",
+                    level=logging.WARNING,
+                    holder_boot=holder.boot,
+                    expires_in_s=round(holder.expires_in, 2),
+                )
 
     def on_health(self, healthy: bool) -> None:
         # While our own Redis link is down we hear no one, which says nothing about them.
