@@ -108,29 +108,45 @@ async def test_a_lost_presence_line_heals_within_the_sync_interval(cluster: Clus
     cluster.connected("a", "b")
     a, b = cluster.node("a"), cluster.node("b")
     bound = SYNC_INTERVAL + HEARTBEAT_INTERVAL
-    with cluster.redis.client() as client:
-        boot = client.get(f"chat:alive:{A}")
+    deadline = bound + 10  # generous: the bound is reported, not asserted
+    async with PhoenixClient(b.ws_url) as watcher:
+        # b's presence_diffs, as its sockets see them: every change, however quickly undone.
+        seen = await watcher.join(LOBBY, {"user": "watcher"})
+        with cluster.redis.client() as client:
+            boot = client.get(f"chat:alive:{A}")
 
-        def lose(line: str) -> None:
-            """What b holds after a's line was lost: published in a's name, the opposite change."""
-            client.publish(f"chat:node:{B}", line)
+            def lose(line: str) -> None:
+                """What b holds after a's line was lost: published in a's name, the opposite change."""
+                client.publish(f"chat:node:{B}", line)
 
-        # Nobody is on a, so a's full sync names no topic at all: the lobby must hold nothing of a.
-        lose(presence_change(A, boot, LOBBY, [Entry(A, "mallory", {"phx_ref": "ghost-ref", "node": A})], []))
-        await wait_users(b, {"mallory"})
-        ghost_healed = await time_to(wait_users(b, set(), deadline=bound + 10))
-        async with PhoenixClient(a.ws_url) as alice:
-            await alice.join(LOBBY, {"user": "alice"})
-            await wait_users(b, {"alice"})
-            (meta,) = (await online(b))["alice"]
-            lose(presence_change(A, boot, LOBBY, [], [Entry(A, "alice", meta)]))
-            await wait_users(b, set())
-            join_healed = await time_to(wait_users(b, {"alice"}, deadline=bound + 10))
-    # The deadlines are generous; the bound is reported, not asserted.
+            # Nobody is on a, so a's full sync names no topic: the lobby must hold nothing of a.
+            lose(presence_change(A, boot, LOBBY, [Entry(A, "mallory", {"phx_ref": "ghost-ref", "node": A})], []))
+            seen, _ = await diff(watcher, "joins", "mallory", seen)
+            ghost_healed = await time_to(diff(watcher, "leaves", "mallory", seen, deadline))
+            async with PhoenixClient(a.ws_url) as alice:
+                await alice.join(LOBBY, {"user": "alice"})
+                seen, (meta,) = await diff(watcher, "joins", "alice", seen)
+                lose(presence_change(A, boot, LOBBY, [], [Entry(A, "alice", meta)]))
+                seen, _ = await diff(watcher, "leaves", "alice", seen)
+                join_healed = await time_to(diff(watcher, "joins", "alice", seen, deadline))
+                assert await users_on(b) == {"alice", "watcher"}
     record("lost presence line", ghost_gone_after_s=ghost_healed, join_back_after_s=join_healed, bound_s=bound)
 
 
-async def time_to(wait: Coroutine[Any, Any, None]) -> float:
+async def diff(
+    client: PhoenixClient, side: str, user: str, since: int, deadline: float = 10.0
+) -> tuple[int, list[dict[str, Any]]]:
+    """The first presence_diff from `since` whose `side` (joins/leaves) has `user`: its index and the metas."""
+    frame = await client.wait_for(
+        lambda f: f.event == "presence_diff" and user in f.payload[side],
+        deadline,
+        since=since,
+        what=f"presence_diff {side} {user}",
+    )
+    return client.frames.index(frame, since), frame.payload[side][user]["metas"]
+
+
+async def time_to(wait: Coroutine[Any, Any, object]) -> float:
     loop = asyncio.get_running_loop()
     started = loop.time()
     await wait
