@@ -55,6 +55,19 @@ class ChatNode:
         """This node first, then the nodes it is connected to (`Node.list([:this, :visible])`)."""
         return [self.name]
 
+    def console_namespace(self) -> dict[str, object]:
+        """What the remote console (shared/console.py) has at hand; a stage adds its own."""
+
+        def node_self() -> str:
+            """This node's name: Erlang's `node()`."""
+            return self.name
+
+        def node_list() -> list[str]:
+            """The nodes this one is connected to, itself left out: Erlang's `Node.list()`."""
+            return self.nodes()[1:]
+
+        return {"node": self, "hub": self.hub, "cluster": None, "node_self": node_self, "node_list": node_list}
+
     @property
     def ready(self) -> bool:
         return not self.draining and self.broker.available

@@ -11,7 +11,7 @@ import sys
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from shared import deflate, logs
+from shared import console, deflate, logs
 from shared.app import create_app
 from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
@@ -47,9 +47,11 @@ def hypercorn_config() -> Config:
     return config
 
 
-async def serve_node(chat: ChatNode, sock: socket.socket) -> None:
+async def serve_node(chat: ChatNode, sock: socket.socket, console_sock: socket.socket | None = None) -> None:
     await chat.claim()
     app = create_app(chat)
+    if console_sock is not None:
+        chat.spawn(console.serve(chat, console_sock))  # for the node's lifetime: its stop ends it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -93,7 +95,15 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: obje
         logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=logging.ERROR)
         raise SystemExit(1) from None
     try:
-        runner(serve_node(node_class(settings), sock))  # Hypercorn owns the socket from here and closes it
+        console_sock = console.listen(settings.console_port)
+    except OSError as error:
+        sock.close()
+        where = f"{console.HOST}:{settings.console_port}"
+        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=logging.ERROR)
+        raise SystemExit(1) from None
+    # Hypercorn owns `sock` from here and closes it; the console's server closes its own.
+    try:
+        runner(serve_node(node_class(settings), sock, console_sock))
     except ConfigError as error:  # found out before serving: a name a live node holds
         sys.stderr.write(f"config error: {error}\n")
         raise SystemExit(2) from None

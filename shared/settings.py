@@ -14,6 +14,10 @@ from typing import ClassVar, Self
 from urllib.parse import urlsplit
 
 MIN_SECRET_LENGTH = 16  # CLUSTER_COOKIE, GOSSIP_SECRET
+# Blank means "the default" for every variable but these: their default is "off", which is
+# not what someone who wrote `CONSOLE_PORT=` (or Compose's `${CONSOLE_PORT}` of an unset
+# variable) meant, so a blank one stops the node instead of silently serving nothing.
+BLANK_IS_AN_ERROR = frozenset({"CONSOLE_PORT"})
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}@[A-Za-z0-9_\-.:]{1,255}$")
 # Which stage has each DISCOVERY mode: a node refuses a mode of another stage by naming it.
 DISCOVERY_HOMES = {
@@ -52,6 +56,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()  # empty = same host as the request
     rate_limit: tuple[float, int] = (10.0, 20)  # per second, burst
     max_connections: int = 1000  # sockets one node holds; docs/protocol.md shows the memory arithmetic
+    console_port: int | None = None  # the remote console (shared/console.py); None: no console
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **stage_defaults: object) -> Self:
@@ -60,6 +65,8 @@ class Settings:
 
         def get(var: str) -> str | None:
             value = env.get(var)
+            if var in BLANK_IS_AN_ERROR and value is not None:
+                return value.strip()
             return None if value is None or value.strip() == "" else value.strip()
 
         settings = cls(**cls.read(get, base))  # type: ignore[arg-type]
@@ -83,6 +90,7 @@ class Settings:
             "max_connections": int(
                 number("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), base.max_connections, 1, 1_000_000, integer=True)
             ),
+            "console_port": _console_port(get("CONSOLE_PORT"), base.console_port),
         }
 
     def check(self) -> None:
@@ -111,6 +119,12 @@ def number(var: str, raw: str | None, default: float, low: float, high: float, *
     if not low <= value <= high:
         raise ConfigError(var, f"must be between {low:g} and {high:g}, got {raw!r}")
     return value
+
+
+def _console_port(raw: str | None, default: int | None) -> int | None:
+    if raw is None:
+        return default
+    return int(number("CONSOLE_PORT", raw, 0, 1, 65535, integer=True))
 
 
 def _host(raw: str | None, default: str) -> str:

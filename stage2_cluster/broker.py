@@ -124,7 +124,7 @@ def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
 
 
 class Membership(Protocol):
-    """What the broker asks of the cluster it serves (`stage2_cluster.cluster.Cluster`)."""
+    """What the broker asks of the cluster it serves (`stage2_cluster.membership.Membership`)."""
 
     def targets(self) -> list[str]:
         """The nodes whose channels a message goes to, this one first."""

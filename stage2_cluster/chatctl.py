@@ -4,6 +4,7 @@
     chatctl connect b@localhost   # Node.connect(:"b@localhost")
     chatctl disconnect b@localhost
     chatctl drain                 # what the Kubernetes preStop hook calls
+    chatctl console --port 4100   # iex --remsh: a Python prompt inside the node (CONSOLE_PORT)
 
 The cookie comes from --cookie, else CLUSTER_COOKIE, else the file `make stage2` writes.
 """
@@ -11,12 +12,18 @@ The cookie comes from --cookie, else CLUSTER_COOKIE, else the file `make stage2`
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import json
 import os
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from shared import console as node_console
 
 COOKIE_FILE = Path(".stage2/cookie")
 
@@ -46,7 +53,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     disconnect = commands.add_parser("disconnect", parents=after, help="disconnect NODE, both ways")
     disconnect.add_argument("node")
     commands.add_parser("drain", parents=after, help="stop taking sockets and close open ones with 1001")
+    console = commands.add_parser("console", parents=after, help="a Python prompt inside the node (CONSOLE_PORT)")
+    console.add_argument("--port", type=int, default=console_port(), help="the node's CONSOLE_PORT (default: env)")
     return parser.parse_args(argv)
+
+
+def console_port() -> int | None:
+    raw = os.environ.get("CONSOLE_PORT", "").strip()
+    return int(raw) if raw.isdigit() else None
 
 
 def find_cookie(given: str | None) -> str | None:
@@ -87,8 +101,127 @@ def request(args: argparse.Namespace) -> httpx.Response:
     return httpx.post(f"{base}/api/drain", headers=headers, timeout=30)
 
 
+class ConsoleStream:
+    """What a node's console sends, split into replies and prompts (each wrapped in PROMPT_MARK)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""
+
+    def next_prompt(self, reply: Callable[[str], object]) -> str | None:
+        """Hand the text before the next prompt to `reply`; the prompt, or None once the node closed."""
+        mark = node_console.PROMPT_MARK
+        while True:
+            start = self.pending.find(mark)
+            end = self.pending.find(mark, start + 1) if start >= 0 else -1
+            if end >= 0:
+                reply(self.pending[:start])
+                prompt, self.pending = self.pending[start + 1 : end], self.pending[end + 1 :]
+                return prompt
+            if start < 0:
+                reply(self.pending)
+                self.pending = ""
+            data = self.conn.recv(65536)
+            if not data:
+                reply(self.pending + self.decoder.decode(b"", final=True))
+                self.pending = ""
+                return None
+            self.pending += self.decoder.decode(data)
+
+
+def console(args: argparse.Namespace) -> int:
+    """A line client: each prompt of the node's console is answered with one line of stdin.
+
+    At a terminal it shows the banner and the prompts, with line editing (readline); with
+    stdin piped it prints the replies alone, so `echo 'node_list()' | chatctl console`
+    prints what `Node.list()` would."""
+    if args.port is None or not 1 <= args.port <= 65535:
+        print("chatctl: no console port: pass --port N or set CONSOLE_PORT (the node's)", file=sys.stderr)
+        return 1
+    where = f"{node_console.HOST}:{args.port}"
+    try:
+        conn = socket.create_connection((node_console.HOST, args.port), timeout=5)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        print(f"chatctl: no console on {where} ({reason}); a node serves one with CONSOLE_PORT set", file=sys.stderr)
+        return 1
+    interactive = sys.stdin.isatty()
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
+    with conn:
+        conn.settimeout(None)  # a reply takes what the code typed takes
+        try:
+            return attach(conn, args, interactive)
+        except KeyboardInterrupt:
+            print("\nchatctl: left the console; what was running goes on in the node", file=sys.stderr)
+            return 130
+        except ConnectionError as error:
+            print(f"chatctl: the console on {where} went away ({error.strerror})", file=sys.stderr)
+            return 1
+
+
+def attach(conn: socket.socket, args: argparse.Namespace, interactive: bool) -> int:
+    """Past the cookie prompt (if the node asks), then relay lines until the end of input."""
+    stream = ConsoleStream(conn)
+    before: list[str] = []  # the banner, or the one line of a refusal
+    prompt = stream.next_prompt(before.append)
+    if prompt == node_console.COOKIE_PROMPT:
+        cookie = find_cookie(args.cookie)
+        if cookie is None:
+            print(
+                "chatctl: the console asks for the cluster cookie: pass --cookie, set CLUSTER_COOKIE", file=sys.stderr
+            )
+            return 1
+        conn.sendall(cookie.encode() + b"\n")
+        prompt = stream.next_prompt(before.append)
+    if prompt is None:
+        refusal = "".join(before).strip() or "closed by the node"
+        print(f"chatctl: {refusal}{stale_cookie_hint(args)}", file=sys.stderr)
+        return 1
+    if interactive:
+        print("".join(before), end="", flush=True)
+    return relay(conn, stream, prompt, interactive)
+
+
+def relay(conn: socket.socket, stream: ConsoleStream, prompt: str | None, interactive: bool) -> int:
+    def reply(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    while prompt is not None:
+        line = read_line(prompt, interactive)
+        if line is None:
+            conn.shutdown(socket.SHUT_WR)  # the console's EOF: it answers with a newline and closes
+            rest: list[str] = []
+            stream.next_prompt(rest.append)
+            text = "".join(rest)
+            reply(text if interactive or text != "\n" else "")
+            break
+        conn.sendall(line.encode() + b"\n")
+        prompt = stream.next_prompt(reply)
+    return 0
+
+
+def read_line(prompt: str, interactive: bool) -> str | None:
+    """The next line typed at `prompt`, None at the end of input (Ctrl-D)."""
+    if not interactive:
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+    while True:
+        try:
+            return input(prompt)
+        except EOFError:
+            return None
+        except KeyboardInterrupt:  # as at Python's prompt: drop the line, ask again
+            print("\nKeyboardInterrupt")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "console":
+        return console(args)
     try:
         response = request(args)
     except httpx.HTTPError as error:

@@ -131,6 +131,10 @@ class Listener(asyncio.DatagramProtocol):
         self.dropped = 0
         self.warned: set[str] = set()
         self.pending: dict[str, asyncio.Task[None]] = {}
+        # Nodes whose last attempt did not connect (another cookie, say): a heartbeat every
+        # few seconds retries them, as libcluster does, but only the first failure is logged
+        # at warning, so the log says it once instead of every round.
+        self.refused: set[str] = set()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         heartbeat = self.codec.decode(data)
@@ -151,11 +155,21 @@ class Listener(asyncio.DatagramProtocol):
             return
         if len(self.pending) >= MAX_PENDING:
             return  # the next heartbeat from a real node comes within seconds
-        task = handshake.connect_soon(name, address, source="gossip")
+        retry = name in self.refused
+        task = handshake.connect_soon(name, address, source="gossip", quiet=retry)
         if task is not None:
             self.pending[name] = task
-            task.add_done_callback(lambda _task: self.pending.pop(name, None))
-            logs.event(log, "gossip discovered node", peer=name, address=address, sender=addr[0])
+            task.add_done_callback(lambda _task: self.settled(name))
+            if not retry:
+                logs.event(log, "gossip discovered node", peer=name, address=address, sender=addr[0])
+
+    def settled(self, name: str) -> None:
+        """An attempt ended: remember whether it connected."""
+        self.pending.pop(name, None)
+        if name in self.handshake.membership.peers:
+            self.refused.discard(name)
+        elif len(self.refused) < MAX_WARNED:  # bounded, as the senders warned of above
+            self.refused.add(name)
 
     def error_received(self, exc: Exception) -> None:
         logs.event(log, "gossip send failed", level=logging.WARNING, error=str(exc))

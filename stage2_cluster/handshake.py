@@ -285,8 +285,11 @@ class Handshake:
                     tasks.append(task)
         return tasks
 
-    def connect_soon(self, name: str, address: str, *, source: str) -> asyncio.Task[None] | None:
-        """Connect in the background (discovery, transitive connects); failures are logged."""
+    def connect_soon(
+        self, name: str, address: str, *, source: str, quiet: bool = False
+    ) -> asyncio.Task[None] | None:
+        """Connect in the background (discovery, transitive connects); failures are logged,
+        at debug when `quiet` (a retry whose failure was already logged)."""
         if name == self.name or name in self.membership.peers:
             return None
         if name in self._connecting:
@@ -298,7 +301,8 @@ class Handshake:
             try:
                 await self.connect(name, address, source=source)
             except ConnectError as error:
-                logs.event(log, "connect failed", level=logging.WARNING, peer=name, reason=str(error))
+                level = logging.DEBUG if quiet else logging.WARNING
+                logs.event(log, "connect failed", level=level, peer=name, reason=str(error))
             finally:
                 self._connecting.pop(name, None)
 

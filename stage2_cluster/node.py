@@ -40,6 +40,17 @@ class ClusterNode(ChatNode):
     def nodes(self) -> list[str]:
         return self.membership.nodes()
 
+    def console_namespace(self) -> dict[str, object]:
+        async def node_connect(name: str, address: str | None = None) -> bool:
+            """Erlang's `Node.connect/1`: connect to `name` (from the registry, or at "host:port")
+            and to its peers, with this node's cookie; raises ConnectError saying why not."""
+            await self.handshake.connect(name, address)
+            return True
+
+        # `cluster` is who this node is connected to (its peers, its name); `handshake` connects.
+        extra = {"cluster": self.membership, "handshake": self.handshake, "registry": self.registry}
+        return {**super().console_namespace(), **extra, "node_connect": node_connect}
+
     def discovery_loop(self) -> Coroutine[Any, Any, None] | None:
         """The loop that finds peers for DISCOVERY; a later stage overrides it to add its own."""
         return discovery.for_settings(self.settings, self.handshake, self.registry)

@@ -15,6 +15,11 @@ Convention for README.md, stage*/README.md and docs/*.md:
   background on the ports it chose and waits until its nodes answer. A later `sh serve`
   is a restart: the running one gets Ctrl-C (SIGINT) and ends first, and the blocks after
   it run against the new one, in the same session.
+- A block `sh terminal` is a command the learner starts in a terminal of its own and leaves
+  running (Redis, one node, one `docker run -it`). The test runs it on a pseudo-terminal
+  (`script`), as a terminal window does, and waits until what it listens on answers
+  (`PORT=4000`, Redis's `port 6379`, Docker's `-p 127.0.0.1:4000:4000`). A later `sh serve`
+  first presses Ctrl-C in every such terminal, newest first; so does the end of the page.
 - A block `text browser` says what the browser shows: one line per tab, its URL, then
   fields two spaces apart, each named by the page element's id (`self`, `nodes`, `redis`,
   `connection`), e.g. `http://localhost:4000  self: a@localhost  nodes: [a@localhost]`.
@@ -24,7 +29,7 @@ Convention for README.md, stage*/README.md and docs/*.md:
   `<!-- verify-with: stage1 -->`: a key of ENVIRONMENTS below, which picks free ports,
   says how to rewrite the documented ones (`localhost:4000` becomes the port the test
   chose) and what the first terminal runs when the page has no `sh serve` before its
-  first command. A page without the comment runs its commands with nothing started.
+  first command and no `sh terminal` at all. A page without the comment runs its commands with nothing started.
 
 Commands run from the repository's root; a stage 2 page's from a scratch clone whose
 entries link to the repository's, with a `.stage2/` of its own, so that a docs run never
@@ -40,11 +45,13 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import random
 import re
 import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -57,11 +64,12 @@ import pytest
 from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
-from stage3_k8s import compose_lab
+from stage2_cluster.launch import CONSOLE_OFFSET
+from stage3_k8s import compose_lab, standin
 from tests.helpers import containers, docs_runner
 from tests.helpers.browser import ChatPages
-from tests.helpers.docs_runner import ROOT, Page, Serve, Tab
-from tests.helpers.ports import free_port, free_ports
+from tests.helpers.docs_runner import ROOT, Page, Serve, Tab, Terminal
+from tests.helpers.ports import free_port, free_ports, port_open
 from tests.helpers.requirements import require
 from tests.helpers.waits import wait_until
 
@@ -83,6 +91,7 @@ class DocsEnv:
     serve_vars: str = ""  # appended to a served `make` command: the ports the test chose
     default_serve: str | None = None  # the first terminal's command, when the page shows none
     ready: list[str] = field(default_factory=list)  # URLs that answer 200 once served
+    http_ports: set[int] = field(default_factory=set)  # chosen ports where a node answers /healthz
     # Whether what a served command starts has settled as the page's log shows it, e.g.
     # nodes that discover each other are connected; the learner reads that log first.
     settled: Callable[[str], bool] = lambda _command: True
@@ -105,16 +114,18 @@ def stage1() -> DocsEnv:
 
 
 def stage2() -> DocsEnv:
-    """`make stage2`: Redis and nodes a, b, c on free ports. CHAT_URL points `chatctl` at
-    node a, as the page's prerequisites tell a learner whose ports moved. GOSSIP_SECRET
-    keeps gossip among this run's nodes: the group and port are fixed, and other runs on
-    this machine may be gossiping at the same time."""
-    base, redis_port = free_ports(3), free_port()
+    """`make stage2`, or Redis and nodes started by hand: free ports for the documented
+    ones (nodes on 4000.., their consoles on 4100.., Redis on 6379). CHAT_URL points
+    `chatctl` at node a, as the page's prerequisites tell a learner whose ports moved.
+    GOSSIP_SECRET keeps gossip among this run's nodes: the group and port are fixed, and
+    other runs on this machine may be gossiping at the same time."""
+    base = node_and_console_ports(5)
+    redis_port = base + 4  # Redis too: the nodes connect to it while later ones start
     nodes = [f"http://127.0.0.1:{base + offset}" for offset in range(3)]
 
     def settled(command: str) -> bool:
-        """With discovery on, every node lists all three before the page goes on."""
-        if "DISCOVERY=manual" in command:
+        """With discovery on, every node that `make stage2` started lists all three."""
+        if not command.startswith("make stage2") or "DISCOVERY=manual" in command:
             return True
         try:
             return all(len(httpx.get(f"{url}/api/nodes", timeout=2).json()["nodes"]) == 3 for url in nodes)
@@ -122,29 +133,64 @@ def stage2() -> DocsEnv:
             return False
 
     redis_address = f"127.0.0.1:{redis_port}"
-    replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address}
-    for offset, documented in enumerate((4000, 4001, 4002)):
-        address = f"127.0.0.1:{base + offset}"
-        replacements |= {f"localhost:{documented}": address, f"127.0.0.1:{documented}": address}
+    replacements = {"localhost:6379": redis_address, "127.0.0.1:6379": redis_address, "port 6379": f"port {redis_port}"}
+    for offset in range(4):
+        node, console = base + offset, base + CONSOLE_OFFSET + offset
+        address = f"127.0.0.1:{node}"
+        replacements |= {f"localhost:{4000 + offset}": address, f"127.0.0.1:{4000 + offset}": address}
+        replacements |= {f"PORT={4000 + offset}": f"PORT={node}", f"PORT={4100 + offset}": f"PORT={console}"}
+        replacements |= {f"port {4100 + offset}": f"port {console}"}
     return DocsEnv(
         replacements=replacements,
         env={"CHAT_URL": f"http://{replacements['localhost:4000']}", "GOSSIP_SECRET": secrets.token_urlsafe(24)},
         serve_vars=f"BASE_PORT={base} REDIS_PORT={redis_port}",
         default_serve="make stage2 NODES=3 DISCOVERY=manual",
         ready=[f"{url}/healthz" for url in nodes],
+        http_ports={base + offset for offset in range(4)},
         settled=settled,
         clone=True,
     )
 
 
+def node_and_console_ports(count: int) -> int:
+    """The first of `count` consecutive free ports whose consoles, CONSOLE_OFFSET (100)
+    above, are free too (`make stage2` puts node i's console on BASE_PORT + 100 + i).
+
+    Below the kernel's ephemeral range: the nodes start one after another, and a port in
+    that range may meanwhile become the local end of an earlier node's connection to
+    Redis, after which the later node cannot listen on it ("Address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        base = random.randrange(10_000, low - 200)
+        wanted = [base + offset for offset in range(count)] + [
+            base + CONSOLE_OFFSET + offset for offset in range(count)
+        ]
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in wanted:
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {count} free ports below {low} with free ports CONSOLE_OFFSET above")
+
+
+# What the containers page starts by hand with `docker run` and `docker network create`.
+BY_HAND_CONTAINERS = ("chatlab-a", "chatlab-b", "chatlab-redis")
+BY_HAND_NETWORK = "chatlab-net"
+
+
 def compose() -> DocsEnv:
-    """The real Docker engine for `make stage3-compose` and `docker compose`, under a project
-    of its own (`chatlab-docs`, its secrets in `.stage3/chatlab-docs.env`), so that a learner's
-    `chatlab` is left alone. Nothing is pulled: the stand-in base images and the image are
-    built first (the first time, over a minute: longer than one block may take; the page's
-    own build then finds every layer cached). `docker compose` is the plugin, or the
-    virtualenv's Compose v2 linked as one. The project is taken down at the end, as
-    `make stage3-compose-down` does."""
+    """The real Docker engine for the containers page: `docker build`, `docker run`, then
+    `docker compose` and `make stage3-compose` under a project of their own (`chatlab-docs`,
+    its secrets in `.stage3/chatlab-docs.env`), so that a learner's `chatlab` is left alone.
+
+    Nothing is pulled: the stand-in base images and the image are built first (the first
+    time, over a minute: longer than one block may take), and the page's `docker build`
+    and Redis image are rewritten to those, so its build finds every layer cached. Docker
+    gets a configuration folder of its own, empty: `docker compose` works only once the
+    page's own step has linked the plugin into it, as on a learner's machine without one.
+    The containers and the network are removed at the end, as the page's clean-up does."""
     require("docker")
     if reason := containers.docker_unavailable():
         pytest.skip(reason)  # a failure under CI=true (tests/helpers/skip_rule.py)
@@ -152,15 +198,42 @@ def compose() -> DocsEnv:
     project = "chatlab-docs"
     compose_lab.Lab(project).build(base)
     config = Path(tempfile.mkdtemp(prefix="chatlab-docker-config-"))
-    env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project, **containers.compose_as_docker_plugin(config)}
+    env = {**containers.TEST_ENV, "COMPOSE_PROJECT_NAME": project, "DOCKER_CONFIG": str(config)}
+    first = free_ports(2)
+    chat_ports = [first, first + 1]
+    replacements = {
+        ".stage3/chatlab.env": f".stage3/{project}.env",
+        "redis:7.4.6-alpine": standin.REDIS_IMAGE,
+        "docker build -f": f"docker build --network host --build-arg BASE_IMAGE={base} -f",
+    }
+    for offset, port in enumerate(chat_ports):
+        replacements |= {
+            f"localhost:{4000 + offset}": f"127.0.0.1:{port}",
+            f"127.0.0.1:{4000 + offset}": f"127.0.0.1:{port}",
+        }
+
+    def settled(command: str) -> bool:
+        """Every chat container started by hand lists every other one."""
+        try:
+            up = [port for port in chat_ports if port_open(port)]
+            return all(
+                len(httpx.get(f"http://127.0.0.1:{port}/api/nodes", timeout=2).json()["nodes"]) == len(up)
+                for port in up
+            )
+        except (httpx.HTTPError, ValueError):
+            return False
 
     def cleanup() -> None:
         try:
+            subprocess.run(
+                ["docker", "rm", "--force", *BY_HAND_CONTAINERS], capture_output=True, check=False, timeout=60
+            )
+            subprocess.run(["docker", "network", "rm", BY_HAND_NETWORK], capture_output=True, check=False, timeout=60)
             compose_lab.down(compose_lab.Lab(project, env=env))
         finally:
             shutil.rmtree(config, ignore_errors=True)
 
-    return DocsEnv(replacements={".stage3/chatlab.env": f".stage3/{project}.env"}, env=env, cleanup=cleanup)
+    return DocsEnv(replacements=replacements, env=env, http_ports=set(chat_ports), settled=settled, cleanup=cleanup)
 
 
 ENVIRONMENTS: dict[str, Callable[[], DocsEnv]] = {
@@ -191,7 +264,7 @@ def scratch_clone(folder: Path) -> Path:
     return clone
 
 
-def stop_group(proc: subprocess.Popen[str], sig: int, deadline: float) -> None:
+def stop_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes], sig: int, deadline: float) -> None:
     """Send `sig` to the process group we started `proc` in; SIGKILL it if it outlives `deadline`."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -315,6 +388,77 @@ class FirstTerminal:
             self.proc = None
 
 
+class Terminals:
+    """The terminals the learner opens beside the first, one `sh terminal` command each.
+
+    Each runs on a pseudo-terminal of its own (`script`), as in a terminal window, so that
+    `docker run -it` works and Ctrl-C is what a terminal sends for it: the byte 0x03."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], docs_env: DocsEnv) -> None:
+        self.cwd, self.env, self.docs_env = cwd, env, docs_env
+        self.running: list[tuple[subprocess.Popen[bytes], list[str]]] = []
+
+    def open(self, command: str) -> None:
+        run = docs_runner.rewrite(command, self.docs_env.replacements)
+        proc = subprocess.Popen(
+            ["script", "--quiet", "--return", "--flush", "--command", run, "/dev/null"],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        lines: list[str] = []
+        threading.Thread(target=self._collect, args=(proc, lines), daemon=True).start()
+        self.running.append((proc, lines))
+        ports = docs_runner.listening_ports(run)
+        wait_until(
+            lambda: self._listening(proc, lines, ports) and self.docs_env.settled(command),
+            SERVE_DEADLINE,
+            command,
+            step=0.2,
+        )
+
+    @staticmethod
+    def _collect(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout as stream:
+            for line in stream:
+                lines.append(line.decode(errors="replace").rstrip())
+
+    def _listening(self, proc: subprocess.Popen[bytes], lines: list[str], ports: list[int]) -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode}:\n" + "\n".join(lines))
+        for port in ports:
+            if port not in self.docs_env.http_ports:
+                if not port_open(port):
+                    return False
+                continue
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code != 200:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        """Ctrl-C in each terminal, the newest first (the nodes before their Redis)."""
+        while self.running:
+            proc, _lines = self.running.pop()
+            if proc.poll() is None and proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.write(b"\x03")
+                    proc.stdin.flush()
+            try:
+                proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                stop_group(proc, signal.SIGKILL, 5)
+            if proc.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+
+
 class Tabs:
     """The learner's browser tabs, opened the first time a `text browser` block names a URL."""
 
@@ -347,14 +491,23 @@ def follow(page: Page, request: pytest.FixtureRequest, folder: Path) -> None:
         env = {**learner_environment(), **docs_env.env}
         first = FirstTerminal(clone, env, docs_env)
         stack.callback(first.stop)
+        terminals = Terminals(clone, env, docs_env)
+        stack.callback(terminals.stop)
         shell = Shell(clone, folder, env)
         stack.callback(shell.close)
         tabs = Tabs(request, docs_env)
-        if docs_env.default_serve and not isinstance(page.steps[0], Serve):
+        by_hand = any(isinstance(step, Terminal) for step in page.steps)
+        if docs_env.default_serve and not by_hand and not isinstance(page.steps[0], Serve):
             first.serve(docs_env.default_serve)
         for step in page.steps:
             where = f"{page.name}:{step.line}"
-            if isinstance(step, Serve):
+            if isinstance(step, Terminal):
+                try:
+                    terminals.open(step.command)
+                except (AssertionError, TimeoutError) as error:
+                    raise AssertionError(f"{where}: {step.command}: {error}") from None
+            elif isinstance(step, Serve):
+                terminals.stop()
                 try:
                     first.serve(step.command)
                 except (AssertionError, TimeoutError) as error:
@@ -487,3 +640,43 @@ def test_a_failing_command_fails_the_page_with_its_exit_status(request: pytest.F
         follow(page, request, tmp_path)
     output = str(failure.value).split("echo after", 1)[1]  # past the command, its output
     assert "before" in output and "after" not in output
+
+
+# The Kubernetes lab by hand and `make stage3`: one set of steps --------------------------
+
+KUBERNETES_LAB = ROOT / "docs" / "04-kubernetes.md"
+STEPS = {"cluster", "entry point", "build", "load", "secret", "apply"}
+
+
+def stage3_plan(cluster: str) -> str:
+    """`make stage3 DRY_RUN=1` for `cluster`: every command it would run, none run."""
+    kept = ["-o", ".venv/.installed", "-o", ".venv/.installed-stage3"]  # never reinstalled from a test
+    result = subprocess.run(
+        ["make", "--no-print-directory", *kept, "stage3", "DRY_RUN=1", f"K8S={cluster}"],
+        cwd=ROOT,
+        env=learner_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("cluster", ["kind", "minikube"])
+def test_the_kubernetes_lab_by_hand_creates_loads_and_applies_what_make_stage3_does(cluster: str) -> None:
+    plan = stage3_plan(cluster)
+    planned = docs_runner.effects(docs_runner.plan_commands(plan), plan)
+    assert {effect[0] for effect in planned} == STEPS, f"the plan's steps no longer read as commands:\n{plan}"
+    by_hand = docs_runner.effects(docs_runner.lab_commands(docs_runner.parse(KUBERNETES_LAB), cluster))
+    assert by_hand == planned, "docs/04-kubernetes.md by hand and `make stage3` differ"
+
+
+def test_a_lab_that_skips_loading_the_image_differs_from_the_plan(tmp_path: Path) -> None:
+    lab = docs_runner.parse(KUBERNETES_LAB)
+    skipped = [fence for fence in lab.fences if "docker-image" not in fence.text]
+    page = write_page(tmp_path, *((fence.info, fence.text) for fence in skipped))
+    plan = stage3_plan("kind")
+    by_hand = docs_runner.effects(docs_runner.lab_commands(page, "kind"))
+    planned = docs_runner.effects(docs_runner.plan_commands(plan), plan)
+    assert [effect for effect in planned if effect not in by_hand] == [("load", "kind", "chatlab", "chatlab")]

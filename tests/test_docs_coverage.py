@@ -45,6 +45,7 @@ ENV_VARS = (
     "HISTORY_SIZE",
     "ALLOWED_ORIGINS",
     "RATE_LIMIT",
+    "CONSOLE_PORT",  # "Added 2026-12-05"
 )
 
 # From SPEC.md, "HTTP": method and route, as the pages should write them.
@@ -90,7 +91,7 @@ EVENTS = (
 )
 REASONS = ("unauthorized", "unmatched topic", "rate_limited", "unavailable")
 CLOSE_CODES = ("1001", "1007", "1009")
-CLI_COMMANDS = ("chatctl nodes", "chatctl connect", "chatctl disconnect", "chatctl drain")
+CLI_COMMANDS = ("chatctl nodes", "chatctl connect", "chatctl disconnect", "chatctl drain", "chatctl console")
 
 PAGES = docs_runner.pages()
 DOCS = "\n".join(page.text for page in PAGES)
@@ -213,7 +214,7 @@ def test_the_pages_python_scripts_need_only_what_make_stage1_installs() -> None:
                     imported |= {alias.name.split(".")[0] for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     imported.add(node.module.split(".")[0])
-    assert {"websockets", "redis", "json"} <= imported, "the walker sees the pages' scripts"
+    assert {"websockets", "json"} <= imported, "the walker sees the pages' scripts"
     outside = sorted(
         name
         for name in imported

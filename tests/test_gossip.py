@@ -8,6 +8,7 @@ inside those namespaces, since the namespace the tests run in has no route to th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
@@ -269,3 +270,31 @@ def test_the_test_network_is_gone_afterwards() -> None:
     assert sleeper.proc.poll() is not None
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout.split()
     assert not set(names) & set(listed)
+
+
+class RefusingCluster:
+    """Stands in for a Cluster whose every connect fails, recording how each was asked."""
+
+    name = "a@10.0.0.1"
+
+    def __init__(self) -> None:
+        self.peers: dict[str, object] = {}
+        self.quiet: list[bool] = []
+
+    def connect_soon(self, name: str, address: str, *, source: str, quiet: bool = False) -> asyncio.Task[None]:
+        self.quiet.append(quiet)
+        return asyncio.create_task(asyncio.sleep(0))
+
+
+async def test_a_node_that_stays_unconnected_is_retried_but_warned_of_once() -> None:
+    cluster = RefusingCluster()
+    listener = gossip.Listener(cluster, gossip.Codec(None))  # type: ignore[arg-type]
+    heartbeat = gossip.Codec(None).encode("d@10.0.0.4", "10.0.0.4:4003")
+    for _ in range(3):
+        listener.datagram_received(heartbeat, ("10.0.0.4", 45892))
+        await listener.pending["d@10.0.0.4"]
+        await asyncio.sleep(0)  # the task's done callbacks run on the next turn of the loop
+    assert cluster.quiet == [False, True, True]
+    cluster.peers["d@10.0.0.4"] = object()  # it connected once its cookie was right
+    listener.settled("d@10.0.0.4")
+    assert listener.refused == set()

@@ -41,6 +41,7 @@ CONFIG_VARS = (
     "MAX_CONNECTIONS",
     "NODE_DOWN_AFTER",
     "GOSSIP_SECRET",
+    "CONSOLE_PORT",
 )
 
 
@@ -56,6 +57,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.allowed_origins == ()
     assert settings.rate_limit == (10.0, 20)
     assert settings.max_connections == 1000
+    assert settings.console_port is None  # no console
 
 
 def test_each_stage_adds_its_own_defaults() -> None:
@@ -129,6 +131,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
             "RATE_LIMIT": "2.5/7",
             "MAX_CONNECTIONS": "250",
             "NODE_DOWN_AFTER": "3",
+            "CONSOLE_PORT": " 4100 ",
         }
     )
 
@@ -146,6 +149,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
     assert settings.rate_limit == (2.5, 7)
     assert settings.max_connections == 250
     assert settings.node_down_after == 3
+    assert settings.console_port == 4100
 
 
 def test_allowed_origins_accepts_a_star() -> None:
@@ -195,6 +199,11 @@ def test_allowed_origins_accepts_a_star() -> None:
         ("MAX_CONNECTIONS", "lots"),
         ("NODE_DOWN_AFTER", "0"),
         ("GOSSIP_SECRET", "short"),
+        ("CONSOLE_PORT", "0"),
+        ("CONSOLE_PORT", "70000"),
+        ("CONSOLE_PORT", "abc"),
+        ("CONSOLE_PORT", ""),
+        ("CONSOLE_PORT", "  "),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(var: str, value: str) -> None:
@@ -280,3 +289,15 @@ def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
     assert lines == [
         "config error: DISCOVERY: dns is a mode of stage 3 (python -m stage3_k8s); this node has manual, redis, gossip"
     ]
+
+
+@pytest.mark.parametrize("value", ["0", "70000", "abc", ""])
+def test_a_bad_console_port_stops_the_node_with_one_line(value: str) -> None:
+    """Blank too, unlike the other variables: blank would mean no console, which is not
+    what someone who set CONSOLE_PORT meant."""
+    code, lines = run_node("stage1_dev", {"CONSOLE_PORT": value})
+
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("config error: CONSOLE_PORT: must be ")
+    assert lines[0].endswith(f"between 1 and 65535, got {value!r}")

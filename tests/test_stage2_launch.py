@@ -21,6 +21,7 @@ import httpx
 import pytest
 import redis
 
+from stage2_cluster.launch import CONSOLE_OFFSET
 from tests.helpers.cluster import env_without
 from tests.helpers.paths import ROOT
 from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
@@ -85,10 +86,13 @@ class Launch:
     def url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.base_port + index}"
 
+    def console_port(self, index: int) -> int:
+        return self.base_port + CONSOLE_OFFSET + index
+
 
 @contextlib.contextmanager
 def launched(tmp_path: Path, nodes: int = 2, extra: Sequence[str] = ()) -> Iterator[Launch]:
-    base_port, redis_port = free_ports(2), free_port()  # nodes a and b, Redis
+    base_port, redis_port = free_ports(2, also=CONSOLE_OFFSET), free_port()  # nodes a and b (and consoles), Redis
     env = {**env_without("REDIS_URL", "CLUSTER_COOKIE"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "stage2_cluster.launch", "--nodes", str(nodes), "--base-port", str(base_port)]
     command += ["--redis-port", str(redis_port), *extra]
@@ -140,6 +144,25 @@ def test_launcher_starts_nodes_that_answer_and_connect(tmp_path: Path) -> None:
 
             wait_until(lists_all, 20, f"{name} lists every node")
         assert any(line.startswith("[a] ") and "node ready" in line for line in launch.lines)
+        for index, name in enumerate(everyone):
+            summary = launch.wait_line(f"[stage2] {name}  ")
+            assert summary.endswith(f"  console: chatctl console --port {launch.console_port(index)}")
+
+
+def test_chatctl_console_attaches_to_a_launched_node_with_the_cookie_file(tmp_path: Path) -> None:
+    with launched(tmp_path) as launch:
+        wait_until(lambda: httpx.get(launch.url(0) + "/api/nodes", timeout=5).json()["nodes"][1:], 20, "a has a peer")
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "chatctl"), "console", "--port", str(launch.console_port(0))],
+            input="node_self(), node_list()\n",
+            cwd=tmp_path,  # where the launcher wrote .stage2/cookie
+            env=env_without("CLUSTER_COOKIE", "CONSOLE_PORT"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "('a@localhost', ['b@localhost'])\n"
 
 
 def test_the_launchers_redis_needs_the_password_which_no_output_line_shows(tmp_path: Path) -> None:
@@ -214,7 +237,8 @@ def test_sigint_stops_every_process_it_started_and_exits_0(tmp_path: Path) -> No
         launch.proc.send_signal(signal.SIGINT)
         assert launch.proc.wait(30) == 0
         wait_until(lambda: all(gone(pid) for pid in started), 10, "every child gone")
-        for port in (launch.base_port, launch.base_port + 1, launch.redis_port):
+        ports = (launch.base_port, launch.base_port + 1, launch.console_port(0), launch.console_port(1))
+        for port in (*ports, launch.redis_port):
             assert not port_open(port), f"port {port} still open"
         launch.wait_line("[stage2] stopped every process it started", 10)
         assert "exited with code" not in launch.output()

@@ -4,7 +4,7 @@ One Compose project of the learner's own stage3_k8s/compose.yaml (project `chatl
 so a learner's `chatlab` is left alone) runs for the whole module; the image is built once
 from the repository's Dockerfile on a stand-in base (no registry is reachable here, and
 nothing is ever pulled). Clients run on this machine and reach the nodes through the ports
-Compose publishes on 127.0.0.1; the image ships no client. Each test first scales the chat
+Compose publishes on 127.0.0.1; inside the containers, `chatctl` is the only client. Each test first scales the chat
 back to what it needs, so that none depends on what the one before it left.
 
 Times (build, convergence, drops, rejoins) are printed and kept in
@@ -34,6 +34,7 @@ from stage3_k8s import compose_lab
 from stage3_k8s.compose_lab import CONVERGE_DEADLINE, Lab, Node, ensure_secrets
 from tests.helpers.containers import TEST_ENV, docker_unavailable, stand_in_images
 from tests.helpers.phoenix import LOBBY, JoinError, PhoenixClient, Push, unique
+from tests.helpers.ports import port_open
 from tests.helpers.results import report_timing
 from tests.helpers.waits import run_async
 
@@ -51,8 +52,8 @@ def timing(name: str, seconds: float, **details: object) -> None:
     report_timing(name, seconds, into=TIMINGS, **details)
 
 
-def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True)
+def docker(*args: str, timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=True)
 
 
 def ws_url(node: Node) -> str:
@@ -160,6 +161,35 @@ def test_chatctl_nodes_runs_in_a_container_through_compose_exec(lab: Lab) -> Non
     second = next(n for n in nodes if n.number == 2)
     assert lines[0] == f"{second.name} (self)"
     assert sorted(lines[1:]) == sorted(n.name for n in nodes if n is not second)
+
+
+def test_docker_exec_chatctl_console_evaluates_node_list_inside_the_container(lab: Lab) -> None:
+    """`iex --remsh` in a container: the image's chatctl, its CONSOLE_PORT and its cookie (from the env)."""
+    nodes = scaled(lab, 3)
+    first = nodes[0]
+    result = docker("exec", "-i", first.container, "chatctl", "console", stdin="node_self()\nsorted(node_list())\n")
+    assert result.stdout.splitlines() == [repr(first.name), repr(sorted(n.name for n in nodes if n is not first))]
+    assert result.stderr == ""
+
+
+def test_the_containers_console_is_not_reachable_at_its_address(lab: Lab) -> None:
+    """From this machine, the container's own address answers on the HTTP port, not on the console's."""
+    node = scaled(lab, 3)[0]
+    assert port_open(4000, node.ip)
+    assert not port_open(4100, node.ip)
+    inside = docker("exec", node.container, "python", "-c", LISTENING).stdout.split()
+    assert [address for address in inside if address.endswith(":4100")] == ["127.0.0.1:4100"]
+
+
+# What a container listens on, from /proc/net/tcp (the image has no ss or netstat).
+LISTENING = """
+import socket, struct
+for line in open('/proc/net/tcp').read().splitlines()[1:]:
+    local, state = line.split()[1], line.split()[3]
+    if state == '0A':
+        address, port = local.split(':')
+        print(f"{socket.inet_ntoa(struct.pack('<I', int(address, 16)))}:{int(port, 16)}")
+"""
 
 
 def test_the_node_runs_as_uid_10001_on_a_read_only_root_with_the_pods_limits(lab: Lab) -> None:

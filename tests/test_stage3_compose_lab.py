@@ -157,6 +157,15 @@ def test_ports_are_published_on_127_0_0_1_only() -> None:
             assert str(port).startswith("127.0.0.1:"), (name, port)
 
 
+def test_the_console_is_on_as_in_the_pod_and_never_published() -> None:
+    chat = COMPOSE["services"]["chat"]
+    (deployment,) = [doc for doc in manifest("chat.yaml") if doc["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]  # type: ignore[index]
+    pod_env = {item["name"]: item.get("value") for item in container["env"]}
+    assert chat["environment"]["CONSOLE_PORT"] == pod_env["CONSOLE_PORT"] == "4100"
+    assert not any(str(port).endswith(":4100") for port in chat["ports"])
+
+
 def test_redis_is_the_manifests_image_never_pulled_in_tests_and_keeps_an_append_only_file() -> None:
     redis = COMPOSE["services"]["redis"]
     assert redis["image"] == "${REDIS_IMAGE:-redis:7.4.6-alpine}"

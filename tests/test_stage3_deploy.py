@@ -719,11 +719,11 @@ def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_n
         prove_entry(BehindEntry((stage1_node.host, stage1_node.port)))
 
 
-def test_every_kubectl_wait_in_the_stage3_page_has_a_timeout_for_a_first_pull() -> None:
-    page = (ROOT / "docs" / "03-stage3.md").read_text()
-    waits = [line for line in page.splitlines() if re.search(r"\b(k|kubectl\b.*) wait\b", line)]
+def test_every_kubectl_wait_in_the_kubernetes_lab_has_a_timeout_for_a_first_pull() -> None:
+    page = (ROOT / "docs" / "04-kubernetes.md").read_text()
+    waits = [line for line in page.splitlines() if re.search(r"\bkubectl\b.* (wait|run)\b", line)]
     assert waits
-    assert all("--timeout=" in line for line in waits), waits
+    assert all("--timeout=" in line or "--pod-running-timeout=" in line for line in waits), waits
 
 
 def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:

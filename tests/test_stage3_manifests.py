@@ -512,6 +512,18 @@ def test_the_node_is_named_after_its_pod_and_gets_its_cookie_from_the_secret(man
     assert redis_service == 6379
 
 
+def test_the_console_is_on_and_no_port_or_service_leads_to_it(manifests: Manifests) -> None:
+    """`kubectl exec -it deploy/chat -- chatctl console`: the pod serves it on its own 127.0.0.1 only."""
+    container = chat_container(manifests)
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    console = int(env["CONSOLE_PORT"])
+    assert console == 4100
+    assert console not in container_ports(manifests.get("Deployment", "chat")["spec"]["template"])
+    for service in manifests.of_kind("Service"):
+        for port in service["spec"]["ports"]:
+            assert console not in (port["port"], port.get("targetPort")), service["metadata"]["name"]
+
+
 def test_no_secret_is_written_in_the_manifests(manifests: Manifests, rendered: dict[str, str]) -> None:
     assert not manifests.of_kind("Secret")
     for _, template in manifests.pod_templates():
@@ -610,6 +622,10 @@ def test_the_image_runs_the_stage3_node_as_a_numeric_user_with_a_healthcheck() -
     assert 'ENTRYPOINT ["python", "-m", "stage3_k8s"]' in dockerfile
     assert re.search(r"^HEALTHCHECK .*/healthz", dockerfile, re.MULTILINE | re.DOTALL)
     assert re.search(r"HOST=0\.0\.0\.0", dockerfile)
+    # The console is on in the image, never exposed, and `chatctl` is on PATH to attach to it.
+    assert re.search(r"CONSOLE_PORT=4100", dockerfile)
+    assert re.findall(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE) == ["4000"]
+    assert "> /opt/venv/bin/chatctl" in dockerfile and "PYTHONPATH=/app" in dockerfile
     assert not re.search(r"COOKIE|SECRET|PASSWORD|TOKEN", dockerfile)
 
 

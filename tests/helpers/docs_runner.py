@@ -6,6 +6,7 @@ This module only parses and compares; starting nodes and running commands is the
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,15 @@ class Tab:
     line: int
 
 
-Step = Check | Serve | Tab
+@dataclass
+class Terminal:
+    """A `sh terminal` block: a command the learner starts in a terminal of its own and leaves running."""
+
+    command: str
+    line: int
+
+
+Step = Check | Serve | Tab | Terminal
 
 
 @dataclass
@@ -88,6 +97,8 @@ class Page:
                 steps.append(Check(fence.text, expected, fence.line))
             elif info == ["sh", "serve"]:
                 steps.append(Serve(fence.text.strip(), fence.line))
+            elif info == ["sh", "terminal"]:
+                steps.append(Terminal(fence.text.strip(), fence.line))
             elif info == ["text", "browser"]:
                 lines = enumerate(fence.text.splitlines(), fence.line + 1)
                 steps += [tab(line, number) for number, line in lines if line.strip()]
@@ -169,6 +180,16 @@ def matches(expected: str, actual: str) -> bool:
     return fit(0, 0)
 
 
+# Where a terminal's command listens: `PORT=4000` (not `CONSOLE_PORT=`), Redis's `port 6379`
+# or `--port 6379`, Docker's `-p 127.0.0.1:4000:4000`.
+LISTEN_RE = re.compile(r"(?:(?<![A-Z_])PORT=|(?:^|[\s'\"]|\\n|--)port |-p 127\.0\.0\.1:)(?P<port>\d+)")
+
+
+def listening_ports(command: str) -> list[int]:
+    """The ports a `sh terminal` command (as run) listens on, for the test to wait for."""
+    return [int(match["port"]) for match in LISTEN_RE.finditer(command)]
+
+
 def rewrite(command: str, replacements: dict[str, str]) -> str:
     """Replace every key at once, and only whole ports: `localhost:4000` but not `localhost:40001`."""
     if not replacements:
@@ -224,3 +245,100 @@ def repo_paths(page: Page) -> list[str]:
             if first in top and ("/" in word or FILE_NAME_RE.match(word) or (ROOT / first).is_dir()):
                 found.append(word)
     return found
+
+
+# The Kubernetes lab by hand against `make stage3`'s plan ------------------------------
+#
+# Both are read as commands (argv lists), and each command that changes the cluster is
+# reduced to what it does: the cluster it creates, the entry point it starts, the image
+# it builds and loads, the Secrets it makes, the overlay it applies. Options, paths to
+# kubectl, image tags and wording are left out, so that the two can be compared.
+
+Effect = tuple[str, ...]
+
+
+def commands(text: str) -> list[list[str]]:
+    """Shell text as commands: continuation lines joined, comments dropped, pipes split."""
+    found: list[list[str]] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            continue  # a quote that the line does not close: not a command of ours
+        command: list[str] = []
+        for word in [*words, "|"]:
+            if word in ("|", "&&", ";"):
+                if command:
+                    found.append(command)
+                command = []
+            else:
+                command.append(word)
+    return found
+
+
+def lab_commands(page: Page, cluster: str) -> list[list[str]]:
+    """The page's shell blocks for `cluster`: ```sh (every cluster) and ```sh <cluster>."""
+    texts = [fence.text for fence in page.fences if fence.info.split() in (["sh"], ["sh", cluster])]
+    return [command for text in texts for command in commands(text)]
+
+
+def plan_commands(output: str) -> list[list[str]]:
+    """What a dry run prints as `+ command` (as `set -x` does), with any trailing `# note`."""
+    lines = [line[2:] for line in output.splitlines() if line.startswith("+ ")]
+    return commands("\n".join(lines))
+
+
+def effects(found: list[list[str]], output: str = "") -> list[Effect]:
+    """What the commands change, in order, each once. `output` is the dry run's whole text,
+    where an `apply -k .` names its overlay in the kustomization it prints."""
+    result: list[Effect] = []
+    for command in found:
+        effect = effect_of([word.rsplit("/", 1)[-1] if i == 0 else word for i, word in enumerate(command)], output)
+        if effect is not None and effect not in result:
+            result.append(effect)
+    return result
+
+
+def option(command: list[str], *names: str) -> str | None:
+    for i, word in enumerate(command):
+        for name in names:
+            if word == name and i + 1 < len(command):
+                return command[i + 1]
+            if word.startswith(f"{name}="):
+                return word.split("=", 1)[1]
+    return None
+
+
+def repository(image: str) -> str:
+    return image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+
+
+def effect_of(command: list[str], output: str) -> Effect | None:
+    tool, args = command[0], command[1:]
+    words = [word for word in args if not word.startswith("-")]
+    if tool == "kind" and words[:2] == ["create", "cluster"]:
+        return ("cluster", "kind", option(args, "--name") or "kind", option(args, "--config") or "")
+    if tool == "minikube" and words[:1] == ["start"]:
+        return ("cluster", "minikube", option(args, "--profile", "-p") or "minikube", option(args, "--cni") or "")
+    if tool == "minikube" and words[:3] == ["addons", "enable", "ingress"]:
+        return ("entry point", "minikube ingress addon")
+    if tool == "docker" and words[:1] == ["run"] and any("cloud-controller-manager" in word for word in args):
+        image = next(i for i, word in enumerate(args) if "cloud-controller-manager" in word)
+        return ("entry point", *args[image:])  # the image and the options it is given
+    if tool == "docker" and words[:1] == ["build"]:
+        return ("build", option(args, "--file", "-f") or "Dockerfile", repository(option(args, "--tag", "-t") or ""))
+    if tool == "kind" and words[:2] == ["load", "docker-image"]:
+        return ("load", "kind", repository(words[2]), option(args, "--name") or "kind")
+    if tool == "minikube" and words[:2] == ["image", "load"]:
+        return ("load", "minikube", repository(words[2]), option(args, "--profile", "-p") or "minikube")
+    if tool == "kubectl" and "secret" in args:
+        after = args[args.index("secret") + 1 :]
+        names = [word for word in after if not word.startswith("-") and word not in ("generic", "tls")]
+        return ("secret", names[0]) if names else None
+    if tool == "kubectl" and "apply" in args:
+        target = option(args, "--kustomize", "-k")
+        if target is None:
+            return None  # `apply --filename -`: the Secrets, counted by name above
+        overlay = re.search(r"k8s/overlays/(\w+)", target) or re.search(r"stage3_k8s/k8s/overlays/(\w+)", output)
+        return ("apply", f"overlays/{overlay[1]}" if overlay else target)
+    return None

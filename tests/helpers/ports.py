@@ -12,13 +12,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> int:
-    """The first of `count` consecutive free ports (nodes a, b, .. of `make stage2`)."""
+def free_ports(count: int, host: str = "127.0.0.1", *, also: int | None = None) -> int:
+    """The first of `count` consecutive free ports (nodes a, b, .. of `make stage2`); with
+    `also`, the `count` ports from first + `also` are free too (their consoles, at +100)."""
     for _ in range(100):
         first = free_port(host)
+        wanted = [*range(first + 1, first + count)]
+        if also is not None:
+            wanted += range(first + also, first + also + count)
         with contextlib.ExitStack() as stack:
             try:
-                for port in range(first + 1, first + count):
+                for port in wanted:
                     stack.enter_context(socket.socket()).bind((host, port))
             except OSError:
                 continue
