@@ -285,9 +285,7 @@ class Handshake:
                     tasks.append(task)
         return tasks
 
-    def connect_soon(
-        self, name: str, address: str, *, source: str, quiet: bool = False
-    ) -> asyncio.Task[None] | None:
+    def connect_soon(self, name: str, address: str, *, source: str, quiet: bool = False) -> asyncio.Task[None] | None:
         """Connect in the background (discovery, transitive connects); failures are logged,
         at debug when `quiet` (a retry whose failure was already logged)."""
         if name == self.name or name in self.membership.peers:
