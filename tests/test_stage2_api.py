@@ -26,6 +26,7 @@ from tests.helpers.metrics import metric
 from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.results import record
+from tests.helpers.waits import wait_until
 
 A, B = "a@localhost", "b@localhost"
 FAKE = "x@localhost"  # a node the test plays itself
@@ -233,7 +234,11 @@ def test_replayed_confirm_is_refused_and_changes_nothing(apart: Cluster) -> None
     replayed = call(apart, "POST", "/cluster/confirm", auth=None, json=confirm)
     assert_json_error(replayed, 403)
     assert views(apart) == ([A], [B])
-    assert any(e.get("event") == "handshake refused" and e.get("peer") == FAKE for e in apart.node("a").logs())
+    # The node logs before it answers; the line reaches the test through a reader thread.
+    wait_until(
+        lambda: any(e.get("event") == "handshake refused" and e.get("peer") == FAKE for e in apart.node("a").logs()),
+        what="a logs the refusal",
+    )
 
 
 def test_confirm_with_a_wrong_cookie_proof_is_refused(apart: Cluster) -> None:
