@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from shared.socket import PhoenixSocket
 
 LOBBY = "rooms:lobby"
+# Bytes of history one socket may be replayed: a burst of 2 MiB (two full replays of the
+# default history, 100 messages of up to 8 KB), refilled at 64 KiB a second. A join that
+# asks for more is refused `replay_limited` (docs/protocol.md); a catch-up with
+# `last_seen_id` costs only what it missed.
+REPLAY_BUDGET = (64 * 1024, 2 * 1024 * 1024)
 log = logs.get("channel")
 
 
@@ -87,13 +92,17 @@ class RoomChannel:
         """Subscribe, replay history after `last_seen_id`, then go live without gaps."""
         self.hub.add(self.topic, self)
         try:
-            history = await self.hub.broker.history(self.topic, last_seen_id)
+            replay = await self.hub.broker.history(self.topic, last_seen_id)
         except BrokerUnavailable:
             self.hub.remove(self.topic, self)
             self.hub.metrics.joins_refused.labels("unavailable").inc()
             raise JoinRefused("unavailable") from None
+        if not self.socket.replay_budget.spend(replay.size):
+            self.hub.remove(self.topic, self)
+            self.hub.metrics.messages_rejected.labels("replay_limited").inc()
+            raise JoinRefused("replay_limited")
         # What a join sends goes out in two writes, one on each side of the await.
-        first = [protocol.reply(frame, "ok")]
+        first = [protocol.reply(frame, "ok", {"history_truncated": True} if replay.truncated else None)]
         self._answered = True
         first += [delivery.frame for delivery in self._held or [] if delivery.message_id is None]
         self._held = [d for d in self._held or [] if d.message_id is not None]
@@ -110,10 +119,10 @@ class RoomChannel:
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
         ]
-        last = last_seen_id
-        for message in history:
-            rest.append(protocol.encode(self.join_ref, None, self.topic, "new:msg", message.payload()))
-            last = message.id
+        # Each payload as the room encoded it once, behind this join's refs.
+        rest += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
+        self.hub.metrics.replay_bytes.inc(replay.size)
+        last = replay.messages[-1].id if replay.messages else last_seen_id
         held, self._held = self._held or [], None
         newest = parse_id(last) if last else (-1, -1)
         rest += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from shared import logs, protocol
-from shared.channel import JoinRefused, RoomChannel, authorize, join_params
+from shared.channel import REPLAY_BUDGET, JoinRefused, RoomChannel, authorize, join_params
 from shared.transport import HIGH_WATER, Transport, text_frame
 
 if TYPE_CHECKING:
@@ -44,15 +44,28 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self) -> bool:
+        self._refill()
         self.tokens -= 1
         if self.tokens >= 0:
             return True
         self.tokens = max(self.tokens, -self.burst)
         return False
+
+    def spend(self, cost: float) -> bool:
+        """Take `cost` tokens if there are that many, else none (a history replay: refusing
+        one sends nothing, so it costs nothing). A cost over the burst is let through when the
+        bucket is full, and paid off before the next."""
+        self._refill()
+        if self.tokens < min(cost, self.burst):
+            return False
+        self.tokens -= cost
+        return True
 
 
 class PhoenixSocket:
@@ -76,6 +89,7 @@ class PhoenixSocket:
         "outbox",
         "outbox_bytes",
         "outbox_limit",
+        "replay_budget",
         "transport",
     )
 
@@ -88,6 +102,7 @@ class PhoenixSocket:
         self.idle_timeout = idle_timeout  # the node's sweep closes a socket silent this long
         self.last_in = time.monotonic()  # when the last frame came in
         self.bucket = TokenBucket(*hub.settings.rate_limit)
+        self.replay_budget = TokenBucket(*REPLAY_BUDGET)  # bytes of history replayed to it
         self._send: Callable[[str], Awaitable[None]] | None = None  # the ASGI way out, once running
         self._writer: asyncio.Task[None] | None = None  # while the outbox is being sent
         self._task: asyncio.Task[object] | None = None  # the task in run(), once running

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
+from shared.history import Replay, RoomHistory
 from shared.messages import ChatMessage, Draft
 from stage2_cluster import lines
 from stage2_cluster.lines import BadLine
@@ -114,6 +115,37 @@ def client_ids_key(topic: str) -> str:
     return f"chat:client-ids:{topic}"
 
 
+# A join's history read. The node keeps a copy of each room's stream (its messages and their
+# encoded payloads), known by its span: the length, first and last id. Streams here are only
+# ever appended to (ids always grow) and trimmed from the oldest, so two states with the same
+# span are the same: any node's append changes the last id. The script compares spans in
+# Redis on every join, so a joiner never gets a stale copy, whoever wrote to the room; when
+# they differ it returns what came after the copy's last id (ARGV[2]; all of it when '').
+READ_SCRIPT = """
+local n = redis.call('XLEN', KEYS[1])
+local span = tostring(n)
+if n > 0 then
+  span = span .. ' ' .. redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+    .. ' ' .. redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+end
+if span == ARGV[1] then
+  return {span}
+end
+if ARGV[2] ~= '' then
+  return {span, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')}
+end
+return {span, redis.call('XRANGE', KEYS[1], '-', '+')}
+"""
+
+
+def _extended(history: RoomHistory, entries: list[Any]) -> RoomHistory:
+    """`history` with READ_SCRIPT's stream entries appended, each payload encoded once."""
+    for entry_id, flat in entries:
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        history.append(ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"])))
+    return history
+
+
 def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
     """The encoded new:msg frame around the two values only Redis knows (id and ts)."""
     head = protocol.encode(None, None, topic, "new:msg", {"id": ""})
@@ -179,6 +211,8 @@ class RedisBroker:
         )
         self.client = aioredis.Redis.from_pool(pool)  # the client closes the pool with it
         self._script = self.client.register_script(PUBLISH_SCRIPT)
+        self._read_script = self.client.register_script(READ_SCRIPT)
+        self._copies: dict[str, RoomHistory] = {}  # per topic, the last copy of its stream read (READ_SCRIPT)
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
         self._healthy: bool | None = None  # None until the first attempt, so that one is logged too
@@ -190,7 +224,7 @@ class RedisBroker:
         self._held: list[tuple[str, str, str]] = []
         self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
         self.bad_lines = 0
-        self._bad_line_logged_at = -BAD_LINE_LOG_EVERY
+        self._bad_line_log = logs.Every(BAD_LINE_LOG_EVERY)
 
     # Broker interface --------------------------------------------------------------
 
@@ -240,16 +274,24 @@ class RedisBroker:
         if peers:
             await self.send(peers, lines.broadcast(topic, frame))
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
-        start = "-" if after is None else f"({after}"
+    async def history(self, topic: str, after: str | None) -> Replay:
+        kept = self._copies.get(topic)
         try:
-            entries = await self.client.xrange(stream_key(topic), min=start, max="+")
+            if kept is not None:
+                span = kept.span()
+                newest = span.split(" ")[-1] if " " in span else ""
+                result = await self._read_script(keys=[stream_key(topic)], args=[span, newest])
+                if len(result) == 2:  # the stream moved on: the copy and what came after it...
+                    kept = _extended(kept.copy(), result[1])
+                    if kept.span() != result[0]:  # ...unless it was trimmed or rewritten otherwise
+                        kept = None
+            if kept is None:
+                result = await self._read_script(keys=[stream_key(topic)], args=["", ""])
+                kept = _extended(RoomHistory(self.history_size), result[1])
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(str(error)) from None
-        return [
-            ChatMessage(entry_id, fields["user"], fields["body"], fields["node"], int(fields["ts"]))
-            for entry_id, fields in entries
-        ]
+        self._copies[topic] = kept
+        return kept.after(after)
 
     # Cluster transport -------------------------------------------------------------
 
@@ -391,9 +433,7 @@ class RedisBroker:
     def _drop_bad_line(self, line: str, reason: str) -> None:
         self.bad_lines += 1
         self.membership.on_bad_line()
-        now = time.monotonic()
-        if now - self._bad_line_logged_at >= BAD_LINE_LOG_EVERY:
-            self._bad_line_logged_at = now
+        if self._bad_line_log.due():
             logs.event(
                 log,
                 "bad line on our channel dropped",

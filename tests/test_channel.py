@@ -19,6 +19,7 @@ from wsproto.frame_protocol import FrameProtocol
 
 import shared.socket
 from shared.broker import Broker, BrokerUnavailable, MemoryBroker
+from shared.history import Replay
 from shared.hub import Hub
 from shared.messages import ChatMessage, Draft
 from shared.metrics import Metrics
@@ -78,7 +79,7 @@ async def publish(hub: Hub, body: str, user: str = "bob") -> ChatMessage:
 
 
 async def stored(hub: Hub) -> list[ChatMessage]:
-    return await hub.broker.history(LOBBY, None)
+    return (await hub.broker.history(LOBBY, None)).messages
 
 
 def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
@@ -495,6 +496,59 @@ async def test_join_replays_at_most_history_size_messages() -> None:
     assert new_msg(take(sock)) == [m.payload() for m in messages[2:]]
 
 
+async def test_a_join_whose_last_seen_id_left_history_is_told_in_its_reply() -> None:
+    hub = await make_hub(history_size=3)
+    messages = [await publish(hub, f"message {n}") for n in range(6)]
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": messages[1].id}))
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", {"status": "ok", "response": {"history_truncated": True}}]
+    assert new_msg(frames) == [m.payload() for m in messages[3:]]
+
+
+async def test_a_join_whose_last_seen_id_is_still_in_history_gets_the_usual_reply() -> None:
+    hub = await make_hub(history_size=3)
+    messages = [await publish(hub, f"message {n}") for n in range(6)]
+    sock = PhoenixSocket(hub)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": messages[3].id}))
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
+    assert new_msg(frames) == [m.payload() for m in messages[4:]]
+
+
+async def test_joins_past_the_replay_budget_are_refused_until_it_refills(frozen_clock: FrozenTime) -> None:
+    from shared.channel import REPLAY_BUDGET
+
+    rate, burst = REPLAY_BUDGET
+    hub = await make_hub(history_size=100, rate_limit=(1000.0, 1000))
+    for n in range(100):
+        await publish(hub, f"{n:03} " + "x" * 1996)  # 100 messages of 2000 characters
+    replay_size = (await hub.broker.history(LOBBY, None)).size
+    sock = PhoenixSocket(hub)
+    fits = burst // replay_size
+
+    replies = []
+    for n in range(fits + 1):
+        await sock.handle(text(str(n), str(n), LOBBY, "phx_join", {"user": "alice"}))
+        replies += [f[4] for f in take(sock) if f[3] == "phx_reply"]
+
+    assert [r["status"] for r in replies] == ["ok"] * fits + ["error"]
+    assert replies[-1]["response"] == {"reason": "replay_limited"}
+    assert LOBBY not in sock.channels
+    # A catch-up costs only what it missed: the newest id replays nothing, and is let in.
+    newest = (await stored(hub))[-1].id
+    await sock.handle(text("c", "c", LOBBY, "phx_join", {"user": "alice", "last_seen_id": newest}))
+    assert [f[4]["status"] for f in take(sock) if f[3] == "phx_reply"] == ["ok"]
+    frozen_clock.now += replay_size / rate  # refilled by one replay's worth
+    await sock.handle(text("r", "r", LOBBY, "phx_join", {"user": "alice"}))
+    assert [f[4]["status"] for f in take(sock) if f[3] == "phx_reply"] == ["ok"]
+    assert hub.metrics.messages_rejected.labels("replay_limited")._value.get() == 1
+
+
 class GatedBroker(MemoryBroker):
     """history() stops at a gate the test opens, either before or after reading the history."""
 
@@ -504,7 +558,7 @@ class GatedBroker(MemoryBroker):
         self.waiting = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+    async def history(self, topic: str, after: str | None) -> Replay:
         kept = await super().history(topic, after) if self.read_before_gate else None
         self.waiting.set()
         await self.gate.wait()
@@ -565,7 +619,7 @@ class SwitchableBroker(MemoryBroker):
         super().__init__(history_size)
         self.down = False
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+    async def history(self, topic: str, after: str | None) -> Replay:
         if self.down:
             raise BrokerUnavailable("down")
         return await super().history(topic, after)
