@@ -95,6 +95,7 @@ class RoomChannel:
             replay = await self.hub.broker.history(self.topic, last_seen_id)
         except BrokerUnavailable:
             self.hub.remove(self.topic, self)
+            self.hub.metrics.joins_refused.labels("unavailable").inc()
             raise JoinRefused("unavailable") from None
         if not self.socket.replay_budget.spend(replay.size):
             self.hub.remove(self.topic, self)

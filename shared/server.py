@@ -96,6 +96,7 @@ def hypercorn_config() -> Config:
 
 
 async def serve_node(chat: ChatNode, sock: socket.socket, console_sock: socket.socket | None = None) -> None:
+    await chat.claim()
     app = create_app(chat)
     if console_sock is not None:
         chat.spawn(console.serve(chat, console_sock))  # for the node's lifetime: its stop ends it
@@ -140,14 +141,18 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: obje
     try:
         sock = listen(settings)
     except OSError as error:
-        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
+        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=logging.ERROR)
         raise SystemExit(1) from None
     try:
         console_sock = console.listen(settings.console_port)
     except OSError as error:
         sock.close()
         where = f"{console.HOST}:{settings.console_port}"
-        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=40)
+        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=logging.ERROR)
         raise SystemExit(1) from None
     # Hypercorn owns `sock` from here and closes it; the console's server closes its own.
-    runner(serve_node(node_class(settings), sock, console_sock))
+    try:
+        runner(serve_node(node_class(settings), sock, console_sock))
+    except ConfigError as error:  # found out before serving: a name a live node holds
+        sys.stderr.write(f"config error: {error}\n")
+        raise SystemExit(2) from None

@@ -567,7 +567,7 @@ def routes() -> set[tuple[str, str]]:
         app = create_app(chat)
         return {(method, rule.rule) for rule in app.url_map.iter_rules() for method in rule.methods or ()}
     finally:
-        asyncio.run(chat.cluster.http.aclose())
+        asyncio.run(chat.handshake.http.aclose())
         asyncio.run(chat.redis.client.aclose())
 
 
