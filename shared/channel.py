@@ -59,7 +59,7 @@ def join_params(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 class RoomChannel:
-    __slots__ = ("_answered", "_held", "hub", "join_ref", "presence_ref", "socket", "topic", "user")
+    __slots__ = ("_answered", "_held", "_replayed", "hub", "join_ref", "presence_ref", "socket", "topic", "user")
 
     def __init__(self, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
         self.socket = socket
@@ -72,15 +72,24 @@ class RoomChannel:
         # is replayed, only stored messages wait, so none is sent twice or out of order.
         self._held: list[Delivery] | None = []
         self._answered = False
+        # After the join, the newest id it replayed, until a newer live message passes it.
+        # In a cluster a message is in the stream before the bus brings it to this node,
+        # so its live copy can arrive after the replay that already sent it. A room's
+        # messages arrive in id order, so once one is newer, every later one is too.
+        self._replayed: tuple[int, int] | None = None
 
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
-        if self._held is None and self.socket.write_now(together):
+        if self._held is None and self._replayed is None and self.socket.write_now(together):
             return
         for delivery, wire in zip(deliveries, wires, strict=True):
             self.deliver(delivery, wire)
 
     def deliver(self, delivery: Delivery, wire: bytes) -> None:
         if self._held is None:
+            if self._replayed is not None and delivery.message_id is not None:
+                if parse_id(delivery.message_id) <= self._replayed:
+                    return  # the replay sent it already
+                self._replayed = None
             if not self.socket.write_now(wire):  # the common case first: one call per socket
                 self.socket.send(delivery.frame, wire)
         elif delivery.message_id is not None or not self._answered:
@@ -126,6 +135,9 @@ class RoomChannel:
         held, self._held = self._held or [], None
         newest = parse_id(last) if last else (-1, -1)
         rest += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
+        if held:
+            newest = max(newest, parse_id(held[-1].message_id))  # type: ignore[arg-type]
+        self._replayed = newest if newest != (-1, -1) else None
         self.socket.send_all(rest)
 
     async def handle_in(self, frame: protocol.Frame) -> None:

@@ -18,7 +18,7 @@ import pytest
 from wsproto.frame_protocol import FrameProtocol
 
 import shared.socket
-from shared.broker import Broker, BrokerUnavailable, MemoryBroker
+from shared.broker import Broker, BrokerUnavailable, Delivery, MemoryBroker
 from shared.history import Replay
 from shared.hub import Hub
 from shared.messages import ChatMessage, Draft
@@ -588,6 +588,56 @@ async def test_message_published_while_a_joiner_replays_history_is_delivered_onc
     frames = take(sock)
     assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
     assert [m["id"] for m in new_msg(frames)] == [first.id, second.id, third.id]
+
+
+class LateBusBroker(MemoryBroker):
+    """Stores at once but hands live messages over only when told: in stage 2 the stream
+    (XADD) is written before the bus carries the message to the other nodes, so a joiner's
+    history can hold a message whose live copy reaches its node after the join is done."""
+
+    def __init__(self, history_size: int) -> None:
+        super().__init__(history_size)
+        self.holding = False
+        self.held: list[Delivery] = []
+
+    def _send(self, delivery: Delivery) -> None:
+        if self.holding:
+            self.held.append(delivery)
+        else:
+            super()._send(delivery)
+
+    def release(self) -> None:
+        self.holding = False
+        for delivery in self.held:
+            super()._send(delivery)
+        self.held.clear()
+
+
+async def test_a_replayed_message_whose_live_copy_arrives_after_the_join_is_not_sent_twice() -> None:
+    broker = LateBusBroker(100)
+    hub = await make_hub(broker)
+    first = await publish(hub, "one")
+    broker.holding = True
+    second = await publish(hub, "two")  # in history, its live copy still on the bus
+    sock = PhoenixSocket(hub)
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+    assert [m["id"] for m in new_msg(take(sock))] == [first.id, second.id]  # the replay
+
+    broker.release()  # "two" arrives live, after the join replayed it
+    third = await publish(hub, "three")  # and the next one is delivered as usual
+    frames = await take_when_ids(sock, [third.id])
+    assert [m["id"] for m in new_msg(frames)] == [third.id]
+
+
+async def take_when_ids(sock: PhoenixSocket, ids: list[str]) -> list[list[Any]]:
+    """`take(sock)` once every message of `ids` is queued."""
+
+    def queued() -> bool:
+        seen = {json.loads(frame)[4].get("id") for frame in sock.outbox}
+        return set(ids) <= seen
+
+    await async_wait_until(queued, DEADLINE, f"{ids} queued", 0.005)
+    return take(sock)
 
 
 async def test_broadcast_arriving_before_the_join_reply_is_sent_after_it() -> None:
