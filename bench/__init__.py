@@ -1,8 +1,12 @@
-"""Benchmarks: ChatLab against python-socketio under one load generator (`make bench`).
+"""Benchmarks: ChatLab against two peers under one load generator (`make bench`).
 
-- `loadgen`: bare WebSocket clients speaking Phoenix V2 and Engine.IO 4 / Socket.IO;
-- `systems`: Redis plus two server processes of either system, started and ended by PID;
-- `peer_socketio`: the peer server (python-socketio + AsyncRedisManager on uvicorn);
-- `run`: the workloads W1-W4, the table, `bench/results/<date>.json`;
+- `loadgen`: bare WebSocket clients speaking Phoenix V2, Engine.IO 4 / Socket.IO and the
+  Channels peer's JSON frames;
+- `systems`: Redis plus two server processes of any system, started and ended by PID;
+- `peer_socketio`, `peer_channels`: the peer servers (python-socketio + AsyncRedisManager,
+  Django Channels + channels_redis, both on uvicorn);
+- `workloads`: W1-W5 and their sizes;
+- `runner`: `python -m bench`, every workload on fresh clusters of every system, in turn;
+- `report`: the table, the machine, the smoke checks; `bench/results/<date>.json`;
 - `plot`: the PNG used by docs/benchmarks.md.
 """

@@ -1,5 +1,5 @@
-"""`python -m bench [--smoke] [--only W1,W3] [--systems chatlab,socketio]`: see bench/run.py."""
+"""`python -m bench [--smoke] [--only W1,W5] [--systems chatlab,channels]`: see bench/runner.py."""
 
-from bench.run import main
+from bench.runner import main
 
 raise SystemExit(main())

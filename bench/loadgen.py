@@ -1,10 +1,13 @@
 """The load generator: thousands of real WebSocket clients in one asyncio process.
 
 Each client is a bare RFC 6455 client on an `asyncio.Protocol` (no per-message task,
-no JSON decoding): it speaks Phoenix Channels V2 to ChatLab and Engine.IO 4 /
-Socket.IO 5 to the python-socketio peer. A frame is looked at only as far as needed:
-a subscriber searches it for the marker of the current traffic phase, and reads the
-sequence number and the publisher's send time out of the body that follows it.
+no JSON decoding): it speaks Phoenix Channels V2 to ChatLab, Engine.IO 4 / Socket.IO 5
+to the python-socketio peer and plain JSON frames to the Django Channels peer. The
+project's Phoenix client (tests/helpers) decodes every frame; at thousands of sockets
+that would measure the generator instead of the server. A frame is looked at only as
+far as needed: a subscriber searches it for the marker of the current traffic phase,
+and reads the sequence number and the publisher's send time out of the body that
+follows it.
 
 A message body is `<run>:<seq>:<send time ns>`, so latency is receive time minus send
 time on the same host clock, and every delivery is counted per subscriber: loss is
@@ -82,6 +85,14 @@ class Traffic:
         self.sent = 0
         self.acks_ok = 0
         self.acks_error = 0
+        self.acked = bytearray(messages)  # seq -> 1 once the server acknowledged it
+
+    def ack(self, seq: int, ok: bool) -> None:
+        if ok:
+            self.acks_ok += 1
+            self.acked[seq] = 1
+        else:
+            self.acks_error += 1
 
     def body(self, seq: int) -> str:
         return f"{self.run}:{seq}:{time.time_ns()}"
@@ -112,6 +123,7 @@ class Generator:
         self.bytes_in = 0
         self.clients: set[Client] = set()
         self.dropped = 0  # connections the server closed while we wanted them open
+        self.on_drop: Callable[[Client], None] | None = None  # W5: reconnect elsewhere
         self._heartbeat: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -155,6 +167,7 @@ class Client(asyncio.Protocol):
         self.seen = bytearray()  # seq -> 1 once received, for the traffic phase `seen_in`
         self.seen_in: Traffic | None = None
         self.last_sent = time.monotonic()
+        self.pending: dict[bytes, tuple[Traffic, int]] = {}  # a push's ref -> its message
         self.closing = False
         self.closed = False
         loop = asyncio.get_running_loop()
@@ -177,6 +190,8 @@ class Client(asyncio.Protocol):
         self.gen.clients.discard(self)
         if not self.closing:
             self.gen.dropped += 1
+            if self.gen.on_drop is not None and _succeeded(self.joined):
+                self.gen.on_drop(self)
         error = ConnectionError(f"connection closed{': ' + str(exc) if exc else ''}")
         _resolve(self.opened, error)
         _resolve(self.joined, error)
@@ -308,39 +323,57 @@ class Client(asyncio.Protocol):
             if i >= 0:
                 traffic.seen(payload, i, now_ns, self)
 
-    def _ack(self, ok: bool) -> None:
-        traffic = self.gen.traffic
-        if traffic is not None:
-            if ok:
-                traffic.acks_ok += 1
-            else:
-                traffic.acks_error += 1
+    def _sent(self, ref: str, traffic: Traffic, seq: int) -> None:
+        self.pending[ref.encode()] = (traffic, seq)
+
+    def _ack(self, ref: bytes, ok: bool) -> None:
+        sent = self.pending.pop(ref, None)
+        if sent is not None:
+            sent[0].ack(sent[1], ok)
+
+    def inherit(self, old: Client) -> None:
+        """A reconnect: carry over what the client had received."""
+        self.seen, self.seen_in = old.seen, old.seen_in
 
 
 class PhoenixClient(Client):
-    """Phoenix Channels V2 on `rooms:lobby`, as phoenix.js speaks it."""
+    """Phoenix Channels V2 on `rooms:lobby`, as phoenix.js speaks it. With `track_last_seen`
+    (W5) it remembers the newest message id, and rejoins with it as `last_seen_id`, as the
+    page does."""
 
     path = "/socket/websocket?vsn=2.0.0"
     TOPIC = "rooms:lobby"
+    ID_AT = b'"new:msg",{"id":"'
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.ref = 1
+        self.track_last_seen = False
+        self.last_seen: tuple[int, int] | None = None
 
     def on_upgrade(self) -> None:
         _resolve(self.opened)
 
     def join(self) -> None:
-        self.send_text(f'["1","1","{self.TOPIC}","phx_join",{{"user":"{self.user}"}}]')
+        since = ""
+        if self.last_seen is not None:
+            since = f',"last_seen_id":"{self.last_seen[0]}-{self.last_seen[1]}"'
+        self.send_text(f'["1","1","{self.TOPIC}","phx_join",{{"user":"{self.user}"{since}}}]')
 
     def publish(self, traffic: Traffic, seq: int) -> None:
         self.ref += 1
+        self._sent(str(self.ref), traffic, seq)
         body = traffic.body(seq)
         self.send_text(f'["1","{self.ref}","{self.TOPIC}","new:msg",{{"user":"{self.user}","body":"{body}"}}]')
 
     def keepalive(self, now: float) -> None:
         if now - self.last_sent >= PHOENIX_HEARTBEAT_S:
             self.send_text('[null,"hb","phoenix","heartbeat",{}]')
+
+    def inherit(self, old: Client) -> None:
+        super().inherit(old)
+        if isinstance(old, PhoenixClient):
+            self.track_last_seen, self.last_seen = old.track_last_seen, old.last_seen
 
     def on_text(self, payload: bytes, now_ns: int) -> None:
         if payload.startswith(b'["1","'):
@@ -351,9 +384,21 @@ class PhoenixClient(Client):
             if payload.startswith(b'["1","1",'):
                 _resolve(self.joined, None if ok else ConnectionError(f"join refused: {payload[:200]!r}"))
             else:
-                self._ack(ok)
-        elif self.subscriber and payload.startswith(b"[null,null,"):
+                self._ack(payload[6 : payload.index(b'"', 6)], ok)
+        # A broadcast, or what the join pushes (stored messages, presence) under its join_ref.
+        elif self.subscriber and (payload.startswith(b"[null,null,") or payload.startswith(b'["1",null,')):
             self._subscriber_frame(payload, now_ns)
+            if self.track_last_seen:
+                self._note_id(payload)
+
+    def _note_id(self, payload: bytes) -> None:
+        i = payload.find(self.ID_AT)
+        if i >= 0:
+            i += len(self.ID_AT)
+            ms, _, n = payload[i : payload.index(b'"', i)].partition(b"-")
+            seen = (int(ms), int(n))
+            if self.last_seen is None or seen > self.last_seen:
+                self.last_seen = seen
 
 
 class SocketIOClient(Client):
@@ -373,6 +418,7 @@ class SocketIOClient(Client):
 
     def publish(self, traffic: Traffic, seq: int) -> None:
         self.ack_id += 1
+        self._sent(str(self.ack_id), traffic, seq)
         body = traffic.body(seq)
         self.send_text(f'42{self.ack_id}["new:msg",{{"user":"{self.user}","body":"{body}"}}]')
 
@@ -388,7 +434,7 @@ class SocketIOClient(Client):
             if payload[2:bracket] == b"0":
                 _resolve(self.joined, None if ok else ConnectionError(f"join refused: {payload[:200]!r}"))
             else:
-                self._ack(ok)
+                self._ack(payload[2:bracket], ok)
         elif payload.startswith(b"0{"):
             self.send_text("40")  # connect to the default namespace
         elif payload.startswith(b"40"):
@@ -399,7 +445,43 @@ class SocketIOClient(Client):
             self.shutdown()
 
 
-PROTOCOLS: dict[str, type[Client]] = {"phoenix": PhoenixClient, "socketio": SocketIOClient}
+class ChannelsClient(Client):
+    """The Django Channels peer's plain JSON frames (bench/peer_channels.py); its
+    consumer writes them with `json.dumps`, so `": "` and `", "` separate the fields."""
+
+    path = "/ws/chat/"
+    ACK = b'{"ref": '
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.ref = 0  # 0 is the join
+
+    def on_upgrade(self) -> None:
+        _resolve(self.opened)
+
+    def join(self) -> None:
+        self.send_text(f'{{"event":"join","ref":0,"payload":{{"user":"{self.user}"}}}}')
+
+    def publish(self, traffic: Traffic, seq: int) -> None:
+        self.ref += 1
+        self._sent(str(self.ref), traffic, seq)
+        body = traffic.body(seq)
+        self.send_text(f'{{"event":"new:msg","ref":{self.ref},"payload":{{"user":"{self.user}","body":"{body}"}}}}')
+
+    def on_text(self, payload: bytes, now_ns: int) -> None:
+        if payload.startswith(b'{"event": "new:msg"'):
+            if self.subscriber:
+                self._subscriber_frame(payload, now_ns)
+        elif payload.startswith(self.ACK):
+            ref = payload[len(self.ACK) : payload.index(b",")]
+            ok = payload.endswith(b'"status": "ok"}')
+            if ref == b"0":
+                _resolve(self.joined, None if ok else ConnectionError(f"join refused: {payload[:200]!r}"))
+            else:
+                self._ack(ref, ok)
+
+
+PROTOCOLS: dict[str, type[Client]] = {"phoenix": PhoenixClient, "socketio": SocketIOClient, "channels": ChannelsClient}
 
 
 class JoinTimeout(Exception):
@@ -423,26 +505,23 @@ async def connect_and_join(
     At most `concurrency` clients are between connecting and having their join answered,
     so a listen backlog never overflows. Raises JoinTimeout past `deadline` (monotonic).
     """
-    loop = asyncio.get_running_loop()
-    factory = PROTOCOLS[protocol]
     limit = asyncio.Semaphore(concurrency)
     clients: list[Client] = []
     started = time.monotonic()
 
     async def one(index: int, user: str) -> None:
         host, port = targets[index % len(targets)]
-        async with limit:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                _, client = await loop.create_connection(
-                    lambda: factory(gen, host, port, user, subscriber=subscriber), host, port
-                )
-                clients.append(client)
-                await client.opened
-                client.join()
-                await client.joined
+        await open_and_join(
+            gen,
+            protocol,
+            host,
+            port,
+            user,
+            subscriber=subscriber,
+            limit=limit,
+            deadline=deadline,
+            opened=clients.append,
+        )
 
     tasks = [asyncio.ensure_future(one(i, user)) for i, user in enumerate(users)]
     try:
@@ -461,6 +540,45 @@ async def connect_and_join(
         first = next(e for e in errors if not isinstance(e, TimeoutError))
         raise RuntimeError(f"{len(errors)} of {len(users)} clients failed to join, e.g.: {first!r}") from first
     return clients
+
+
+async def open_and_join(
+    gen: Generator,
+    protocol: str,
+    host: str,
+    port: int,
+    user: str,
+    *,
+    subscriber: bool,
+    limit: asyncio.Semaphore,
+    deadline: float,
+    opened: Callable[[Client], None],
+    previous: Client | None = None,
+) -> Client:
+    """One client, connected and joined; `opened` gets it as soon as it exists. A client
+    that fails to join is closed: it must not go on receiving. `previous` is the client
+    this one replaces after a reconnect."""
+    client: Client | None = None
+    async with limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            async with asyncio.timeout(remaining):
+                _, client = await asyncio.get_running_loop().create_connection(
+                    lambda: PROTOCOLS[protocol](gen, host, port, user, subscriber=subscriber), host, port
+                )
+                opened(client)
+                if previous is not None:
+                    client.inherit(previous)
+                await client.opened
+                client.join()
+                await client.joined
+                return client
+        except BaseException:
+            if client is not None:
+                client.shutdown()
+            raise
 
 
 async def send_traffic(publishers: list[Client], traffic: Traffic, rate: float) -> None:

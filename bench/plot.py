@@ -1,4 +1,4 @@
-"""The bench's PNG: one panel per workload, the two systems side by side.
+"""The bench's PNG: one small panel for every row of the table, each system a bar.
 
 python -m bench.plot bench/results/<date>.json   # redraw <date>.png from a report
 """
@@ -6,37 +6,44 @@ python -m bench.plot bench/results/<date>.json   # redraw <date>.png from a repo
 from __future__ import annotations
 
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COLORS = {"chatlab": "#4C72B0", "socketio": "#DD8452"}
-LABELS = {"chatlab": "ChatLab", "socketio": "python-socketio"}
-
-# (title, [(workload, metric key, bar label)], y label)
-PANELS = [
-    ("W1 fan-out: server CPU per delivery", [("W1", "cpu_us_per_delivery", "")], "µs per delivery (lower is better)"),
-    (
-        "W1 / W2 latency",
-        [
-            ("W1", "p50_ms", "W1 p50"),
-            ("W1", "p99_ms", "W1 p99"),
-            ("W2", "p50_ms", "W2 p50"),
-            ("W2", "p99_ms", "W2 p99"),
-        ],
-        "ms, end to end (lower is better)",
-    ),
-    ("W3 idle: memory per connection", [("W3", "kb_per_connection", "")], "KB RSS per connection (lower is better)"),
-    ("W4 scale: connections held on one node", [("W4", "max_held", "")], "connections (higher is better)"),
-]
+COLORS = {"chatlab": "#4C72B0", "socketio": "#DD8452", "channels": "#55A868"}
+LABELS = {"chatlab": "ChatLab", "socketio": "python-socketio", "channels": "Django Channels"}
+COLUMNS = 4
 
 
-def _value(report: dict[str, Any], workload: str, system: str, key: str) -> float | None:
-    outcome = report["results"].get(workload, {}).get(system)
-    if not outcome or outcome.get("error"):
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell.replace(",", ""))
+    except ValueError:
         return None
-    value = outcome["metrics"].get(key)
-    return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One row of the table: its title, each system's figure (None: no number) and label."""
+
+    title: str
+    values: list[float | None]
+    labels: list[str]
+    better: str
+
+
+def panels(report: dict[str, Any]) -> list[Panel]:
+    """One panel for every row of `report["table"]`, the figures as printed."""
+    count = len(report["systems"])
+    out = []
+    for row in report["table"]:
+        workload, label, cells, better = row[0], row[1], row[2 : 2 + count], row[-1]
+        values = [_number(cell) for cell in cells]
+        labels = ["n/a" if cell == "-" else cell for cell in cells]
+        out.append(Panel(f"{workload.split()[0]}: {label}", values, labels, better))
+    return out
 
 
 def render(report: dict[str, Any], path: Path) -> Path:
@@ -46,38 +53,44 @@ def render(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names: list[str] = report["systems"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    width = 0.8 / max(1, len(names))
-    for ax, (title, series, ylabel) in zip(axes.flat, PANELS, strict=True):
-        for i, system in enumerate(names):
-            xs, heights, labels = [], [], []
-            for x, (workload, key, _) in enumerate(series):
-                value = _value(report, workload, system, key)
-                xs.append(x + (i - (len(names) - 1) / 2) * width)
-                heights.append(value or 0.0)
-                labels.append("n/a" if value is None else f"{value:,.4g}")
-            bars = ax.bar(xs, heights, width, color=COLORS.get(system), label=LABELS.get(system, system))
-            ax.bar_label(bars, labels=labels, fontsize=8, padding=2)
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_xticks(range(len(series)), [label for _, _, label in series], fontsize=8)
-        ax.margins(y=0.15)
+    shown = panels(report)
+    lines = max(1, math.ceil(len(shown) / COLUMNS))
+    fig, axes = plt.subplots(lines, COLUMNS, figsize=(3.4 * COLUMNS, 2.5 * lines), squeeze=False)
+    for ax, panel in zip(axes.flat, shown, strict=False):
+        bars = ax.bar(range(len(names)), [v or 0.0 for v in panel.values], color=[COLORS.get(n, "grey") for n in names])
+        ax.bar_label(bars, labels=panel.labels, fontsize=7, padding=2)
+        ax.set_title(panel.title, fontsize=8)
+        ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.text(
+            0.99,
+            0.97,
+            f"{panel.better} is better",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=6,
+            color="grey",
+        )
+        ax.margins(y=0.25)
         ax.grid(axis="y", alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    cpu = report["machine"]["cpu"]
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    machine = report["machine"]
     fig.suptitle(
-        f"ChatLab vs python-socketio - {report['date'][:10]} - {report['machine']['cores']} cores, {cpu}", fontsize=10
+        f"{' vs '.join(LABELS.get(n, n) for n in names)} - {report['date'][:10]} - "
+        f"{machine['cores']} cores, {machine['cpu']}",
+        fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report's table as Markdown, for docs/benchmarks.md."""
-    names = [LABELS.get(s, s) for s in report["systems"]]
-    header = ["workload", "metric", *names, "ratio" if len(names) == 2 else "", "better"]
+    header = report["header"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in report["table"]]
     return "\n".join(lines)

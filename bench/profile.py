@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench import loadgen, systems
-from bench.run import settle
+from bench.workloads import settle
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 RATE = 200  # samples a second

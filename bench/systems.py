@@ -1,10 +1,12 @@
-"""The two systems under test, each a real Redis plus two real server processes.
+"""The three systems under test, each a real Redis plus two real server processes.
 
 - `chatlab`: two `python -m stage2_cluster` nodes, DISCOVERY=redis, PING_INTERVAL=0, MAX_CONNECTIONS
   raised past the workloads, and every other setting at its default (history, presence,
   validation, rate limit on).
 - `socketio`: two uvicorn processes serving `bench.peer_socketio` (python-socketio with
   AsyncRedisManager), sharing the Redis.
+- `channels`: two uvicorn processes serving `bench.peer_channels` (Django Channels with
+  channels_redis's RedisChannelLayer), sharing the Redis.
 
 Every process is started with the open-files limit raised to the hard limit and dies
 with the bench (PR_SET_PDEATHSIG); `Cluster.stop()` ends each one by its own PID.
@@ -63,13 +65,24 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     ps: psutil.Process = field(init=False)
+    last_cpu: float = 0.0  # what the process had used when last asked: W5 stops one
 
     def __post_init__(self) -> None:
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return times.user + times.system
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            times = self.ps.cpu_times()
+            self.last_cpu = times.user + times.system
+        return self.last_cpu
+
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM, as an orchestrator stops a node, and wait up to `grace` for it to exit."""
+        self.cpu_seconds()
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self.proc.wait, grace)
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
@@ -253,27 +266,28 @@ class ChatLab(Cluster):
         raise TimeoutError(f"chatlab nodes did not connect to each other in {START_DEADLINE:.0f} s")
 
 
-class SocketIOPeer(Cluster):
-    system = "socketio"
-    protocol = "socketio"
+class Peer(Cluster):
+    """Two uvicorn processes serving `module`, a peer server of this folder."""
+
+    module = ""
 
     def _start_node(self, index: int, redis_url: str) -> Server:
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.peer_socketio",
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--redis-url",
-            redis_url,
-        ]
+        argv = [sys.executable, "-m", self.module, "--host", HOST, "--port", str(port), "--redis-url", redis_url]
         return self._spawn("ab"[index], argv, port=port)
 
 
-SYSTEMS: dict[str, type[Cluster]] = {"chatlab": ChatLab, "socketio": SocketIOPeer}
+class SocketIOPeer(Peer):
+    system = protocol = "socketio"
+    module = "bench.peer_socketio"
+
+
+class ChannelsPeer(Peer):
+    system = protocol = "channels"
+    module = "bench.peer_channels"
+
+
+SYSTEMS: dict[str, type[Cluster]] = {"chatlab": ChatLab, "socketio": SocketIOPeer, "channels": ChannelsPeer}
 
 
 def new_workdir() -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared import protocol
-from shared.history import IdClock, RoomHistory
+from shared.history import IdClock, Replay, RoomHistory
 from shared.messages import ChatMessage, Draft
 
 
@@ -61,8 +61,9 @@ class Broker(Protocol):
     async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
         """Send an event to every member but `exclude` without storing it; raises BrokerUnavailable."""
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
-        """Stored messages newer than `after` (all kept ones when None), oldest first."""
+    async def history(self, topic: str, after: str | None) -> Replay:
+        """Stored messages newer than `after` (all kept ones when None), oldest first, with
+        their payloads encoded; raises BrokerUnavailable."""
 
 
 class MemoryBroker:
@@ -96,9 +97,9 @@ class MemoryBroker:
     async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
         self._send(Delivery(topic, protocol.broadcast(topic, event, payload), exclude=exclude))
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+    async def history(self, topic: str, after: str | None) -> Replay:
         room = self._rooms.get(topic)
-        return room.after(after) if room else []
+        return room.after(after) if room else Replay([], [])
 
     def _send(self, delivery: Delivery) -> None:
         if self._deliver is not None:

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from shared.tracker import PresenceTracker
 
 LOBBY = "rooms:lobby"
+# Bytes of history one socket may be replayed: a burst of 2 MiB (two full replays of the
+# default history, 100 messages of up to 8 KB), refilled at 64 KiB a second. A join that
+# asks for more is refused `replay_limited` (docs/protocol.md); a catch-up with
+# `last_seen_id` costs only what it missed.
+REPLAY_BUDGET = (64 * 1024, 2 * 1024 * 1024)
 log = logs.get("channel")
 
 
@@ -94,7 +99,18 @@ class Rooms:
 
 
 class RoomChannel:
-    __slots__ = ("_answered", "_held", "join_ref", "outbox", "presence_ref", "rooms", "socket", "topic", "user")
+    __slots__ = (
+        "_answered",
+        "_held",
+        "_replayed",
+        "join_ref",
+        "outbox",
+        "presence_ref",
+        "rooms",
+        "socket",
+        "topic",
+        "user",
+    )
 
     def __init__(self, rooms: Rooms, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
         self.rooms = rooms
@@ -108,15 +124,24 @@ class RoomChannel:
         # is replayed, only stored messages wait, so none is sent twice or out of order.
         self._held: list[Delivery] | None = []
         self._answered = False
+        # After the join, the newest id it replayed, until a newer live message passes it.
+        # In a cluster a message is in the stream before the bus brings it to this node,
+        # so its live copy can arrive after the replay that already sent it. A room's
+        # messages arrive in id order, so once one is newer, every later one is too.
+        self._replayed: tuple[int, int] | None = None
 
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
-        if self._held is None and self.outbox.write_now(together):
+        if self._held is None and self._replayed is None and self.outbox.write_now(together):
             return
         for delivery, wire in zip(deliveries, wires, strict=True):
             self.deliver(delivery, wire)
 
     def deliver(self, delivery: Delivery, wire: bytes) -> None:
         if self._held is None:
+            if self._replayed is not None and delivery.message_id is not None:
+                if parse_id(delivery.message_id) <= self._replayed:
+                    return  # the replay sent it already
+                self._replayed = None
             if not self.outbox.write_now(wire):  # the common case first
                 self.socket.send(delivery.frame, wire)
         elif delivery.message_id is not None or not self._answered:
@@ -129,12 +154,17 @@ class RoomChannel:
         rooms = self.rooms
         rooms.hub.add(self.topic, self)
         try:
-            history = await rooms.broker.history(self.topic, last_seen_id)
+            replay = await rooms.broker.history(self.topic, last_seen_id)
         except BrokerUnavailable:
             rooms.hub.remove(self.topic, self)
+            rooms.metrics.joins_refused.labels("unavailable").inc()
             raise JoinRefused("unavailable") from None
+        if not self.socket.replay_budget.spend(replay.size):
+            rooms.hub.remove(self.topic, self)
+            rooms.metrics.messages_rejected.labels("replay_limited").inc()
+            raise JoinRefused("replay_limited")
         # What a join sends goes out in two writes, one on each side of the await.
-        first = [protocol.reply(frame, "ok")]
+        first = [protocol.reply(frame, "ok", {"history_truncated": True} if replay.truncated else None)]
         self._answered = True
         first += [delivery.frame for delivery in self._held or [] if delivery.message_id is None]
         self._held = [d for d in self._held or [] if d.message_id is not None]
@@ -152,13 +182,16 @@ class RoomChannel:
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
         ]
-        last = last_seen_id
-        for message in history:
-            rest.append(protocol.encode(self.join_ref, None, self.topic, "new:msg", message.payload()))
-            last = message.id
+        # Each payload as the room encoded it once, behind this join's refs.
+        rest += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
+        rooms.metrics.replay_bytes.inc(replay.size)
+        last = replay.messages[-1].id if replay.messages else last_seen_id
         held, self._held = self._held or [], None
         newest = parse_id(last) if last else (-1, -1)
         rest += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
+        if held:
+            newest = max(newest, parse_id(held[-1].message_id))  # type: ignore[arg-type]
+        self._replayed = newest if newest != (-1, -1) else None
         self.socket.send_all(rest)
 
     async def handle_in(self, frame: protocol.Frame) -> None:

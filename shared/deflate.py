@@ -9,7 +9,8 @@ over the limit, so the socket closes with 1009 as any frame over 64 KiB does.
 
 Why bound and not refuse the extension: refusing also takes patching Hypercorn (it offers
 deflate unconditionally), and a bound keeps compression for the clients that use it
-(browsers all offer it). `install()` swaps the class Hypercorn's handshake instantiates;
+(browsers all offer it) for what they send; what the server sends goes out uncompressed
+(below, BoundedDeflate's memory). `install()` swaps the class Hypercorn's handshake instantiates;
 tests/test_hostile_http.py (the bomb) fails if a Hypercorn upgrade changes that.
 """
 
@@ -28,15 +29,43 @@ from shared.protocol import MAX_FRAME_BYTES
 MARGIN = 4
 
 
+# A zlib context kept for a socket's lifetime costs about 300 KB (a compressor with a
+# 15-bit window is 256 KB, an inflater 40 KB): 1000 h2c sockets that negotiated the
+# extension took a node from 43 to 343 MB. So, as RFC 7692 allows:
+# - the server sends every message uncompressed (RSV1 unset), as the fast path already
+#   does for broadcasts (transport.py): no compressor ever exists, neither kept nor made
+#   afresh for each frame (a compressor's tables are set up anew every time);
+# - the answer to every offer adds client_no_context_takeover (unasked, which the RFC lets
+#   a server do): each incoming message is inflated with a fresh context, freed when the
+#   message ends, so an idle socket holds none; and server_no_context_takeover, so the
+#   client need not keep one either;
+# - a 1 KiB window for the client's messages when its offer leaves the size to the server
+#   (browsers do), so the inflater of a message on its way is 8 KB, not 40.
+WINDOW_BITS = 10  # 1 KiB; wsproto accepts 9..15
+
+
 class BoundedDeflate(PerMessageDeflate):
-    """wsproto's PerMessageDeflate, inflating at most `limit` bytes of one message."""
+    """wsproto's PerMessageDeflate that inflates what clients send, at most `limit` bytes of
+    a message and without context takeover, and compresses nothing it sends."""
 
     def __init__(self, limit: int = MAX_FRAME_BYTES + MARGIN) -> None:
-        super().__init__()
+        super().__init__(client_no_context_takeover=True, server_no_context_takeover=True)
         self.limit = limit
         self._inflated = 0  # bytes of the current message handed on so far
         self._over = False  # the current message passed the limit: discard the rest
         self._text = False
+
+    def accept(self, offer: str) -> bool | str | None:
+        # A bare client_max_window_bits lets the server pick the client's window; without
+        # the parameter the client may use 15 bits, and the inflater must too.
+        if any(param.strip() == "client_max_window_bits" for param in offer.split(";")[1:]):
+            self.client_max_window_bits = WINDOW_BITS
+        return super().accept(offer)
+
+    def frame_outbound(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, data: bytes, fin: bool
+    ) -> tuple[RsvBits, bytes]:
+        return rsv, data  # sent as it is: see above
 
     def frame_inbound_header(
         self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int

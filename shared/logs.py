@@ -6,6 +6,7 @@ elsewhere it is one JSON object, ready for a log collector.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -56,6 +57,36 @@ class _Formatter(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+class Every:
+    """At most one log line every `seconds` for an event a client can repeat at will (a
+    refused handshake, a bad line on a Redis channel): the line says how many it stands for."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.count = 0  # events since the last line
+        self._logged_at = -seconds
+
+    def due(self) -> int:
+        """Count one event; the number to report when a line is due now, else 0."""
+        self.count += 1
+        now = time.monotonic()
+        if now - self._logged_at < self.seconds:
+            return 0
+        self._logged_at, count, self.count = now, self.count, 0
+        return count
+
+
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler: what escapes every task (a library raising where
+    nothing catches it) becomes one log line, not asyncio's multi-line traceback on stderr."""
+    error = context.get("exception")
+    get("loop").error(
+        clean(str(context.get("message", "unhandled exception in the event loop")), 1000),
+        exc_info=(type(error), error, error.__traceback__) if isinstance(error, BaseException) else None,
+        extra={"fields": {"where": repr(context.get("task") or context.get("future") or context.get("handle"))}},
+    )
 
 
 def configure(node: str, level: int = logging.INFO) -> None:

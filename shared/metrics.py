@@ -14,10 +14,16 @@ class Metrics:
             "chat_fast_path_connections", "Open WebSocket connections written to directly (transport.py)", registry=r
         )
         self.joins = Counter("chat_joins", "Successful channel joins", registry=r)
+        self.joins_refused = Counter(
+            "chat_joins_refused", "Channel joins refused because the broker was unavailable", ["reason"], registry=r
+        )
         self.messages_in = Counter("chat_messages_in", "new:msg pushes accepted from clients", registry=r)
         self.messages_rejected = Counter("chat_messages_rejected", "Client pushes refused", ["reason"], registry=r)
         self.messages_out = Counter("chat_messages_out", "Broadcasts fanned out to local sockets", registry=r)
         self.deliveries = Counter("chat_deliveries", "Frames queued to local sockets by broadcasts", registry=r)
+        self.replay_bytes = Counter(
+            "chat_replay_bytes", "Bytes of history payloads replayed to joining sockets", registry=r
+        )
         self.drops = Counter("chat_drops", "Sockets disconnected for not keeping up", registry=r)
         self.cluster_nodes = Gauge("chat_cluster_nodes", "Nodes this node is connected to, itself included", registry=r)
         self.bad_peer_lines = Counter(

@@ -38,9 +38,15 @@ class ChatNode:
     # What `python -m` reads from the environment for this kind of node; a stage extends it.
     settings_class: type[Settings] = Settings
 
-    def __init__(self, settings: Settings, broker: Broker | None = None, replicate: Replicate | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        replicate: Replicate | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.broker: Broker = broker or MemoryBroker(settings.history_size)
         self.hub = Hub(self.metrics, functools.partial(coalesce_entered, named=settings.entered_names))
         self.tracker = PresenceTracker(settings.node_name, self.hub.deliver, replicate)
@@ -50,7 +56,7 @@ class ChatNode:
         self.draining = False
         self._no_sockets = asyncio.Event()
         self._no_sockets.set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -83,6 +89,10 @@ class ChatNode:
     def ready(self) -> bool:
         return not self.draining and self.broker.available
 
+    async def claim(self) -> None:
+        """Before serving: what must hold for this node to start at all (stage 2: its name is
+        free); ConfigError if not."""
+
     async def start(self) -> None:
         await self.broker.start(self.hub.deliver)
         self.metrics.cluster_nodes.set(len(self.nodes()))
@@ -91,18 +101,21 @@ class ChatNode:
 
     async def stop(self) -> None:
         await self.drain()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.broker.stop()
 
     def spawn(self, coroutine) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
-        """Run a background loop for the node's lifetime; a crash is logged, not swallowed."""
+        """Run a background task (a loop for the node's lifetime, or a send); a crash is
+        logged, not swallowed, and whatever still runs is cancelled by stop()."""
         task = asyncio.create_task(coroutine)
         task.add_done_callback(_log_crash)
-        self._tasks.append(task)
+        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)
         return task
 
     async def ping_forever(self) -> None:

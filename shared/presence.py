@@ -56,11 +56,9 @@ class Presence:
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}  # phx_ref -> entry
         self._state: State = {}
-        self._pieces: dict[str, str] = {}  # key -> '"key":{"metas":[...]}'
+        self._pieces: dict[str, bytes] = {}  # key -> '"key":{"metas":[...]}'
         self._stale: set[str] = set()  # keys changed since their piece was encoded
-        # The whole state when last encoded, until `expire`; text, as frames are, so a
-        # joiner's frame is built from it without decoding the room's list again.
-        self._encoded: str | None = None
+        self._encoded: bytes | None = None  # the whole state when last encoded, until `expire`
 
     def track(self, node: str, key: str, meta: Meta) -> Entry:
         """Add a presence; `meta` must carry a `phx_ref` unique in the cluster."""
@@ -102,7 +100,7 @@ class Presence:
         """The current state, shared: encode it, don't change it."""
         return self._state
 
-    def joiner_state(self, key: str, meta: Meta) -> str:
+    def joiner_state(self, key: str, meta: Meta) -> bytes:
         """The JSON `presence_state` for a joiner that has just tracked (key, meta).
 
         The last encoding, with the joiner's own entry added: every change since that
@@ -113,10 +111,10 @@ class Presence:
         encoded = self._encoded
         if encoded is None or key in self._pieces:
             return self.encoded_state()
-        own = orjson.dumps({key: {"metas": [meta]}})[1:-1].decode()
-        return "".join((encoded[:-1], "," if len(encoded) > 2 else "", own, "}"))  # one copy
+        own = orjson.dumps({key: {"metas": [meta]}})[1:-1]
+        return b"".join((encoded[:-1], b"," if len(encoded) > 2 else b"", own, b"}"))  # one copy
 
-    def encoded_state(self) -> str:
+    def encoded_state(self) -> bytes:
         """`state()` as JSON, as it is now."""
         if self._encoded is None or self._stale:
             pieces = self._pieces
@@ -125,9 +123,9 @@ class Presence:
                 if value is None:
                     pieces.pop(key, None)
                 else:
-                    pieces[key] = orjson.dumps({key: value})[1:-1].decode()
+                    pieces[key] = orjson.dumps({key: value})[1:-1]
             self._stale.clear()
-            self._encoded = "{" + ",".join(pieces.values()) + "}"
+            self._encoded = b"{" + b",".join(pieces.values()) + b"}"
         return self._encoded
 
     def __len__(self) -> int:

@@ -80,9 +80,9 @@ def encode(join_ref: str | None, ref: str | None, topic: str, event: str, payloa
     return orjson.dumps([join_ref, ref, topic, event, payload]).decode()
 
 
-def encode_raw(join_ref: str | None, ref: str | None, topic: str, event: str, payload: str) -> str:
+def encode_raw(join_ref: str | None, ref: str | None, topic: str, event: str, payload: bytes) -> str:
     """`encode` for a payload that is JSON already (a large presence state, encoded once)."""
-    return "".join((orjson.dumps([join_ref, ref, topic, event])[:-1].decode(), ",", payload, "]"))
+    return b"".join((orjson.dumps([join_ref, ref, topic, event])[:-1], b",", payload, b"]")).decode()
 
 
 def reply(frame: Frame, status: str, response: dict[str, Any] | None = None) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import socket
 import sys
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.protocol import ws_stream
 
 from shared import console, deflate, logs
 from shared.app import create_app
@@ -18,6 +20,51 @@ from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import ConfigError, Settings
 
 log = logs.get("server")
+
+# Headers Hypercorn's handshake and wsproto split and parse, and what they accept without
+# raising: printable ASCII only, and a deflate window size of one or two digits.
+PARSED_HEADERS = (b"connection", b"sec-websocket-extensions", b"sec-websocket-protocol")
+WINDOW_BITS_RE = re.compile(rb"\s*(client|server)_max_window_bits\s*(=\s*[0-9]{1,2}\s*)?")
+REFUSAL_LOG_EVERY = 1.0  # seconds: a client repeating a bad upgrade costs one line a second
+
+
+def header_problem(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why Hypercorn or wsproto would raise on these upgrade headers, else None.
+
+    Both parse before the app sees the upgrade: Hypercorn decodes the comma lists as ASCII
+    (a UnicodeDecodeError reaches the event loop's handler as a traceback), and wsproto
+    reads a deflate window size with int() when the app accepts (a ValueError in the
+    app's send). Checked here, such an upgrade is answered 400 instead."""
+    for name, value in headers:
+        name = name.lower()
+        if name not in PARSED_HEADERS:
+            continue
+        if not all(0x20 <= byte < 0x7F or byte == 0x09 for byte in value):
+            return f"{name.decode()} is not printable ASCII"
+        if name == b"sec-websocket-extensions":
+            for offer in value.split(b","):
+                extension, *params = offer.split(b";")
+                if extension.strip() != b"permessage-deflate":
+                    continue
+                for param in params:
+                    if b"max_window_bits" in param and not WINDOW_BITS_RE.fullmatch(param):
+                        return "a permessage-deflate window size is not a number"
+    return None
+
+
+class CheckedHandshake(ws_stream.Handshake):
+    """Hypercorn's handshake, answering 400 to headers it would raise on (`header_problem`)."""
+
+    refusals = logs.Every(REFUSAL_LOG_EVERY)
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], http_version: str) -> None:
+        self.problem = header_problem(headers)
+        super().__init__(headers if self.problem is None else [], http_version)
+        if self.problem is not None and (count := self.refusals.due()):
+            logs.event(log, "websocket refused: malformed handshake header", reason=self.problem, refused=count)
+
+    def is_valid(self) -> bool:
+        return self.problem is None and super().is_valid()
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -36,6 +83,7 @@ def listen(settings: Settings) -> socket.socket:
 
 def hypercorn_config() -> Config:
     deflate.install()  # a compressed message is bounded while it inflates
+    ws_stream.Handshake = CheckedHandshake  # type: ignore[misc]  # headers it would raise on get 400
     config = Config()
     config.backlog = 1024
     config.websocket_max_message_size = MAX_FRAME_BYTES  # Hypercorn closes with 1009 past it
@@ -48,11 +96,13 @@ def hypercorn_config() -> Config:
 
 
 async def serve_node(chat: ChatNode, sock: socket.socket, console_sock: socket.socket | None = None) -> None:
+    await chat.claim()
     app = create_app(chat)
     if console_sock is not None:
         chat.spawn(console.serve(chat, console_sock))  # for the node's lifetime: its stop ends it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logs.loop_exception)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
@@ -91,14 +141,18 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: obje
     try:
         sock = listen(settings)
     except OSError as error:
-        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=40)
+        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=logging.ERROR)
         raise SystemExit(1) from None
     try:
         console_sock = console.listen(settings.console_port)
     except OSError as error:
         sock.close()
         where = f"{console.HOST}:{settings.console_port}"
-        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=40)
+        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=logging.ERROR)
         raise SystemExit(1) from None
     # Hypercorn owns `sock` from here and closes it; the console's server closes its own.
-    runner(serve_node(node_class(settings), sock, console_sock))
+    try:
+        runner(serve_node(node_class(settings), sock, console_sock))
+    except ConfigError as error:  # found out before serving: a name a live node holds
+        sys.stderr.write(f"config error: {error}\n")
+        raise SystemExit(2) from None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 
 from shared import logs, protocol
-from shared.channel import JoinRefused, RoomChannel, Rooms, authorize, join_params
+from shared.channel import REPLAY_BUDGET, JoinRefused, RoomChannel, Rooms, authorize, join_params
 from shared.outbox import Budget, Outbox, Send
 from shared.transport import Transport
 
@@ -41,15 +41,28 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = time.monotonic()
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self) -> bool:
+        self._refill()
         self.tokens -= 1
         if self.tokens >= 0:
             return True
         self.tokens = max(self.tokens, -self.burst)
         return False
+
+    def spend(self, cost: float) -> bool:
+        """Take `cost` tokens if there are that many, else none (a history replay: refusing
+        one sends nothing, so it costs nothing). A cost over the burst is let through when the
+        bucket is full, and paid off before the next."""
+        self._refill()
+        if self.tokens < min(cost, self.burst):
+            return False
+        self.tokens -= cost
+        return True
 
 
 class State(Enum):
@@ -83,6 +96,7 @@ class PhoenixSocket:
         "last_in",
         "metrics",
         "outbox",
+        "replay_budget",
         "rooms",
         "state",
     )
@@ -103,6 +117,7 @@ class PhoenixSocket:
         self.bucket = TokenBucket(*rate_limit)
         self.idle_timeout = idle_timeout  # the node's sweep closes a socket silent this long
         self.last_in = time.monotonic()  # when the last frame came in
+        self.replay_budget = TokenBucket(*REPLAY_BUDGET)  # bytes of history replayed to it
         self.state = State.NEW
         self.code: int | None = None  # CLOSING: the code to close with once flushed; CLOSED: the close code
         self.error: BaseException | None = None  # what broke the writer

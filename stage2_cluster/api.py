@@ -8,6 +8,7 @@ needs no header because each step carries a proof of the cookie (handshake.py).
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
@@ -18,7 +19,7 @@ from quart import Blueprint, Response, jsonify, request
 from shared import logs
 from shared.app import error, node
 from shared.settings import NODE_NAME_RE
-from stage2_cluster.cluster import ConnectError
+from stage2_cluster.handshake import ConnectError
 
 bp = Blueprint("cluster", __name__)
 log = logs.get("api")
@@ -31,7 +32,7 @@ def needs_cookie(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awai
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.encode(), cookie.encode()):
-            logs.event(log, "node API refused: missing or wrong cookie", level=30, path=request.path)
+            logs.event(log, "node API refused: missing or wrong cookie", level=logging.WARNING, path=request.path)
             return error(401, "missing or wrong cluster cookie (Authorization: Bearer <CLUSTER_COOKIE>)")
         return await view(*args, **kwargs)
 
@@ -67,16 +68,16 @@ async def connect() -> Response:
     name, address = body.get("node"), body.get("address")
     if not isinstance(name, str) or not NODE_NAME_RE.fullmatch(name):
         raise ConnectError(400, 'body needs "node": "name@host"')
-    if address is not None and not node().cluster.accept_address(address, "api"):
+    if address is not None and not node().handshake.accept_address(address, "api"):
         raise ConnectError(400, '"address" must be "host:port"')
-    await node().cluster.connect(name, address)
+    await node().handshake.connect(name, address)
     return view_of_nodes()
 
 
 @bp.delete("/api/nodes/<name>")
 @needs_cookie
 async def disconnect(name: str) -> Response:
-    if not await node().cluster.disconnect(name):
+    if not await node().handshake.disconnect(name):
         raise ConnectError(404, f"not connected to {name[:100]}")
     return view_of_nodes()
 
@@ -90,15 +91,15 @@ async def drain() -> Response:
 
 @bp.post("/cluster/hello")
 async def hello() -> Response:
-    return jsonify(node().cluster.on_hello(await json_body()))
+    return jsonify(node().handshake.on_hello(await json_body()))
 
 
 @bp.post("/cluster/confirm")
 async def confirm() -> Response:
-    return jsonify(await node().cluster.on_confirm(await json_body()))
+    return jsonify(await node().handshake.on_confirm(await json_body()))
 
 
 @bp.post("/cluster/goodbye")
 async def goodbye() -> Response:
-    await node().cluster.on_goodbye(await json_body())
+    await node().handshake.on_goodbye(await json_body())
     return jsonify({"ok": True})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -96,7 +97,7 @@ async def test_a_published_message_is_stored_and_delivered_once_with_its_id(room
     message = await room.publish("alice", "hello")
 
     assert (message.user, message.body, message.node) == ("alice", "hello", NODE)
-    assert await room.broker.history(LOBBY, None) == [message]
+    assert (await room.broker.history(LOBBY, None)).messages == [message]
     assert await room.settled() == ["hello"]
     [delivery] = [d for d in room.deliveries if d.message_id == message.id]
     assert protocol.decode(delivery.frame).payload == message.payload()
@@ -111,9 +112,80 @@ async def test_ids_increase_in_publishing_order(room: Room) -> None:
 async def test_history_after_an_id_holds_only_the_later_messages_oldest_first(room: Room) -> None:
     first, second, third = [await room.publish("alice", f"m{n}") for n in range(3)]
 
-    assert [m.id for m in await room.broker.history(LOBBY, first.id)] == [second.id, third.id]
-    assert await room.broker.history(LOBBY, third.id) == []
-    assert await room.broker.history("rooms:empty", None) == []
+    assert [m.id for m in (await room.broker.history(LOBBY, first.id)).messages] == [second.id, third.id]
+    assert (await room.broker.history(LOBBY, third.id)).messages == []
+    assert (await room.broker.history("rooms:empty", None)).messages == []
+
+
+async def test_a_last_seen_id_that_left_history_is_told_the_replay_is_truncated(room: Room) -> None:
+    first, *kept = [await room.publish("alice", f"m{n}") for n in range(HISTORY + 2)]
+    kept = kept[1:]  # the second left history too
+
+    replay = await room.broker.history(LOBBY, first.id)
+
+    assert replay.truncated
+    assert replay.messages == kept
+    assert not (await room.broker.history(LOBBY, kept[0].id)).truncated
+    assert not (await room.broker.history(LOBBY, None)).truncated
+
+
+async def test_a_replay_is_read_again_after_every_append_and_trim(room: Room) -> None:
+    """The Redis broker keeps a copy of each room; a join must never get it stale."""
+    seen = []
+    for n in range(HISTORY + 2):
+        seen.append(await room.publish("alice", f"m{n}"))
+        replay = await room.broker.history(LOBBY, None)
+        assert replay.messages == seen[-HISTORY:]
+        assert [json.loads(p) for p in replay.payloads] == [m.payload() for m in seen[-HISTORY:]]
+
+
+async def test_a_copy_of_the_history_is_not_stale_when_an_unconnected_node_appends(
+    module_redis: RedisServer,
+) -> None:
+    """Two nodes that are not connected share the room's stream but hear nothing of each
+    other's messages: the copy one keeps must still follow what the other appends."""
+    with module_redis.client() as client:
+        client.flushall()
+    a, b = RedisBroker(module_redis.url, "a@localhost", HISTORY), RedisBroker(module_redis.url, "b@localhost", HISTORY)
+    for broker in (a, b):
+        await broker.start(lambda delivery: None)
+    try:
+        await async_wait_until(lambda: a.available and b.available, DEADLINE, "both available")
+        first = await a.publish(LOBBY, Draft("alice", "from a"), "a@localhost")
+        assert (await a.history(LOBBY, None)).messages == [first]
+        appended = [await b.publish(LOBBY, Draft("bob", f"from b {n}"), "b@localhost") for n in range(HISTORY + 1)]
+
+        replay = await a.history(LOBBY, first.id)
+
+        assert replay.messages == appended[1:]  # b's appends trimmed `first` and its own first one
+        assert replay.truncated
+        assert (await a.history(LOBBY, appended[1].id)).messages == appended[2:]
+    finally:
+        for broker in (a, b):
+            await broker.stop()
+
+
+async def test_a_copy_of_the_history_is_read_whole_again_when_the_stream_was_replaced(
+    module_redis: RedisServer,
+) -> None:
+    """A stream emptied and written anew (by hand, or a Redis that lost its data) matches no
+    copy plus what came after it: the node reads it whole."""
+    with module_redis.client() as client:
+        client.flushall()
+    broker = RedisBroker(module_redis.url, NODE, HISTORY)
+    await broker.start(lambda delivery: None)
+    try:
+        await async_wait_until(lambda: broker.available, DEADLINE, "the broker available")
+        for n in range(2):
+            await broker.publish(LOBBY, Draft("alice", f"before {n}"), NODE)
+        assert len((await broker.history(LOBBY, None)).messages) == 2
+        with module_redis.client() as client:
+            client.flushall()
+        after = await broker.publish(LOBBY, Draft("alice", "after"), NODE)
+
+        assert (await broker.history(LOBBY, None)).messages == [after]
+    finally:
+        await broker.stop()
 
 
 async def test_a_broadcast_reaches_the_room_but_is_not_stored(room: Room) -> None:
@@ -126,7 +198,7 @@ async def test_a_broadcast_reaches_the_room_but_is_not_stored(room: Room) -> Non
     frame = protocol.decode(delivery.frame)
     assert (delivery.topic, frame.event, frame.payload) == (LOBBY, "user:entered", {"user": "carol"})
     assert (delivery.exclude, delivery.message_id) == (joiner, None)
-    assert await room.broker.history(LOBBY, None) == []
+    assert (await room.broker.history(LOBBY, None)).messages == []
 
 
 # Idempotent pushes: a `client_msg_id` is stored once per user while in history ----------------
@@ -143,7 +215,7 @@ async def test_a_retry_with_the_same_client_msg_id_is_stored_and_broadcast_once(
         first.node,
         first.ts,
     )
-    assert [m.id for m in await room.broker.history(LOBBY, None)] == [first.id]
+    assert [m.id for m in (await room.broker.history(LOBBY, None)).messages] == [first.id]
     assert await room.settled() == ["hello"]
 
 
@@ -151,7 +223,7 @@ async def test_retries_racing_each_other_are_stored_once(room: Room) -> None:
     results = await asyncio.gather(*(room.publish("alice", "hello", "c-race") for _ in range(5)))
 
     assert len({m.id for m in results}) == 1
-    assert len(await room.broker.history(LOBBY, None)) == 1
+    assert len((await room.broker.history(LOBBY, None)).messages) == 1
 
 
 async def test_the_same_client_msg_id_from_another_user_is_another_message(room: Room) -> None:
@@ -166,7 +238,7 @@ async def test_pushes_without_client_msg_id_are_each_stored(room: Room) -> None:
     await room.publish("alice", "hello")
     await room.publish("alice", "hello")
 
-    assert len(await room.broker.history(LOBBY, None)) == 2
+    assert len((await room.broker.history(LOBBY, None)).messages) == 2
 
 
 async def test_a_client_msg_id_whose_message_left_history_stores_again(room: Room) -> None:
@@ -177,4 +249,4 @@ async def test_a_client_msg_id_whose_message_left_history_stores_again(room: Roo
     again = await room.publish("alice", "hello", "c-old")
 
     assert again.id != first.id
-    assert [m.body for m in await room.broker.history(LOBBY, None)] == ["filler 1", "filler 2", "hello"]
+    assert [m.body for m in (await room.broker.history(LOBBY, None)).messages] == ["filler 1", "filler 2", "hello"]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from tests.helpers.browser import ChatPages, screenshot_dir, send, set_username
 from tests.helpers.node import NodeProcess, running_node
+from tests.helpers.phoenix import LOBBY, PhoenixClient
+from tests.helpers.waits import run_async
 
 pytestmark = pytest.mark.browser
 
@@ -188,6 +190,43 @@ def test_the_page_reconnects_after_the_server_restarts(pages: ChatPages) -> None
         # The message really went through the new node: a second page sees it in history.
         newcomer = pages.open(second.url, "bob")
         expect(bodies(newcomer, "after the restart")).to_have_count(1)
+
+
+def test_a_page_back_after_history_moved_on_says_earlier_messages_are_gone(pages: ChatPages) -> None:
+    """The page misses 8 messages (its socket drops them on the way in), then its connection
+    drops and it rejoins with last_seen_id, which has left a history of 5 meanwhile."""
+    connections: list[WebSocketRoute] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        if not connections:  # the first connection loses what it is sent while "away"
+            server.on_message(lambda message: None if "missed " in str(message) else ws.send(message))
+        connections.append(ws)
+
+    env = {"PING_INTERVAL": "0", "HISTORY_SIZE": "5", "RATE_LIMIT": "1000/1000"}
+    with running_node("stage1_dev", env) as node:
+        page = pages.open(node.url, "alice", before_load=lambda p: p.route_web_socket(re.compile("/socket/"), route))
+        send(page, "seen before going away")
+
+        async def away() -> None:
+            async with PhoenixClient(node.ws_url) as bob:
+                await bob.join(LOBBY, {"user": "bob"})
+                for n in range(8):
+                    assert (await bob.push(LOBBY, "new:msg", {"user": "bob", "body": f"missed {n}"})).ok
+
+        run_async(away)
+        expect(bodies(page, "missed")).to_have_count(0)
+        connections[0].close()  # the page reconnects by itself and catches up
+
+        expect(page.locator("#messages .event.gap")).to_have_text("some earlier messages are no longer available")
+        expect(bodies(page, "missed")).to_have_text([f"missed {n}" for n in range(3, 8)])
+        # In order: what the page saw, the notice, then the oldest messages history still had.
+        lines = page.locator("#messages li").all_text_contents()
+        notice = next(i for i, line in enumerate(lines) if "no longer available" in line)
+        assert any("seen before going away" in line for line in lines[:notice]), lines
+        assert not any("missed" in line for line in lines[:notice]), lines
+        assert len(connections) == 2
+    assert pages.errors == []
 
 
 def test_a_normal_session_shows_and_logs_no_errors(stage1_node: NodeProcess, pages: ChatPages) -> None:

@@ -18,7 +18,8 @@ import pytest
 from wsproto.frame_protocol import FrameProtocol
 
 import shared.socket
-from shared.broker import Broker, BrokerUnavailable, MemoryBroker
+from shared.broker import Broker, BrokerUnavailable, Delivery, MemoryBroker
+from shared.history import Replay
 from shared.messages import ChatMessage, Draft
 from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
@@ -80,7 +81,7 @@ async def publish(node: ChatNode, body: str, user: str = "bob") -> ChatMessage:
 
 
 async def stored(node: ChatNode) -> list[ChatMessage]:
-    return await node.broker.history(LOBBY, None)
+    return (await node.broker.history(LOBBY, None)).messages
 
 
 async def take_diff(sock: PhoenixSocket) -> dict[str, Any]:
@@ -546,6 +547,59 @@ async def test_join_replays_at_most_history_size_messages() -> None:
     assert new_msg(take(sock)) == [m.payload() for m in messages[2:]]
 
 
+async def test_a_join_whose_last_seen_id_left_history_is_told_in_its_reply() -> None:
+    node = await make_node(history_size=3)
+    messages = [await publish(node, f"message {n}") for n in range(6)]
+    sock = node.new_socket()
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": messages[1].id}))
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", {"status": "ok", "response": {"history_truncated": True}}]
+    assert new_msg(frames) == [m.payload() for m in messages[3:]]
+
+
+async def test_a_join_whose_last_seen_id_is_still_in_history_gets_the_usual_reply() -> None:
+    node = await make_node(history_size=3)
+    messages = [await publish(node, f"message {n}") for n in range(6)]
+    sock = node.new_socket()
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": messages[3].id}))
+
+    frames = take(sock)
+    assert frames[0] == ["1", "1", LOBBY, "phx_reply", OK]
+    assert new_msg(frames) == [m.payload() for m in messages[4:]]
+
+
+async def test_joins_past_the_replay_budget_are_refused_until_it_refills(frozen_clock: FrozenTime) -> None:
+    from shared.channel import REPLAY_BUDGET
+
+    rate, burst = REPLAY_BUDGET
+    node = await make_node(history_size=100, rate_limit=(1000.0, 1000))
+    for n in range(100):
+        await publish(node, f"{n:03} " + "x" * 1996)  # 100 messages of 2000 characters
+    replay_size = (await node.broker.history(LOBBY, None)).size
+    sock = node.new_socket()
+    fits = burst // replay_size
+
+    replies = []
+    for n in range(fits + 1):
+        await sock.handle(text(str(n), str(n), LOBBY, "phx_join", {"user": "alice"}))
+        replies += [f[4] for f in take(sock) if f[3] == "phx_reply"]
+
+    assert [r["status"] for r in replies] == ["ok"] * fits + ["error"]
+    assert replies[-1]["response"] == {"reason": "replay_limited"}
+    assert LOBBY not in sock.channels
+    # A catch-up costs only what it missed: the newest id replays nothing, and is let in.
+    newest = (await stored(node))[-1].id
+    await sock.handle(text("c", "c", LOBBY, "phx_join", {"user": "alice", "last_seen_id": newest}))
+    assert [f[4]["status"] for f in take(sock) if f[3] == "phx_reply"] == ["ok"]
+    frozen_clock.now += replay_size / rate  # refilled by one replay's worth
+    await sock.handle(text("r", "r", LOBBY, "phx_join", {"user": "alice"}))
+    assert [f[4]["status"] for f in take(sock) if f[3] == "phx_reply"] == ["ok"]
+    assert node.metrics.messages_rejected.labels("replay_limited")._value.get() == 1
+
+
 class GatedBroker(MemoryBroker):
     """history() stops at a gate the test opens, either before or after reading the history."""
 
@@ -555,7 +609,7 @@ class GatedBroker(MemoryBroker):
         self.waiting = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+    async def history(self, topic: str, after: str | None) -> Replay:
         kept = await super().history(topic, after) if self.read_before_gate else None
         self.waiting.set()
         await self.gate.wait()
@@ -587,6 +641,56 @@ async def test_message_published_while_a_joiner_replays_history_is_delivered_onc
     assert [m["id"] for m in new_msg(frames)] == [first.id, second.id, third.id]
 
 
+class LateBusBroker(MemoryBroker):
+    """Stores at once but hands live messages over only when told: in stage 2 the stream
+    (XADD) is written before the bus carries the message to the other nodes, so a joiner's
+    history can hold a message whose live copy reaches its node after the join is done."""
+
+    def __init__(self, history_size: int) -> None:
+        super().__init__(history_size)
+        self.holding = False
+        self.held: list[Delivery] = []
+
+    def _send(self, delivery: Delivery) -> None:
+        if self.holding:
+            self.held.append(delivery)
+        else:
+            super()._send(delivery)
+
+    def release(self) -> None:
+        self.holding = False
+        for delivery in self.held:
+            super()._send(delivery)
+        self.held.clear()
+
+
+async def test_a_replayed_message_whose_live_copy_arrives_after_the_join_is_not_sent_twice() -> None:
+    broker = LateBusBroker(100)
+    node = await make_node(broker)
+    first = await publish(node, "one")
+    broker.holding = True
+    second = await publish(node, "two")  # in history, its live copy still on the bus
+    sock = node.new_socket()
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+    assert [m["id"] for m in new_msg(take(sock))] == [first.id, second.id]  # the replay
+
+    broker.release()  # "two" arrives live, after the join replayed it
+    third = await publish(node, "three")  # and the next one is delivered as usual
+    frames = await take_when_ids(sock, [third.id])
+    assert [m["id"] for m in new_msg(frames)] == [third.id]
+
+
+async def take_when_ids(sock: PhoenixSocket, ids: list[str]) -> list[list[Any]]:
+    """`take(sock)` once every message of `ids` is queued."""
+
+    def queued() -> bool:
+        seen = {json.loads(frame)[4].get("id") for frame in sock.outbox.frames}
+        return set(ids) <= seen
+
+    await async_wait_until(queued, DEADLINE, f"{ids} queued", 0.005)
+    return take(sock)
+
+
 async def test_broadcast_arriving_before_the_join_reply_is_sent_after_it() -> None:
     broker = GatedBroker(100, read_before_gate=False)
     node = await make_node(broker)
@@ -616,7 +720,7 @@ class SwitchableBroker(MemoryBroker):
         super().__init__(history_size)
         self.down = False
 
-    async def history(self, topic: str, after: str | None) -> list[ChatMessage]:
+    async def history(self, topic: str, after: str | None) -> Replay:
         if self.down:
             raise BrokerUnavailable("down")
         return await super().history(topic, after)

@@ -489,7 +489,7 @@ async def play(frames: list[str | bytes], burst: int, counter: list[int]) -> Non
             model.stored.append(message)
         observed += [f[4] for f in got_other if f[3] == "new:msg"]
     # Only valid messages were stored, exactly those the model expected; the other member got exactly them.
-    history = await node.broker.history(LOBBY, None)
+    history = (await node.broker.history(LOBBY, None)).messages
     assert [(m.id, m.user, m.body) for m in history] == [(m.id, m.user, m.body) for m in model.stored[-HISTORY:]]
     for m in history:
         assert valid_user(m.user) == m.user and valid_body(m.body) == m.body and ID_RE.fullmatch(m.id)
@@ -573,7 +573,7 @@ async def serve(frames: list[str | bytes], counter: list[int]) -> None:
     assert code == (fatal if fatal is not None else 1001)
     assert sock.channels == {}
     assert all(channel.socket is not sock for channel in node.hub.members.get(LOBBY, ()))  # type: ignore[attr-defined]
-    for m in await node.broker.history(LOBBY, None):
+    for m in (await node.broker.history(LOBBY, None)).messages:
         assert valid_user(m.user) == m.user and valid_body(m.body) == m.body
     for f in (json.loads(frame) for frame in other.outbox.frames):
         if f[3] == "new:msg":

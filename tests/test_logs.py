@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -37,3 +38,40 @@ def test_a_plain_field_is_kept_as_it_is() -> None:
 
 def test_fields_that_are_not_text_are_left_to_the_format() -> None:
     assert json.loads(line(True, sockets=3, peers=["b@localhost"]))["peers"] == ["b@localhost"]
+
+
+def test_an_exception_nothing_caught_is_one_json_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What escapes every task reaches the loop's handler: one line, the traceback inside it."""
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    for name in (logs.LOGGER_NAME, "hypercorn.error"):  # configure() changes these: put them back after
+        logger = logging.getLogger(name)
+        for attribute in ("handlers", "level", "propagate"):
+            monkeypatch.setattr(
+                logger, attribute, list(logger.handlers) if attribute == "handlers" else getattr(logger, attribute)
+            )
+    logs.configure("a@localhost")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.set_exception_handler(logs.loop_exception)
+        loop.call_soon(lambda: 1 / 0)
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+
+    out = capsys.readouterr()
+    assert out.err == ""
+    (text,) = out.out.splitlines()
+    record = json.loads(text)
+    assert record["level"] == "error" and "ZeroDivisionError" in record["exc"]
+
+
+def test_every_lets_one_line_through_a_second_and_counts_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    every = logs.Every(1.0)
+
+    assert [every.due() for _ in range(5)] == [1, 0, 0, 0, 0]
+    now[0] += 1.0
+    assert every.due() == 5

@@ -97,7 +97,7 @@ def test_new_refs_are_unique_strings() -> None:
 
 def test_encoded_state_is_the_state_as_json() -> None:
     room = Presence()
-    assert room.encoded_state() == "{}"
+    assert room.encoded_state() == b"{}"
 
     room.track("a@localhost", "alice", meta("r1", online_at=1, name='"quoted" \u00e9'))
     room.track("a@localhost", "bob", meta("r2"))

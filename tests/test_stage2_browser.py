@@ -6,6 +6,8 @@ messages came through the cluster. Playwright's sync API, as in test_browser.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
@@ -74,6 +76,28 @@ def test_pages_on_two_nodes_follow_the_cluster_live(cluster: Cluster, pages: Cha
     for page in (alice, bob):
         expect(page.locator("#connection")).to_have_attribute("data-state", "online")
         expect(page.locator("#messages li.error")).to_have_count(0)
+    assert pages.errors == []
+
+
+def test_a_run_of_one_users_messages_breaks_where_the_node_changes(cluster: Cluster, pages: ChatPages) -> None:
+    a, b = cluster.start("a", "b")
+    cluster.connect("a", "b")
+    on_a = pages.open(a.url, "alice")
+    on_b = pages.open(b.url, "alice")  # the same user in a second window, on the other node
+    send(on_a, "first, typed on a")
+    send(on_a, "second, typed on a")
+    expect(message(on_b, "second, typed on a")).to_have_count(1)
+    send(on_b, "third, typed on b")
+
+    for page in (on_a, on_b):
+        expect(message(page, "third, typed on b")).to_have_count(1)
+        # The second line continues the first: same user, same node, so its header is hidden.
+        expect(message(page, "second, typed on a")).to_have_class(re.compile(r"\bcont\b"))
+        # The third came through another node: a new block whose header names that node.
+        third = message(page, "third, typed on b")
+        expect(third).not_to_have_class(re.compile(r"\bcont\b"))
+        expect(third.locator(".meta")).to_be_visible()
+        expect(third.locator(".meta")).to_contain_text(full_name("b"))
     assert pages.errors == []
 
 

@@ -85,9 +85,13 @@
     const li = document.createElement("li");
     li.className = "msg";
     if (user === currentUser()) li.classList.add("mine");
-    // A run of messages reads as one block: only its first line says who and when.
-    if (prev && prev.sender === user && when && prev.sentAt && when - prev.sentAt < GROUP_MS) li.classList.add("cont");
+    // A run of messages reads as one block: only its first line says who, when and on
+    // which node. A message typed on another node starts a block, so its node shows.
+    if (prev && prev.sender === user && prev.node === msg.node && when && prev.sentAt && when - prev.sentAt < GROUP_MS) {
+      li.classList.add("cont");
+    }
     li.sender = user;
+    li.node = msg.node;
     li.sentAt = when;
     li.style.setProperty("--hue", hue(user));
 
@@ -195,7 +199,13 @@
     joinRef = String(ref + 1);
     joinedAs = user;
     send(TOPIC, "phx_join", params, (status, response) => {
-      if (status === "ok") { setConnection("online", "online"); return; }
+      if (status === "ok") {
+        setConnection("online", "online");
+        // The room moved on by more than its history while we were away: say so, above
+        // the oldest message it still has, which the replay shows next.
+        if (response.history_truncated) showEvent("some earlier messages are no longer available", "event gap");
+        return;
+      }
       joinRef = null;
       setConnection("offline", "join refused: " + (response.reason || status));
       setTimeout(join, 2000);

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, expect
@@ -54,19 +55,29 @@ class ChatPages:
         self.contexts: list[BrowserContext] = []
         self.errors: list[str] = []
 
-    def open(self, url: str, user: str, *, remembered: bool = False) -> Page:
+    def open(
+        self, url: str, user: str, *, remembered: bool = False, before_load: Callable[[Page], None] | None = None
+    ) -> Page:
         """A page joined to the lobby as `user`: typed into @username once the page asks
         for a name, or already stored in localStorage when `remembered` (a returning visitor)."""
-        page = self.visit(url, user if remembered else None, label=user)
+        page = self.visit(url, user if remembered else None, label=user, before_load=before_load)
         if not remembered:
             expect(page.locator("#connection")).to_have_attribute("data-state", "nameless")
             set_username(page, user)
         expect(page.locator("#connection")).to_have_attribute("data-state", "online")
         return page
 
-    def visit(self, url: str, remembered: str | None = None, *, label: str = "visitor") -> Page:
+    def visit(
+        self,
+        url: str,
+        remembered: str | None = None,
+        *,
+        label: str = "visitor",
+        before_load: Callable[[Page], None] | None = None,
+    ) -> Page:
         """A page loaded in a context of its own, as a new browser profile or a private
-        window has it; `remembered` is a name already stored in its localStorage."""
+        window has it; `remembered` is a name already stored in its localStorage;
+        `before_load` is called with the page before it loads (to route its socket)."""
         context = self.browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
         self.contexts.append(context)
         context.set_default_timeout(TIMEOUT_MS)
@@ -75,6 +86,8 @@ class ChatPages:
         page = context.new_page()
         page.on("console", lambda message: self._console(label, message))
         page.on("pageerror", lambda error: self.errors.append(f"{label}: page error: {error}"))
+        if before_load is not None:
+            before_load(page)
         page.goto(url)
         return page
 
@@ -94,7 +107,7 @@ def set_username(page: Page, user: str) -> None:
     """Type the name and press Enter, as a person would; the page then rejoins under it."""
     page.fill("#username", user)
     page.press("#username", "Enter")
-    expect(page.locator("#presence li.me")).to_have_text(user)
+    expect(page.locator("#presence li.me .name")).to_have_text(user)  # a count follows when in twice
 
 
 def send(page: Page, body: str) -> None:
