@@ -53,9 +53,9 @@ CLAIM_POLL = 0.25  # seconds between looks at an earlier incarnation's claim on 
 
 
 class Presences(Protocol):
-    """What membership asks of the hub: the cluster-wide presence of every topic."""
+    """What membership asks of the presence tracker: the cluster-wide presence of every topic."""
 
-    presences: dict[str, Presence]
+    rooms: dict[str, Presence]
 
     def apply_remote(self, topic: str, joins: list[Entry], leaves: list[Entry]) -> None: ...
 
@@ -91,10 +91,10 @@ class Membership:
         self._claimed = False  # whether the registry holds our claim; a refusal is logged once
         self._bad_lines = metrics.bad_peer_lines.labels(channel=node_channel(self.name))
 
-    def attach(self, broker: RedisBroker, hub: Presences, registry: Registry, spawn: Spawn) -> None:
-        """The broker and the hub report to us, so they are built after us and attached here."""
+    def attach(self, broker: RedisBroker, tracker: Presences, registry: Registry, spawn: Spawn) -> None:
+        """The broker and the tracker report to us, so they are built after us and attached here."""
         self.broker = broker
-        self.hub = hub
+        self.tracker = tracker
         self.registry = registry
         self.spawn = spawn
 
@@ -248,7 +248,7 @@ class Membership:
         logs.event(log, "node restarted", peer=peer.name, old_boot=peer.boot, boot=boot)
         peer.boot = boot
         peer.last_heard = time.monotonic()
-        self.hub.drop_node(peer.name)
+        self.tracker.drop_node(peer.name)
 
     async def _catch_up(self, name: str) -> None:
         """Deliver to our sockets what the stream holds past the last message they got."""
@@ -265,7 +265,7 @@ class Membership:
         if self.peers.pop(name, None) is None:
             return
         self.metrics.cluster_nodes.set(len(self.peers) + 1)
-        self.hub.drop_node(name)
+        self.tracker.drop_node(name)
         logs.event(log, "node disconnected", peer=name, reason=reason, nodes=len(self.peers) + 1, **fields)
 
     # Control lines on our Redis channel -------------------------------------------------
@@ -281,14 +281,14 @@ class Membership:
             return  # a late line of an earlier incarnation: what it says is gone
         peer.last_heard = time.monotonic()
         if isinstance(line, lines.PresenceChange):
-            self.hub.apply_remote(line.topic, line.joins, line.leaves)
+            self.tracker.apply_remote(line.topic, line.joins, line.leaves)
         elif isinstance(line, lines.Sync):
             # A full sync: a topic it leaves out holds nothing of the sender.
-            for topic in list(self.hub.presences):
+            for topic in list(self.tracker.rooms):
                 if topic not in line.topics:
-                    self.hub.sync_node(topic, line.node, [])
+                    self.tracker.sync_node(topic, line.node, [])
             for topic, entries in line.topics.items():
-                self.hub.sync_node(topic, line.node, entries)
+                self.tracker.sync_node(topic, line.node, entries)
             if line.want_reply:
                 self.spawn(self._send([line.node], self._sync_line(want_reply=False)))
 
@@ -298,7 +298,7 @@ class Membership:
             self.spawn(self._send(list(self.peers), line))
 
     def _sync_line(self, *, want_reply: bool) -> str:
-        topics = {topic: room.of_node(self.name) for topic, room in self.hub.presences.items()}
+        topics = {topic: room.of_node(self.name) for topic, room in self.tracker.rooms.items()}
         return lines.sync(self.name, self.boot, topics, want_reply=want_reply)
 
     async def _send(self, nodes: list[str], line: str) -> None:

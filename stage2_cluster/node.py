@@ -27,12 +27,12 @@ class ClusterNode(ChatNode):
         assert settings.redis_url is not None, "ClusterSettings.check requires REDIS_URL"
         metrics = Metrics()
         # The membership first: the broker asks it where messages go and hands it control
-        # lines, the hub hands it presence changes; it is attached to them once they exist.
+        # lines, the tracker hands it presence changes; it is attached to them once they exist.
         self.membership = Membership(settings, metrics)
         self.redis = RedisBroker(settings.redis_url, settings.node_name, settings.history_size, self.membership)
         super().__init__(settings, self.redis, replicate=self.membership.replicate_presence, metrics=metrics)
         self.registry = RedisRegistry(self.redis.client)
-        self.membership.attach(self.redis, self.hub, self.registry, self.spawn)
+        self.membership.attach(self.redis, self.tracker, self.registry, self.spawn)
         self.handshake = Handshake(settings, metrics, self.membership, self.registry, self.spawn)
         self._discovery: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from shared.broker import BrokerUnavailable, MemoryBroker
+from shared.broker import BrokerUnavailable
 from shared.hub import Hub
 from shared.metrics import Metrics
 from shared.presence import Entry
+from shared.tracker import PresenceTracker
 from stage2_cluster import lines, membership
 from stage2_cluster.membership import Membership
 from stage2_cluster.registry import Holder
@@ -79,9 +80,9 @@ class Node:
         settings = ClusterSettings(node_name=name, redis_url="redis://127.0.0.1:1/0", cluster_cookie="c" * 16)
         metrics = Metrics()
         self.membership = Membership(settings, metrics)
-        self.hub = Hub(settings, MemoryBroker(100), metrics, self.membership.replicate_presence)
+        self.tracker = PresenceTracker(name, Hub(metrics).deliver, self.membership.replicate_presence)
         self.tasks: set[asyncio.Task[None]] = set()
-        self.membership.attach(Broker(wire), self.hub, Registry(), self.spawn)  # type: ignore[arg-type]
+        self.membership.attach(Broker(wire), self.tracker, Registry(), self.spawn)  # type: ignore[arg-type]
         wire.nodes[name] = self.membership
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -91,7 +92,7 @@ class Node:
         return task
 
     def users(self, topic: str = LOBBY) -> set[str]:
-        room = self.hub.presences.get(topic)
+        room = self.tracker.rooms.get(topic)
         return {key for key in room.state()} if room is not None else set()
 
 
@@ -124,7 +125,7 @@ async def test_a_presence_line_that_failed_to_send_is_healed_by_the_next_full_sy
 ) -> None:
     a, b = await connected(wire)
     wire.lose.add(lines.Kind.PRESENCE)
-    a.hub.track(LOBBY, "alice", {"phx_ref": "r1"})
+    a.tracker.track(LOBBY, "alice", {"phx_ref": "r1"})
     await async_wait_until(lambda: wire.lost, what="alice's join sent, and lost")
     assert a.users() == {"alice"} and b.users() == set()
     with beating(a, monkeypatch):
@@ -146,7 +147,7 @@ async def test_a_new_incarnation_drops_what_the_old_one_left_and_its_late_lines_
 ) -> None:
     a, b = await connected(wire)
     old_boot = a.membership.boot
-    a.hub.track(LOBBY, "alice", {"phx_ref": "r1"})
+    a.tracker.track(LOBBY, "alice", {"phx_ref": "r1"})
     await async_wait_until(lambda: b.users() == {"alice"}, what="alice replicated to b")
     if meets == "handshake":
         await b.membership.add(A, "127.0.0.1:1", OTHER_BOOT)
