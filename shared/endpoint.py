@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from shared import logs
-from shared.socket import PhoenixSocket
 from shared.transport import find_transport
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ class SocketEndpoint:
             await refuse(scope, send, *refused)
             return
         chat = self.chat
-        sock = PhoenixSocket(chat.hub)
+        sock = chat.new_socket()
         frames = Frames(receive, send)
         transport = find_transport(send)
         # Counted before the first await, so that upgrades arriving together cannot pass MAX_CONNECTIONS.

@@ -14,6 +14,9 @@ class Metrics:
             "chat_fast_path_connections", "Open WebSocket connections written to directly (transport.py)", registry=r
         )
         self.joins = Counter("chat_joins", "Successful channel joins", registry=r)
+        self.joins_refused = Counter(
+            "chat_joins_refused", "Channel joins refused because the broker was unavailable", ["reason"], registry=r
+        )
         self.messages_in = Counter("chat_messages_in", "new:msg pushes accepted from clients", registry=r)
         self.messages_rejected = Counter("chat_messages_rejected", "Client pushes refused", ["reason"], registry=r)
         self.messages_out = Counter("chat_messages_out", "Broadcasts fanned out to local sockets", registry=r)

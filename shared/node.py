@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -15,15 +16,22 @@ from typing import Any
 from quart import Blueprint
 
 from shared import logs, protocol
-from shared.broker import Broker, MemoryBroker
-from shared.hub import Hub, Replicate
+from shared.broker import Broker, Delivery, MemoryBroker
+from shared.channel import Rooms, coalesce_entered
+from shared.hub import Hub
+from shared.messages import SYSTEM
 from shared.metrics import Metrics
+from shared.outbox import Budget
 from shared.settings import Settings
-from shared.socket import PhoenixSocket
+from shared.socket import IDLE_TIMEOUT, OUTBOX_LIMIT, PhoenixSocket
+from shared.tracker import PresenceTracker, Replicate
 
 log = logs.get("node")
 DRAIN_TIMEOUT = 10.0  # seconds to wait for sockets to flush and close on drain
 IDLE_SWEEP_SECONDS = 1.0  # how often idle sockets are looked for
+# Each connection's share of the node's outbox budget: MAX_CONNECTIONS of them bound what
+# all slow sockets together may hold queued (docs/protocol.md, Limits).
+OUTBOX_SHARE = 32 * 1024
 
 
 class ChatNode:
@@ -32,16 +40,25 @@ class ChatNode:
     # What `python -m` reads from the environment for this kind of node; a stage extends it.
     settings_class: type[Settings] = Settings
 
-    def __init__(self, settings: Settings, broker: Broker | None = None, replicate: Replicate | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        replicate: Replicate | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.broker: Broker = broker or MemoryBroker(settings.history_size)
-        self.hub = Hub(settings, self.broker, self.metrics, replicate)
+        self.hub = Hub(self.metrics, functools.partial(coalesce_entered, named=settings.entered_names))
+        self.tracker = PresenceTracker(settings.node_name, self.hub.deliver, replicate)
+        self.rooms = Rooms(settings.node_name, self.hub, self.tracker, self.broker, self.metrics)
+        self.budget = Budget(settings.max_connections * OUTBOX_SHARE)
         self.sockets: set[PhoenixSocket] = set()
         self.draining = False
         self._no_sockets = asyncio.Event()
         self._no_sockets.set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -50,6 +67,12 @@ class ChatNode:
     def nodes(self) -> list[str]:
         """This node first, then the nodes it is connected to (`Node.list([:this, :visible])`)."""
         return [self.name]
+
+    def new_socket(self, *, outbox_limit: int = OUTBOX_LIMIT, idle_timeout: float = IDLE_TIMEOUT) -> PhoenixSocket:
+        """A socket for one client of this node."""
+        return PhoenixSocket(
+            self.rooms, self.budget, self.settings.rate_limit, outbox_limit=outbox_limit, idle_timeout=idle_timeout
+        )
 
     def console_namespace(self) -> dict[str, object]:
         """What the remote console (shared/console.py) has at hand; a stage adds its own."""
@@ -68,27 +91,50 @@ class ChatNode:
     def ready(self) -> bool:
         return not self.draining and self.broker.available
 
+    async def claim(self) -> None:
+        """Before serving: what must hold for this node to start at all (stage 2: its name is
+        free); ConfigError if not."""
+
     async def start(self) -> None:
         await self.broker.start(self.hub.deliver)
         self.metrics.cluster_nodes.set(len(self.nodes()))
-        self.spawn(self.hub.ping_forever())
+        self.spawn(self.ping_forever())
         self.spawn(self.close_idle_forever())
 
     async def stop(self) -> None:
         await self.drain()
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.broker.stop()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a background loop for the node's lifetime; a crash is logged, not swallowed."""
+        """Run a background task (a loop for the node's lifetime, or a send); a crash is
+        logged, not swallowed, and whatever still runs is cancelled by stop()."""
         task = asyncio.create_task(coroutine)
         task.add_done_callback(_log_crash)
-        self._tasks.append(task)
+        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)
         return task
+
+    async def ping_forever(self) -> None:
+        """The original's demo timer: every PING_INTERVAL, `SYSTEM ping` to every joined socket.
+
+        The original ran one timer per channel; one timer per node sends the same
+        frames without a timer per socket.
+        """
+        interval = self.settings.ping_interval
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for topic in tuple(self.hub.members):
+                self.hub.deliver(
+                    Delivery(topic, protocol.broadcast(topic, "new:msg", {"user": SYSTEM, "body": "ping"}))
+                )
 
     async def close_idle_forever(self) -> None:
         """Close the sockets that went silent (PhoenixSocket.close_if_idle)."""

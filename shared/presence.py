@@ -47,16 +47,18 @@ class Presence:
 
     The `state()` a joiner is sent is kept up to date as presences come and go, rather
     than rebuilt for every join: in a room of N users a join storm would otherwise cost
-    N rebuilds of N entries. Its JSON is kept too, one piece per key, so a join
+    N rebuilds of N entries. Its JSON is kept too, one piece per key, so an encoding
     re-encodes only the keys that changed and joins the other pieces as they are (in
-    whatever order: a JSON object's keys have none)."""
+    whatever order: a JSON object's keys have none). A joiner is sent the last encoding
+    with its own entry added (`joiner_state`), so a storm of joins within one presence
+    batch shares one encoding instead of making one each."""
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}  # phx_ref -> entry
         self._state: State = {}
         self._pieces: dict[str, bytes] = {}  # key -> '"key":{"metas":[...]}'
         self._stale: set[str] = set()  # keys changed since their piece was encoded
-        self._encoded: bytes | None = None  # the whole state, until the next change
+        self._encoded: bytes | None = None  # the whole state when last encoded, until `expire`
 
     def track(self, node: str, key: str, meta: Meta) -> Entry:
         """Add a presence; `meta` must carry a `phx_ref` unique in the cluster."""
@@ -79,6 +81,10 @@ class Presence:
 
     def _changed(self, key: str) -> None:
         self._stale.add(key)
+
+    def expire(self) -> None:
+        """The changes since the last encoding went out to every member (the batch's
+        `presence_diff`): a joiner from now on needs a newer encoding."""
         self._encoded = None
 
     def drop_node(self, node: str) -> list[Entry]:
@@ -94,9 +100,23 @@ class Presence:
         """The current state, shared: encode it, don't change it."""
         return self._state
 
+    def joiner_state(self, key: str, meta: Meta) -> bytes:
+        """The JSON `presence_state` for a joiner that has just tracked (key, meta).
+
+        The last encoding, with the joiner's own entry added: every change since that
+        encoding is in the presence batch not yet sent, whose diff the joiner will get
+        as a member, since the tracker calls `expire` when it sends a batch. Clients
+        merge a diff's joins by `phx_ref`, so one they already hold costs nothing. A key
+        already in that encoding (a second tab) takes a fresh encoding instead."""
+        encoded = self._encoded
+        if encoded is None or key in self._pieces:
+            return self.encoded_state()
+        own = orjson.dumps({key: {"metas": [meta]}})[1:-1]
+        return b"".join((encoded[:-1], b"," if len(encoded) > 2 else b"", own, b"}"))  # one copy
+
     def encoded_state(self) -> bytes:
-        """`state()` as JSON."""
-        if self._encoded is None:
+        """`state()` as JSON, as it is now."""
+        if self._encoded is None or self._stale:
             pieces = self._pieces
             for key in self._stale:
                 value = self._state.get(key)

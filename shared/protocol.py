@@ -82,7 +82,7 @@ def encode(join_ref: str | None, ref: str | None, topic: str, event: str, payloa
 
 def encode_raw(join_ref: str | None, ref: str | None, topic: str, event: str, payload: bytes) -> str:
     """`encode` for a payload that is JSON already (a large presence state, encoded once)."""
-    return (orjson.dumps([join_ref, ref, topic, event])[:-1] + b"," + payload + b"]").decode()
+    return b"".join((orjson.dumps([join_ref, ref, topic, event])[:-1], b",", payload, b"]")).decode()
 
 
 def reply(frame: Frame, status: str, response: dict[str, Any] | None = None) -> str:

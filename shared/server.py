@@ -97,6 +97,7 @@ def hypercorn_config() -> Config:
 
 
 async def serve_node(chat: ChatNode, sock: socket.socket, console_sock: socket.socket | None = None) -> None:
+    await chat.claim()
     app = create_app(chat)
     if console_sock is not None:
         chat.spawn(console.serve(chat, console_sock))  # for the node's lifetime: its stop ends it
@@ -151,4 +152,8 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: Any)
         log.error(f"cannot serve the console on {where}: {error.strerror}")
         raise SystemExit(1) from None
     # Hypercorn owns `sock` from here and closes it; the console's server closes its own.
-    runner(serve_node(node_class(settings), sock, console_sock))
+    try:
+        runner(serve_node(node_class(settings), sock, console_sock))
+    except ConfigError as error:  # found out before serving: a name a live node holds
+        sys.stderr.write(f"config error: {error}\n")
+        raise SystemExit(2) from None

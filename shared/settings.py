@@ -59,6 +59,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()  # empty = same host as the request
     rate_limit: tuple[float, int] = (10.0, 20)  # per second, burst
     max_connections: int = 1000  # sockets one node holds; docs/protocol.md shows the memory arithmetic
+    entered_names: int = 10  # user:entered by name per room and batch; the rest summed (docs/protocol.md)
     console_port: int | None = None  # the remote console (shared/console.py); None: no console
 
     @classmethod
@@ -92,6 +93,9 @@ class Settings:
             "rate_limit": _rate_limit(get("RATE_LIMIT"), base.rate_limit),
             "max_connections": int(
                 number("MAX_CONNECTIONS", get("MAX_CONNECTIONS"), base.max_connections, 1, 1_000_000, integer=True)
+            ),
+            "entered_names": int(
+                number("ENTERED_NAMES", get("ENTERED_NAMES"), base.entered_names, 0, 1000, integer=True)
             ),
             "console_port": _console_port(get("CONSOLE_PORT"), base.console_port),
         }

@@ -1,30 +1,27 @@
-"""One client connection: routes Phoenix frames to channels and owns the outgoing buffer.
+"""One client connection: routes Phoenix frames to channels, through one lifetime.
 
 Transport-agnostic: `run()` takes `receive`/`send` coroutines, so the ASGI endpoint, a
-test or a benchmark can drive it. Reading happens in the task that calls `run()`.
-Frames mostly go straight to the transport (transport.py); a writer task exists only
-while frames wait in the outbox, so an idle socket holds no task of its own.
+test or a benchmark can drive it. Reading happens in the task that calls `run()`;
+writing is the outbox's (outbox.py). The socket's lifetime is a `State`, and every
+change of it goes through `_enter`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from enum import Enum
 
 from shared import logs, protocol
-from shared.channel import REPLAY_BUDGET, JoinRefused, RoomChannel, authorize, join_params
-from shared.transport import HIGH_WATER, Transport, text_frame
-
-if TYPE_CHECKING:
-    from shared.hub import Hub
+from shared.channel import REPLAY_BUDGET, JoinRefused, RoomChannel, Rooms, authorize, join_params
+from shared.outbox import Budget, Outbox, Send
+from shared.transport import Transport
 
 IDLE_TIMEOUT = 60.0  # seconds without any frame; phoenix.js heartbeats every 30 s
 # Bytes queued for one socket before it counts as too slow: the largest honest burst is a
 # join's replay, HISTORY_SIZE (100) messages of up to 8 KB of UTF-8 each. All sockets
-# together are bounded tighter, by the hub's outbox budget (docs/protocol.md, Limits).
+# together are bounded tighter, by the node's outbox budget (docs/protocol.md, Limits).
 OUTBOX_LIMIT = 1024 * 1024
 
 log = logs.get("socket")
@@ -68,155 +65,141 @@ class TokenBucket:
         return True
 
 
+class State(Enum):
+    NEW = "new"  # accepted, not yet served: frames wait in the outbox
+    OPEN = "open"  # reading frames, writing
+    CLOSING = "closing"  # reading no more: the outbox is flushed, then CLOSED
+    CLOSED = "closed"  # finished with `code`: nothing more is read or written
+
+
+# Where each state may go. CLOSED is final; a state not listed here is never entered.
+NEXT: dict[State, frozenset[State]] = {
+    State.NEW: frozenset({State.OPEN, State.CLOSING, State.CLOSED}),
+    State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
+    State.CLOSING: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
 class PhoenixSocket:
     # Thousands per node: slots keep each one small.
     __slots__ = (
-        "_closing",
-        "_code",
-        "_error",
         "_handling",
         "_interrupted",
-        "_send",
-        "_sending",
         "_task",
         "_waiting",
-        "_writer",
         "bucket",
         "channels",
-        "hub",
+        "code",
+        "error",
         "idle_timeout",
         "last_in",
+        "metrics",
         "outbox",
-        "outbox_bytes",
-        "outbox_limit",
         "replay_budget",
-        "transport",
+        "rooms",
+        "state",
     )
 
-    def __init__(self, hub: Hub, *, outbox_limit: int = OUTBOX_LIMIT, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        self.hub = hub
+    def __init__(
+        self,
+        rooms: Rooms,
+        budget: Budget,
+        rate_limit: tuple[float, int],
+        *,
+        outbox_limit: int = OUTBOX_LIMIT,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.rooms = rooms  # what the channels this socket joins need
+        self.metrics = rooms.metrics
         self.channels: dict[str, RoomChannel] = {}
-        self.outbox: list[str] = []  # taken whole by the writer: an empty list costs next to nothing
-        self.outbox_bytes = 0  # the memory the queued strings take (sys.getsizeof)
-        self.outbox_limit = outbox_limit
+        self.outbox = Outbox(budget, outbox_limit, self._flushed, self._writer_failed)
+        self.bucket = TokenBucket(*rate_limit)
         self.idle_timeout = idle_timeout  # the node's sweep closes a socket silent this long
         self.last_in = time.monotonic()  # when the last frame came in
-        self.bucket = TokenBucket(*hub.settings.rate_limit)
         self.replay_budget = TokenBucket(*REPLAY_BUDGET)  # bytes of history replayed to it
-        self._send: Callable[[str], Awaitable[None]] | None = None  # the ASGI way out, once running
-        self._writer: asyncio.Task[None] | None = None  # while the outbox is being sent
+        self.state = State.NEW
+        self.code: int | None = None  # CLOSING: the code to close with once flushed; CLOSED: the close code
+        self.error: BaseException | None = None  # what broke the writer
         self._task: asyncio.Task[object] | None = None  # the task in run(), once running
-        self._code: int | None = None  # the close code, once finished
-        self._error: BaseException | None = None  # what broke the writer
-        self._waiting = False  # run() waits on the client or the writer: _finish may interrupt it
-        self._interrupted = False  # _finish cancelled run()'s task
-        self._closing: int | None = None  # close after the outbox is flushed
-        self._sending = False  # a frame from the outbox is on its way through ASGI
-        self._handling = False  # a frame is being handled: a close waits for its reply
-        self.transport: Transport | None = None  # the fast path, when the server offers one
+        self._waiting = False  # run() waits on the client or the writer: entering CLOSED interrupts it
+        self._interrupted = False  # entering CLOSED cancelled run()'s task
+        self._handling = False  # a frame is being handled: CLOSING waits for its reply
 
-    # Outgoing --------------------------------------------------------------------------
+    # The lifetime -----------------------------------------------------------------------
 
-    def send(self, frame: str, wire: bytes | None = None) -> None:
-        """Send a frame: straight to the transport when it keeps up (`wire` is the frame
-        already framed, shared by every socket of a broadcast), else queued behind what
-        is waiting. A socket whose queue passes the bound is dropped, never waited for."""
-        if self._code is not None:
-            return
-        if self.transport is not None and self.write_now(wire if wire is not None else text_frame(frame)):
-            return
-        size = sys.getsizeof(frame)
-        hub = self.hub
-        if self.outbox_bytes + size > self.outbox_limit or (
-            self._send is not None and hub.outbox_bytes + size > hub.outbox_budget
-        ):
-            hub.metrics.drops.inc()
-            log.warning(
-                "socket dropped: outgoing buffer full",
-                extra={"fields": {"queued": len(self.outbox), "node_queued": hub.outbox_bytes}},
-            )
-            self._finish(protocol.CLOSE_POLICY)
-            return
-        self.outbox_bytes += size
-        if self._send is not None:  # a served socket: its queue counts against the node's budget
-            hub.outbox_bytes += size
-        self.outbox.append(frame)
-        self._write_soon()
-
-    def send_all(self, frames: list[str]) -> None:
-        """Send frames in order, in one write when the client keeps up (a join's replies,
-        state and history: one system call instead of a hundred)."""
-        if self._code is None and self.transport is not None and self.write_now(b"".join(map(text_frame, frames))):
-            return
-        for frame in frames:
-            self.send(frame)
-
-    def write_now(self, wire: bytes) -> bool:
-        """Write framed bytes straight to the transport if nothing waits before them and the
-        client keeps up; False when they must take the queue instead. The transport never
-        holds more than HIGH_WATER bytes written this way: what it cannot take is queued,
-        where the outbox bounds count it."""
-        transport = self.transport
-        if (
-            transport is not None
-            and not self.outbox
-            and not self._sending
-            and transport.get_write_buffer_size() + len(wire) <= HIGH_WATER
-            and not transport.is_closing()
-        ):
-            transport.write(wire)
-            return True
-        return False
+    def _enter(self, state: State, code: int | None = None) -> bool:
+        """The one place the state changes; False, and nothing changed, where `state` may
+        not follow the current one (a second close, a close after the end)."""
+        if state not in NEXT[self.state]:
+            return False
+        self.state, self.code = state, code
+        if state is State.CLOSING:
+            self.outbox.flush_soon()
+            self._flushed()  # nothing queued: closed at once
+        elif state is State.CLOSED:
+            self.outbox.transport = None  # nothing more goes around ASGI
+            task = self._task
+            if self._waiting and task is not None and task is not asyncio.current_task():
+                # Stops the wait on the client or the writer; a push in hand is never cut off
+                # midway, as `_waiting` is False while one is handled. run() takes this
+                # cancellation back (uncancel) and lets any other go on up.
+                self._interrupted = True
+                task.cancel()
+        return True
 
     def close(self, code: int) -> None:
         """Stop reading, flush what is queued, then close with `code` (drain, shutdown)."""
-        self._closing = code
-        self._write_soon()
+        self._enter(State.CLOSING, code)
 
     def close_if_idle(self, now: float) -> None:
         """Close with 1001 if no frame came in for `idle_timeout` seconds (phoenix.js sends
         a heartbeat every 30 s). One sweep per node does this, not a timer per socket."""
-        if now - self.last_in > self.idle_timeout and self._task is not None and self._code is None:
+        if (
+            now - self.last_in > self.idle_timeout
+            and self._task is not None
+            and self._enter(State.CLOSED, protocol.CLOSE_GOING_AWAY)
+        ):
             log.info("socket idle, closing", extra={"fields": {"after_s": self.idle_timeout}})
-            self._finish(protocol.CLOSE_GOING_AWAY)
 
-    def _finish(self, code: int) -> None:
-        """End the socket with `code`; run() returns it as soon as it can."""
-        self.transport = None  # nothing more goes around ASGI once we are closing
-        if self._code is not None:
+    def _flushed(self) -> None:
+        """The outbox is empty: a CLOSING socket is done, unless a frame's reply is still to come."""
+        closing = self.state is State.CLOSING and self._task is not None and not self._handling
+        if closing and self.outbox.idle:
+            self._enter(State.CLOSED, self.code)
+
+    def _writer_failed(self, error: BaseException) -> None:
+        self.error = error
+        self._enter(State.CLOSED, 1011)
+
+    # Outgoing ---------------------------------------------------------------------------
+
+    def send(self, frame: str, wire: bytes | None = None) -> None:
+        """Send a frame (outbox.py). A socket whose queue passes a bound is dropped, never waited for."""
+        if self.state is State.CLOSED:
             return
-        self._code = code
-        task = self._task
-        if self._waiting and task is not None and task is not asyncio.current_task():
-            self._interrupted = True
-            task.cancel()  # stops the wait; a push in hand is never cut off midway
+        if not self.outbox.put(frame, wire):
+            self._drop()
 
-    def _write_soon(self) -> None:
-        """Start the writer, unless it runs already or the socket is not being served."""
-        if self._writer is None and self._send is not None and self._code is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop(self._send))
-            self._writer.add_done_callback(self._writer_ended)
+    def send_all(self, frames: list[str]) -> None:
+        """Send a join's frames in order, in one write when the client keeps up (outbox.py:
+        one burst, held to the node's budget only)."""
+        if self.state is not State.CLOSED and not self.outbox.put_all(frames):
+            self._drop()
 
-    async def _write_loop(self, send: Callable[[str], Awaitable[None]]) -> None:
-        """Send what the outbox holds, then end; a close waits for the outbox and the push in hand."""
-        while self.outbox:
-            frames, self.outbox = self.outbox, []
-            self._sending = True
-            for frame in frames:
-                await send(frame)  # returns once Hypercorn's transport has drained below its mark
-                size = sys.getsizeof(frame)  # counted until then: a stalled client's frame is still here
-                self.outbox_bytes -= size
-                self.hub.outbox_bytes -= size
-            self._sending = False
-        self._writer = None  # from here on, a new frame starts a new writer
-        if self._closing is not None and not self._handling:
-            self._finish(self._closing)
+    def _drop(self) -> None:
+        self.metrics.drops.inc()
+        log.warning(
+            "socket dropped: outgoing buffer full",
+            extra={"fields": {"queued": len(self.outbox.frames), "node_queued": self.outbox.budget.used}},
+        )
+        self._enter(State.CLOSED, protocol.CLOSE_POLICY)
 
-    # Incoming --------------------------------------------------------------------------
+    # Incoming ---------------------------------------------------------------------------
 
     async def _read_loop(self, receive: Callable[[], Awaitable[str | bytes | None]]) -> None:
         try:
-            while self._closing is None and self._code is None:
+            while self.state is State.OPEN:
                 self._waiting = True
                 try:
                     data = await receive()
@@ -224,9 +207,9 @@ class PhoenixSocket:
                     self._waiting = False
                 self.last_in = time.monotonic()
                 if data is None:  # the client has gone
-                    self._finish(protocol.CLOSE_GOING_AWAY)
+                    self._enter(State.CLOSED, protocol.CLOSE_GOING_AWAY)
                     return
-                # A push taken in is answered even if a drain starts meanwhile: the writer
+                # A push taken in is answered even if a drain starts meanwhile: CLOSING
                 # waits for it, as cancelling it could store a message the client never
                 # hears about (and would send again).
                 self._handling = True
@@ -234,11 +217,10 @@ class PhoenixSocket:
                     await self.handle(data)
                 finally:
                     self._handling = False
-                    if self._closing is not None:
-                        self._write_soon()
+                    self._flushed()
         except protocol.ProtocolError as error:
             log.info("socket closed: bad frame", extra={"fields": {"reason": str(error), "code": error.code}})
-            self._finish(error.code)
+            self._enter(State.CLOSED, error.code)
 
     async def handle(self, data: str | bytes) -> None:
         """Route one incoming frame; raises ProtocolError when the socket must close."""
@@ -248,7 +230,7 @@ class PhoenixSocket:
         # Heartbeats count too: past the limit one is answered `rate_limited` like any frame
         # (phoenix.js takes any reply to its heartbeat as a sign of life).
         if not self.bucket.take():
-            self.hub.metrics.messages_rejected.labels("rate_limited").inc()
+            self.metrics.messages_rejected.labels("rate_limited").inc()
             self.send(protocol.reply(frame, "error", {"reason": "rate_limited"}))
             return
         if frame.topic == protocol.PHOENIX_TOPIC and frame.event == protocol.HEARTBEAT:
@@ -276,64 +258,55 @@ class PhoenixSocket:
         try:
             authorize(frame.topic)
             user, last_seen_id = join_params(frame.payload)
-            channel = RoomChannel(self, frame.topic, frame.join_ref, user)
+            channel = RoomChannel(self.rooms, self, frame.topic, frame.join_ref, user)
             self.channels[frame.topic] = channel
             await channel.join(frame, last_seen_id)
         except JoinRefused as refused:
             self.channels.pop(frame.topic, None)
             self.send(protocol.reply(frame, "error", {"reason": str(refused)}))
             return
-        self.hub.metrics.joins.inc()
+        self.metrics.joins.inc()
 
     def _leave(self, channel: RoomChannel) -> None:
         if self.channels.get(channel.topic) is channel:
             del self.channels[channel.topic]
         channel.leave()
 
-    # Lifetime --------------------------------------------------------------------------
+    # Serving ----------------------------------------------------------------------------
 
     async def run(
         self,
         receive: Callable[[], Awaitable[str | bytes | None]],
-        send: Callable[[str], Awaitable[None]],
+        send: Send,
         transport: Transport | None = None,
     ) -> int:
         """Serve until the client goes, a limit is hit or `close()` is called; returns the close code.
 
         `receive` returns None once the client has gone. `send` is the ASGI way out;
         `transport`, when given, is the fast path (transport.py)."""
-        self.transport = transport
-        self._send = send
-        self.hub.outbox_bytes += self.outbox_bytes  # from here on the node's budget counts this queue
+        task = self._task = asyncio.current_task()
+        assert task is not None, "run() runs in a task"
         self.last_in = time.monotonic()
-        self._task = asyncio.current_task()
+        self._enter(State.OPEN)
+        self.outbox.serve(send, transport if self.state is not State.CLOSED else None)
         try:
             await self._read_loop(receive)
-            if self._code is None:  # closing: the writer sends what is queued, then finishes
-                self._write_soon()
-                if self._writer is not None:
-                    self._waiting = True
-                    await self._writer
-                self._finish(self._closing or protocol.CLOSE_GOING_AWAY)
+            if self.state is State.OPEN:  # the read loop ended without a close: a drain came
+                self._enter(State.CLOSING, protocol.CLOSE_GOING_AWAY)
+            if self.state is State.CLOSING:  # the writer sends what is queued, then CLOSED
+                self._waiting = True
+                await self.outbox.flushed()
+                self._enter(State.CLOSED, self.code if self.code is not None else protocol.CLOSE_GOING_AWAY)
         except asyncio.CancelledError:
             # Our own interruption ends the socket; any other cancellation goes on up.
-            if not self._interrupted or self._task is None or self._task.uncancel() > 0:
+            if not self._interrupted or task.uncancel() > 0:
                 raise
         finally:
             self._waiting = False
-            if self._writer is not None:
-                self._writer.cancel()
-            # What was never sent is let go, and given back to the node's budget.
-            self.hub.outbox_bytes -= self.outbox_bytes
-            self.outbox, self.outbox_bytes = [], 0
+            self.outbox.stop()
             for channel in list(self.channels.values()):
                 self._leave(channel)
-        if self._error is not None:
-            raise self._error
-        assert self._code is not None
-        return self._code
-
-    def _writer_ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._error = task.exception()
-            self._finish(1011)
+        if self.error is not None:
+            raise self.error
+        assert self.state is State.CLOSED and self.code is not None
+        return self.code

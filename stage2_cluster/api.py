@@ -18,7 +18,7 @@ from quart import Blueprint, Response, jsonify, request
 from shared import app, logs
 from shared.app import error
 from shared.settings import NODE_NAME_RE
-from stage2_cluster.cluster import Cluster, ConnectError
+from stage2_cluster.handshake import ConnectError, Handshake
 from stage2_cluster.settings import ClusterSettings
 
 bp = Blueprint("cluster", __name__)
@@ -34,7 +34,7 @@ class ClusteredNode(Protocol):
     def settings(self) -> ClusterSettings: ...
 
     @property
-    def cluster(self) -> Cluster: ...
+    def handshake(self) -> Handshake: ...
 
     @property
     def name(self) -> str: ...
@@ -50,7 +50,7 @@ def node() -> ClusteredNode:
     # deem a ChatNode that matches ClusteredNode impossible.
     chat: object = app.node()
     if not isinstance(chat, ClusteredNode):
-        raise TypeError(f"the node API is served by a {type(chat).__name__}, which has no cluster")
+        raise TypeError(f"the node API is served by a {type(chat).__name__}, not a clustered node")
     return chat
 
 
@@ -97,16 +97,16 @@ async def connect() -> Response:
     name, address = body.get("node"), body.get("address")
     if not isinstance(name, str) or not NODE_NAME_RE.fullmatch(name):
         raise ConnectError(400, 'body needs "node": "name@host"')
-    if address is not None and not node().cluster.accept_address(address, "api"):
+    if address is not None and not node().handshake.accept_address(address, "api"):
         raise ConnectError(400, '"address" must be "host:port"')
-    await node().cluster.connect(name, address)
+    await node().handshake.connect(name, address)
     return view_of_nodes()
 
 
 @bp.delete("/api/nodes/<name>")
 @needs_cookie
 async def disconnect(name: str) -> Response:
-    if not await node().cluster.disconnect(name):
+    if not await node().handshake.disconnect(name):
         raise ConnectError(404, f"not connected to {name[:100]}")
     return view_of_nodes()
 
@@ -120,15 +120,15 @@ async def drain() -> Response:
 
 @bp.post("/cluster/hello")
 async def hello() -> Response:
-    return jsonify(node().cluster.on_hello(await json_body()))
+    return jsonify(node().handshake.on_hello(await json_body()))
 
 
 @bp.post("/cluster/confirm")
 async def confirm() -> Response:
-    return jsonify(await node().cluster.on_confirm(await json_body()))
+    return jsonify(await node().handshake.on_confirm(await json_body()))
 
 
 @bp.post("/cluster/goodbye")
 async def goodbye() -> Response:
-    await node().cluster.on_goodbye(await json_body())
+    await node().handshake.on_goodbye(await json_body())
     return jsonify({"ok": True})

@@ -7,8 +7,8 @@ atomically, every node receives a room's messages in stream order: one total ord
 per room, the same on every node. Nodes that are not connected never see each
 other's live messages, as with Phoenix PubSub over distributed Erlang.
 
-The same channels carry the cluster's own traffic (heartbeats, presence, handshake
-notices) as control messages, handed to `on_control`.
+The same channels carry the cluster's own traffic (heartbeats, presence) as control
+lines, handed to the membership; lines.py parses every kind.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import time
 from typing import Any, Protocol
 
@@ -29,19 +28,31 @@ from shared import logs, protocol
 from shared.broker import BrokerUnavailable, Deliver, Delivery
 from shared.history import Replay, RoomHistory
 from shared.messages import ChatMessage, Draft
+from stage2_cluster import lines
+from stage2_cluster.lines import BadLine
 from stage2_cluster.settings import redact_url
 
 log = logs.get("redis")
 
 COMMAND_TIMEOUT = 2.0  # a paused Redis must turn into "unavailable", not a hung push
+# Connections to Redis one node opens at most. Every command takes one for its round trip,
+# the subscription keeps one. redis-py's default pool allows 100 and *raises* on the 101st,
+# so 300 sockets pushing at once got 199 `unavailable` from a healthy Redis. This pool
+# waits for a free connection instead. Redis runs one command at a time, so more
+# connections add no throughput, only sockets: 50 keep it busy with round trips in flight,
+# and 100 nodes stay far below its 10000 clients.
+REDIS_POOL_SIZE = 50
+# How long a command waits for a free connection before the client is told `unavailable`.
+# Longer than COMMAND_TIMEOUT: in a burst the wait is mostly this node's own loop fanning
+# out the burst's messages, not Redis; a stuck Redis still frees every connection within
+# COMMAND_TIMEOUT. Half the Phoenix client's 10 s push timeout, so the answer still counts.
+REDIS_POOL_WAIT = 5.0
 WATCHDOG_INTERVAL = 1.0  # PING the subscription this often...
 WATCHDOG_DEADLINE = 3.0  # ...and call it dead when nothing came back for this long
 BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)
 BAD_LINE_LOG_EVERY = 1.0  # seconds: a flood of garbage costs one warning a second, the counter counts all
-MESSAGE_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
-# Wire format on a node channel: "<kind> <rest>". m = stored message, b = broadcast,
-# anything else is cluster control traffic.
+# The script writes the `m` line of lines.py.
 #
 # A push with a client_msg_id (ARGV[8], '' when none) is looked up first in the room's
 # hash KEYS[2] of (user, client_msg_id) -> id: if that id is still in the stream, the
@@ -90,10 +101,6 @@ for i = 9, #ARGV do
 end
 return {id, ts}
 """
-
-
-class BadLine(ValueError):
-    """A line on our channel that is not one of ours: anyone who can reach Redis can PUBLISH."""
 
 
 def node_channel(node: str) -> str:
@@ -149,14 +156,14 @@ def _frame_parts(topic: str, draft: Draft, node: str) -> tuple[str, str]:
 
 
 class Membership(Protocol):
-    """What the broker asks of the cluster it serves (`stage2_cluster.cluster.Cluster`)."""
+    """What the broker asks of the cluster it serves (`stage2_cluster.membership.Membership`)."""
 
     def targets(self) -> list[str]:
         """The nodes whose channels a message goes to, this one first."""
         ...
 
-    def on_control(self, kind: str, data: str) -> None:
-        """A control line from our channel (heartbeat, presence); BadLine if malformed."""
+    def on_control(self, line: lines.Control) -> None:
+        """A control line from our channel (heartbeat, presence)."""
         ...
 
     def on_health(self, healthy: bool) -> None: ...
@@ -175,7 +182,7 @@ class Alone:
     def targets(self) -> list[str]:
         return [self.node]
 
-    def on_control(self, kind: str, data: str) -> None:
+    def on_control(self, line: lines.Control) -> None:
         pass
 
     def on_health(self, healthy: bool) -> None:
@@ -193,13 +200,16 @@ class RedisBroker:
         self.history_size = history_size
         # encoding_errors="replace": bytes that are not UTF-8 (we never publish any) become
         # U+FFFD and fail parsing as a bad line, instead of raising inside redis-py's reader.
-        self.client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=REDIS_POOL_WAIT,
             socket_timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=COMMAND_TIMEOUT,
             decode_responses=True,
             encoding_errors="replace",
         )
+        self.client = aioredis.Redis.from_pool(pool)  # the client closes the pool with it
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._read_script = self.client.register_script(READ_SCRIPT)
         self._copies: dict[str, RoomHistory] = {}  # per topic, the last copy of its stream read (READ_SCRIPT)
@@ -262,7 +272,7 @@ class RedisBroker:
         self._deliver_to_hub(Delivery(topic, frame, exclude=exclude))
         peers = [name for name in self.membership.targets() if name != self.node]
         if peers:
-            await self.send(peers, f"b {topic} {frame}")
+            await self.send(peers, lines.broadcast(topic, frame))
 
     async def history(self, topic: str, after: str | None) -> Replay:
         kept = self._copies.get(topic)
@@ -310,7 +320,7 @@ class RedisBroker:
                 await self._subscribe_once()
                 attempt = 0
             except (RedisError, OSError, TimeoutError) as error:
-                logs.event(log, "subscription lost", level=30, error=str(error) or type(error).__name__)
+                logs.event(log, "subscription lost", level=logging.WARNING, error=str(error) or type(error).__name__)
             except Exception:
                 # A bug must not leave the node subscribed to nothing while /readyz says 200:
                 # log it, report not ready, and subscribe again like after any other loss.
@@ -354,7 +364,7 @@ class RedisBroker:
                 if now - last_heard > WATCHDOG_DEADLINE:
                     raise TimeoutError("no reply from redis on the subscription")
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     await pubsub.aclose()
 
@@ -407,22 +417,18 @@ class RedisBroker:
         self._deliver_to_hub(Delivery(topic, frame, message_id))
         return True
 
-    def _dispatch(self, line: str) -> None:
-        """Hand one line to the hub or the cluster; BadLine for anything we would never send."""
-        kind, _, rest = line.partition(" ")
-        if kind == "m":
-            topic, message_id, frame = _split(rest, 3)
-            if not MESSAGE_ID_RE.fullmatch(message_id):
-                raise BadLine("message id is not <ms>-<seq>")
+    def _dispatch(self, raw: str) -> None:
+        """Hand one line to the hub or the membership; BadLine for anything we would never send."""
+        line = lines.parse(raw)
+        if isinstance(line, lines.Stored):
             if self._holding:
-                self._held.append((topic, message_id, _frame(frame)))
+                self._held.append((line.topic, line.message_id, line.frame))
             else:
-                self._deliver_stored(topic, message_id, _frame(frame))
-        elif kind == "b":
-            topic, frame = _split(rest, 2)
-            self._deliver_to_hub(Delivery(topic, _frame(frame)))
+                self._deliver_stored(line.topic, line.message_id, line.frame)
+        elif isinstance(line, lines.Broadcast):
+            self._deliver_to_hub(Delivery(line.topic, line.frame))
         else:
-            self.membership.on_control(kind, rest)
+            self.membership.on_control(line)
 
     def _drop_bad_line(self, line: str, reason: str) -> None:
         self.bad_lines += 1
@@ -441,18 +447,3 @@ class RedisBroker:
     def _deliver_to_hub(self, delivery: Delivery) -> None:
         if self._deliver is not None:
             self._deliver(delivery)
-
-
-def _split(rest: str, parts: int) -> list[str]:
-    fields = rest.split(" ", parts - 1)
-    if len(fields) != parts or not all(fields):
-        raise BadLine(f"expected {parts} fields")
-    return fields
-
-
-def _frame(frame: str) -> str:
-    # What we publish is an encoded Phoenix frame; sockets get it as is, so at least its shape
-    # is checked here (a full JSON parse per message would cost the hot path).
-    if not (frame.startswith("[") and frame.endswith("]")):
-        raise BadLine("frame is not a JSON array")
-    return frame

@@ -8,7 +8,7 @@ node *try*. With a `secret`, libcluster encrypts the packets (AES-256-CBC keyed 
 secret's SHA-256), so several clusters can share a network without meeting.
 
 Here the heartbeat is `{"node": name, "address": "host:port"}` and hearing one calls
-`Cluster.connect_soon`, whose cookie handshake plays the Erlang cookie's part. With
+`Handshake.connect_soon`, whose cookie handshake plays the Erlang cookie's part. With
 GOSSIP_SECRET set the packets are AES-GCM, which also authenticates them: a packet
 that does not decrypt, or does not parse as a valid heartbeat, is dropped and counted.
 
@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared import logs
 from shared.settings import NODE_NAME_RE
-from stage2_cluster.cluster import valid_address
+from stage2_cluster.handshake import valid_address
 from stage2_cluster.settings import ClusterSettings
 
 if TYPE_CHECKING:
-    from stage2_cluster.cluster import Cluster
+    from stage2_cluster.handshake import Handshake
 
 log = logs.get("gossip")
 
@@ -125,8 +125,8 @@ def open_socket(interface: str) -> socket.socket:
 
 
 class Listener(asyncio.DatagramProtocol):
-    def __init__(self, cluster: Cluster, codec: Codec) -> None:
-        self.cluster = cluster
+    def __init__(self, handshake: Handshake, codec: Codec) -> None:
+        self.handshake = handshake
         self.codec = codec
         self.dropped = 0
         self.warned: set[str] = set()
@@ -150,13 +150,13 @@ class Listener(asyncio.DatagramProtocol):
             log.log(level, "gossip packet dropped", sender=sender, size=len(data), dropped=self.dropped)
             return
         name, address = heartbeat
-        cluster = self.cluster
-        if name == cluster.name or name in cluster.peers or name in self.pending:
+        handshake = self.handshake
+        if name == handshake.name or name in handshake.membership.peers or name in self.pending:
             return
         if len(self.pending) >= MAX_PENDING:
             return  # the next heartbeat from a real node comes within seconds
         retry = name in self.refused
-        task = cluster.connect_soon(name, address, source="gossip", quiet=retry)
+        task = handshake.connect_soon(name, address, source="gossip", quiet=retry)
         if task is not None:
             self.pending[name] = task
             task.add_done_callback(lambda _task: self.settled(name))
@@ -166,7 +166,7 @@ class Listener(asyncio.DatagramProtocol):
     def settled(self, name: str) -> None:
         """An attempt ended: remember whether it connected."""
         self.pending.pop(name, None)
-        if name in self.cluster.peers:
+        if name in self.handshake.membership.peers:
             self.refused.discard(name)
         elif len(self.refused) < MAX_WARNED:  # bounded, as the senders warned of above
             self.refused.add(name)
@@ -175,9 +175,8 @@ class Listener(asyncio.DatagramProtocol):
         log.warning("gossip send failed", error=str(exc))
 
 
-async def gossip(cluster: Cluster) -> None:
+async def gossip(settings: ClusterSettings, handshake: Handshake) -> None:
     """Heartbeat to the group and connect to every node heard, for the node's lifetime."""
-    settings = cluster.settings
     codec = Codec(settings.gossip_secret)
     interface = interface_address(settings)
     try:
@@ -186,13 +185,13 @@ async def gossip(cluster: Cluster) -> None:
         log.error("gossip unavailable", interface=interface, error=str(error))
         return
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: Listener(cluster, codec), sock=sock)
+    transport, _ = await loop.create_datagram_endpoint(lambda: Listener(handshake, codec), sock=sock)
     log.info("gossip started", group=f"{GROUP}:{PORT}", interface=interface, encrypted=codec.aead is not None)
     try:
         while True:
             # A random pause first, so nodes started together do not all announce at once.
             # (The HTTP socket already listens: shared/server.py binds it before startup.)
             await asyncio.sleep(random.uniform(*INTERVAL))
-            transport.sendto(codec.encode(cluster.name, cluster.address), (GROUP, PORT))
+            transport.sendto(codec.encode(handshake.name, handshake.address), (GROUP, PORT))
     finally:
         transport.close()

@@ -45,6 +45,14 @@ class ClusterSettings(Settings):
         one machine and knows none (127.0.0.1 stands in), stage 3 knows its pod's."""
         return None
 
+    @property
+    def address(self) -> str:
+        """The HTTP address peers reach this node at (`host:port`, `[ipv6]:port`)."""
+        host = self.host
+        if host in ("0.0.0.0", "::"):
+            host = self.own_ip or "127.0.0.1"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
 
 def _redis_url(raw: str | None, default: str | None) -> str | None:
     if raw is None:

@@ -33,7 +33,7 @@ from shared import logs
 from stage3_k8s.settings import K8sSettings
 
 if TYPE_CHECKING:
-    from stage2_cluster.cluster import Cluster
+    from stage2_cluster.handshake import Handshake
 
 log = logs.get("dns")
 
@@ -82,9 +82,9 @@ def address_of(ip: str, port: int) -> str:
 
 class DnsDiscovery:
     def __init__(
-        self, cluster: Cluster, settings: K8sSettings, resolver: dns.asyncresolver.Resolver | None = None
+        self, handshake: Handshake, settings: K8sSettings, resolver: dns.asyncresolver.Resolver | None = None
     ) -> None:
-        self.cluster = cluster
+        self.handshake = handshake
         self.settings = settings
         self.resolver = resolver or make_resolver(settings)
         # Our own A record is in the answer too, named like a peer: never connect to it.
@@ -114,13 +114,13 @@ class DnsDiscovery:
         listed = self.peers_in(ips)
         if listed.keys() != self.listed.keys():
             log.info("dns answer changed", service=self.settings.dns_service, peers=sorted(listed))
-        gone = [name for name in self.listed if name not in listed and name in self.cluster.peers]
+        gone = [name for name in self.listed if name not in listed and name in self.handshake.membership.peers]
         self.listed = listed
         for name, address in listed.items():
-            self.cluster.connect_soon(name, address, source="dns")
+            self.handshake.connect_soon(name, address, source="dns")
         if gone:
             # Concurrently: each goodbye to a vanished pod may wait for its HTTP timeout.
-            await asyncio.gather(*(self.cluster.disconnect(name, reason="gone from DNS") for name in gone))
+            await asyncio.gather(*(self.handshake.disconnect(name, reason="gone from DNS") for name in gone))
 
     async def run(self) -> None:
         while True:

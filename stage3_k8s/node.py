@@ -16,5 +16,5 @@ class K8sNode(ClusterNode):
 
     def discovery_loop(self) -> Coroutine[Any, Any, None] | None:
         if self.settings.discovery == "dns":
-            return DnsDiscovery(self.cluster, self.settings).run()
+            return DnsDiscovery(self.handshake, self.settings).run()
         return super().discovery_loop()

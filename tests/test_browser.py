@@ -39,6 +39,13 @@ OVERFLOWS_JS = """() => {
 }"""
 
 
+# The joins the page's "[and N others entered]" lines add up to.
+COUNTED_JS = """() => [...document.querySelectorAll("#messages .event")]
+    .map((li) => li.textContent.match(/^\\[and (\\d+) others? entered\\]$/))
+    .filter(Boolean)
+    .reduce((sum, m) => sum + Number(m[1]), 0)"""
+
+
 def bodies(page: Page, text: str) -> Locator:
     """The message bodies that contain `text`."""
     return page.locator("#messages .body").filter(has_text=text)
@@ -95,6 +102,24 @@ def test_a_new_visitor_joins_only_once_named_and_the_room_hears_only_the_name(
     for page in (alice, visitor):
         expect(page.locator("#presence li")).to_have_text(["alice", "bob"])
         expect(page.locator("body")).not_to_contain_text("anonymous")
+    assert pages.errors == []
+
+
+def test_joins_past_the_named_ones_show_as_one_count(pages: ChatPages) -> None:
+    """ENTERED_NAMES=0 sums every join of a batch into `users:entered`: however the three
+    joins below fall into batches, the page's count lines add up to three."""
+    with running_node("stage1_dev", {"PING_INTERVAL": "0", "ENTERED_NAMES": "0"}) as node:
+        alice = pages.open(node.url, "alice")
+        for name in ("bob", "carol", "dave"):
+            pages.open(node.url, name)
+        expect(alice.locator("#presence li")).to_have_text(["alice", "bob", "carol", "dave"])
+        lines = alice.locator("#messages .event")
+        # Every join is counted once, in whichever batch it fell; none by name.
+        alice.wait_for_function(f"({COUNTED_JS})() >= 3", timeout=10_000)
+        assert alice.evaluate(COUNTED_JS) == 3
+        expect(alice.locator("#messages")).not_to_contain_text("[bob entered]")
+        # The joiner itself heard its own entry by name, as before.
+        expect(lines.first).to_have_text("[alice entered]")
     assert pages.errors == []
 
 

@@ -18,14 +18,13 @@ import pytest
 from wsproto.frame_protocol import FrameProtocol
 
 import shared.socket
-from shared.broker import Broker, BrokerUnavailable, MemoryBroker
+from shared.broker import Broker, BrokerUnavailable, Delivery, MemoryBroker
 from shared.history import Replay
-from shared.hub import Hub
 from shared.messages import ChatMessage, Draft
-from shared.metrics import Metrics
+from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES
 from shared.settings import Settings
-from shared.socket import PhoenixSocket
+from shared.socket import NEXT, PhoenixSocket, State
 from tests.helpers.waits import async_wait_until
 
 LOBBY = "rooms:lobby"
@@ -34,12 +33,12 @@ DEADLINE = 5.0  # seconds; every wait in this file ends by then
 OK: dict[str, Any] = {"status": "ok", "response": {}}
 
 
-async def make_hub(broker: Broker | None = None, **settings: Any) -> Hub:
+async def make_node(broker: Broker | None = None, **settings: Any) -> ChatNode:
     config = Settings(**{"ping_interval": 0, **settings})
     broker = broker or MemoryBroker(config.history_size)
-    hub = Hub(config, broker, Metrics())
-    await broker.start(hub.deliver)
-    return hub
+    node = ChatNode(config, broker)
+    await broker.start(node.hub.deliver)
+    return node
 
 
 def text(join_ref: str | None, ref: str | None, topic: str, event: str, payload: dict[str, Any] | None = None) -> str:
@@ -50,9 +49,9 @@ def take(sock: PhoenixSocket, *, presence_diffs: bool = False) -> list[list[Any]
     """Every frame queued for `sock`, decoded, oldest first; empties the outbox.
 
     Presence diffs go out on a timer and are left out unless asked for."""
-    frames = [json.loads(frame) for frame in sock.outbox]
-    sock.outbox.clear()
-    sock.outbox_bytes = 0
+    frames = [json.loads(frame) for frame in sock.outbox.frames]
+    sock.outbox.frames.clear()
+    sock.outbox.bytes = 0
     return [f for f in frames if presence_diffs or f[3] != "presence_diff"]
 
 
@@ -60,13 +59,16 @@ async def take_when(sock: PhoenixSocket, expected: list[Any]) -> list[list[Any]]
     """`take(sock)` once `expected` is among the frames: events such as user:entered
     reach the other members in batches, a few milliseconds after they happen."""
     await async_wait_until(
-        lambda: any(json.loads(frame) == expected for frame in sock.outbox), DEADLINE, f"{expected} queued", 0.005
+        lambda: any(json.loads(frame) == expected for frame in sock.outbox.frames),
+        DEADLINE,
+        f"{expected} queued",
+        0.005,
     )
     return take(sock)
 
 
-async def joined(hub: Hub, user: str | None = "alice", join_ref: str = "1") -> PhoenixSocket:
-    sock = PhoenixSocket(hub)
+async def joined(node: ChatNode, user: str | None = "alice", join_ref: str = "1") -> PhoenixSocket:
+    sock = node.new_socket()
     payload = {} if user is None else {"user": user}
     await sock.handle(text(join_ref, join_ref, LOBBY, "phx_join", payload))
     frames = take(sock)
@@ -74,12 +76,22 @@ async def joined(hub: Hub, user: str | None = "alice", join_ref: str = "1") -> P
     return sock
 
 
-async def publish(hub: Hub, body: str, user: str = "bob") -> ChatMessage:
-    return await hub.broker.publish(LOBBY, Draft(user, body), hub.node)
+async def publish(node: ChatNode, body: str, user: str = "bob") -> ChatMessage:
+    return await node.broker.publish(LOBBY, Draft(user, body), node.name)
 
 
-async def stored(hub: Hub) -> list[ChatMessage]:
-    return (await hub.broker.history(LOBBY, None)).messages
+async def stored(node: ChatNode) -> list[ChatMessage]:
+    return (await node.broker.history(LOBBY, None)).messages
+
+
+async def take_diff(sock: PhoenixSocket) -> dict[str, Any]:
+    """The next presence_diff queued for `sock` (diffs go out on a timer)."""
+
+    def diffs() -> list[dict[str, Any]]:
+        return [json.loads(f)[4] for f in sock.outbox.frames if json.loads(f)[3] == "presence_diff"]
+
+    await async_wait_until(lambda: bool(diffs()), DEADLINE, "a presence_diff queued", 0.005)
+    return diffs()[0]
 
 
 def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
@@ -89,8 +101,8 @@ def new_msg(sock_frames: list[list[Any]]) -> list[dict[str, Any]]:
 class Client:
     """A socket served by `run()` over in-memory queues, as the Quart route serves it."""
 
-    def __init__(self, hub: Hub, **kwargs: Any) -> None:
-        self.socket = PhoenixSocket(hub, **kwargs)
+    def __init__(self, node: ChatNode, **kwargs: Any) -> None:
+        self.socket = node.new_socket(**kwargs)
         self.to_server: asyncio.Queue[str | bytes] = asyncio.Queue()
         self.from_server: asyncio.Queue[list[Any]] = asyncio.Queue()
         self.task: asyncio.Task[int] | None = None
@@ -144,11 +156,11 @@ class Client:
 
 
 async def test_join_sends_reply_entered_join_presence_state_then_history_oldest_first_then_presence_diff() -> None:
-    hub = await make_hub()
-    first = await publish(hub, "one")
-    second = await publish(hub, "two")
+    node = await make_node()
+    first = await publish(node, "one")
+    second = await publish(node, "two")
 
-    async with Client(hub) as alice:
+    async with Client(node) as alice:
         await alice.send("1", "1", LOBBY, "phx_join", {"user": "alice"})
         frames = [await alice.recv(skip=()) for _ in range(7)]
 
@@ -171,8 +183,8 @@ async def test_join_sends_reply_entered_join_presence_state_then_history_oldest_
 
 
 async def test_join_without_user_broadcasts_user_entered_null() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join"))
 
@@ -180,19 +192,58 @@ async def test_join_without_user_broadcasts_user_entered_null() -> None:
 
 
 async def test_user_entered_is_broadcast_to_members_already_in_the_room() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
 
-    await joined(hub, "bob")
+    await joined(node, "bob")
 
     entered = [None, None, LOBBY, "user:entered", {"user": "bob"}]
     assert await take_when(alice, entered) == [entered]
 
 
+async def test_a_join_storm_names_the_first_entered_names_and_counts_the_rest() -> None:
+    """ENTERED_NAMES per batch by name, the rest of the batch as one users:entered count.
+    The joins below run without the loop turning, so they fall into one batch."""
+    node = await make_node(entered_names=2)
+    alice = await joined(node, "alice")
+    await async_wait_until(lambda: LOBBY not in node.hub._events, DEADLINE, "alice's batch sent", 0.005)
+    take(alice)
+    joiners = [await joined(node, f"u{i}") for i in range(5)]
+
+    count = [None, None, LOBBY, "users:entered", {"count": 3}]
+    frames = await take_when(alice, count)
+    assert [f[4] for f in frames if f[3] in ("user:entered", "users:entered")] == [
+        {"user": "u0"},
+        {"user": "u1"},
+        {"count": 3},
+    ]
+    # A joiner summed in the count is not sent it (it heard its own entry at its join);
+    # one named hears the other named one and the count.
+    first = await take_when(joiners[0], [None, None, LOBBY, "user:entered", {"user": "u1"}])
+    assert [f[4] for f in first if f[3].endswith(":entered")] == [{"user": "u1"}, {"count": 3}]
+    await async_wait_until(lambda: LOBBY not in node.hub._events, DEADLINE, "the batch sent", 0.005)
+    assert [f[4] for f in take(joiners[4]) if f[3].endswith(":entered")] == [{"user": "u0"}, {"user": "u1"}]
+
+
+async def test_joiners_of_one_batch_share_one_encoding_and_each_finds_itself() -> None:
+    node = await make_node()
+    await joined(node, "alice")
+    socks = [node.new_socket() for _ in range(3)]
+    for i, sock in enumerate(socks):
+        await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": f"u{i}"}))
+
+    states = [next(f[4] for f in take(sock) if f[3] == "presence_state") for sock in socks]
+    # Each joiner's state holds the room as last encoded and itself; the joins between
+    # come in the batch's presence_diff, which every one of them gets.
+    assert [sorted(state) for state in states] == [["alice", f"u{i}"] for i in range(3)]
+    for sock in socks:
+        assert sorted((await take_diff(sock))["joins"]) == ["alice", "u0", "u1", "u2"]
+
+
 async def test_presence_state_lists_the_members_already_in_the_room_and_the_joiner() -> None:
-    hub = await make_hub()
-    await joined(hub, "alice")
-    bob = PhoenixSocket(hub)
+    node = await make_node()
+    await joined(node, "alice")
+    bob = node.new_socket()
 
     await bob.handle(text("1", "1", LOBBY, "phx_join", {"user": "bob"}))
 
@@ -203,8 +254,8 @@ async def test_presence_state_lists_the_members_already_in_the_room_and_the_join
 
 
 async def test_members_see_a_presence_diff_when_someone_joins_and_leaves() -> None:
-    hub = await make_hub()
-    async with Client(hub) as alice, Client(hub) as bob:
+    node = await make_node()
+    async with Client(node) as alice, Client(node) as bob:
         await alice.join("alice")
         await alice.recv_event("presence_diff", lambda diff: "alice" in diff["joins"])
         await bob.join("bob")
@@ -219,8 +270,8 @@ async def test_members_see_a_presence_diff_when_someone_joins_and_leaves() -> No
 
 
 async def test_join_of_another_room_is_unauthorized() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", "rooms:secret", "phx_join", {"user": "alice"}))
 
@@ -228,12 +279,12 @@ async def test_join_of_another_room_is_unauthorized() -> None:
         ["1", "1", "rooms:secret", "phx_reply", {"status": "error", "response": {"reason": "unauthorized"}}]
     ]
     assert sock.channels == {}
-    assert "rooms:secret" not in hub.members
+    assert "rooms:secret" not in node.hub.members
 
 
 async def test_join_of_an_unknown_topic_is_unmatched() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", "foo", "phx_join"))
 
@@ -244,21 +295,21 @@ async def test_join_of_an_unknown_topic_is_unmatched() -> None:
 
 
 async def test_push_on_an_unjoined_topic_is_unmatched() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "hi"}))
 
     assert take(sock) == [
         ["1", "2", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}]
     ]
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 @pytest.mark.parametrize("user", ["u" * 33, 42, ["alice"]])
 async def test_join_with_an_invalid_user_is_refused(user: Any) -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": user}))
 
@@ -266,21 +317,21 @@ async def test_join_with_an_invalid_user_is_refused(user: Any) -> None:
     assert reply[:4] == ["1", "1", LOBBY, "phx_reply"]
     assert reply[4]["status"] == "error"
     assert "user" in reply[4]["response"]["reason"]
-    assert LOBBY not in hub.members
+    assert LOBBY not in node.hub.members
 
 
 # new:msg ---------------------------------------------------------------------------------
 
 
 async def test_new_msg_is_broadcast_to_every_member_including_the_sender_and_replied_with_body_and_id() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node()
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     take(alice)
 
     await alice.handle(text("1", "2", LOBBY, "new:msg", {"user": "alice", "body": "  hello  "}))
 
-    [message] = await stored(hub)
+    [message] = await stored(node)
     assert (message.user, message.body, message.node) == ("alice", "hello", NODE)
     broadcast = [
         None,
@@ -312,9 +363,9 @@ INVALID_MESSAGES = {
 
 @pytest.mark.parametrize("payload", INVALID_MESSAGES.values(), ids=INVALID_MESSAGES.keys())
 async def test_invalid_new_msg_replies_error_and_is_neither_stored_nor_broadcast(payload: dict[str, Any]) -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node()
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     take(alice)
 
     await alice.handle(text("1", "2", LOBBY, "new:msg", payload))
@@ -323,28 +374,28 @@ async def test_invalid_new_msg_replies_error_and_is_neither_stored_nor_broadcast
     assert reply[:4] == ["1", "2", LOBBY, "phx_reply"]
     assert reply[4]["status"] == "error"
     assert isinstance(reply[4]["response"]["reason"], str) and reply[4]["response"]["reason"]
-    assert await stored(hub) == []
+    assert await stored(node) == []
     assert take(bob) == []
 
 
 async def test_unknown_event_on_a_joined_topic_replies_error() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
 
     await alice.handle(text("1", "2", LOBBY, "shout", {"body": "hi"}))
 
     [reply] = take(alice)
     assert reply[:4] == ["1", "2", LOBBY, "phx_reply"]
     assert reply[4]["status"] == "error"
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 # Heartbeat, leave, rejoin ----------------------------------------------------------------
 
 
 async def test_heartbeat_replies_ok() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text(None, "9", "phoenix", "heartbeat"))
 
@@ -352,8 +403,8 @@ async def test_heartbeat_replies_ok() -> None:
 
 
 async def test_leave_replies_ok_then_phx_close() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
 
     await alice.handle(text("1", "5", LOBBY, "phx_leave"))
 
@@ -361,21 +412,21 @@ async def test_leave_replies_ok_then_phx_close() -> None:
 
 
 async def test_after_leave_the_socket_gets_no_room_messages_and_its_presence_is_gone() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node()
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     await alice.handle(text("1", "5", LOBBY, "phx_leave"))
     take(alice)
 
     await bob.handle(text("1", "2", LOBBY, "new:msg", {"user": "bob", "body": "still there?"}))
 
     assert take(alice) == []
-    assert list(hub.presence(LOBBY).state()) == ["bob"]
+    assert list(node.tracker.room(LOBBY).state()) == ["bob"]
 
 
 async def test_push_after_leave_is_unmatched() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice")
+    node = await make_node()
+    alice = await joined(node, "alice")
     await alice.handle(text("1", "5", LOBBY, "phx_leave"))
     take(alice)
 
@@ -387,8 +438,8 @@ async def test_push_after_leave_is_unmatched() -> None:
 
 
 async def test_duplicate_join_closes_the_old_join_first_then_joins_again() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
 
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
 
@@ -396,12 +447,12 @@ async def test_duplicate_join_closes_the_old_join_first_then_joins_again() -> No
     assert frames[0] == ["1", "1", LOBBY, "phx_close", {}]
     assert frames[1] == ["3", "3", LOBBY, "phx_reply", OK]
     assert ["3", None, LOBBY, "join", {"status": "connected"}] in frames
-    assert len(hub.presence(LOBBY)) == 1
+    assert len(node.tracker.room(LOBBY)) == 1
 
 
 async def test_after_a_duplicate_join_messages_arrive_once_on_the_new_join() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
     take(alice)
 
@@ -419,20 +470,20 @@ async def test_after_a_duplicate_join_messages_arrive_once_on_the_new_join() -> 
 
 
 async def test_push_with_a_stale_join_ref_is_ignored() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
     take(alice)
 
     await alice.handle(text("1", "4", LOBBY, "new:msg", {"user": "alice", "body": "from the old join"}))
 
     assert take(alice) == []
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 async def test_leave_with_a_stale_join_ref_is_ignored() -> None:
-    hub = await make_hub()
-    alice = await joined(hub, "alice", join_ref="1")
+    node = await make_node()
+    alice = await joined(node, "alice", join_ref="1")
     await alice.handle(text("3", "3", LOBBY, "phx_join", {"user": "alice"}))
     take(alice)
 
@@ -440,18 +491,18 @@ async def test_leave_with_a_stale_join_ref_is_ignored() -> None:
 
     assert take(alice) == []
     assert alice.channels[LOBBY].join_ref == "3"
-    assert LOBBY in hub.members
+    assert LOBBY in node.hub.members
 
 
 # History and catch-up --------------------------------------------------------------------
 
 
 async def test_join_with_last_seen_id_replays_only_newer_messages() -> None:
-    hub = await make_hub()
-    first = await publish(hub, "one")
-    second = await publish(hub, "two")
-    third = await publish(hub, "three")
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    first = await publish(node, "one")
+    second = await publish(node, "two")
+    third = await publish(node, "three")
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": first.id}))
 
@@ -459,10 +510,10 @@ async def test_join_with_last_seen_id_replays_only_newer_messages() -> None:
 
 
 async def test_join_with_the_newest_id_as_last_seen_id_replays_nothing() -> None:
-    hub = await make_hub()
-    await publish(hub, "one")
-    newest = await publish(hub, "two")
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    await publish(node, "one")
+    newest = await publish(node, "two")
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": newest.id}))
 
@@ -473,8 +524,8 @@ async def test_join_with_the_newest_id_as_last_seen_id_replays_nothing() -> None
 
 @pytest.mark.parametrize("last_seen_id", ["yesterday", "1-2-3", "", 1700000000000, ["1-0"]])
 async def test_join_with_an_invalid_last_seen_id_is_refused(last_seen_id: Any) -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": last_seen_id}))
 
@@ -483,13 +534,13 @@ async def test_join_with_an_invalid_last_seen_id_is_refused(last_seen_id: Any) -
     assert reply[4]["status"] == "error"
     assert "last_seen_id" in reply[4]["response"]["reason"]
     assert sock.channels == {}
-    assert LOBBY not in hub.members
+    assert LOBBY not in node.hub.members
 
 
 async def test_join_replays_at_most_history_size_messages() -> None:
-    hub = await make_hub(history_size=3)
-    messages = [await publish(hub, f"message {n}") for n in range(5)]
-    sock = PhoenixSocket(hub)
+    node = await make_node(history_size=3)
+    messages = [await publish(node, f"message {n}") for n in range(5)]
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
 
@@ -497,9 +548,9 @@ async def test_join_replays_at_most_history_size_messages() -> None:
 
 
 async def test_a_join_whose_last_seen_id_left_history_is_told_in_its_reply() -> None:
-    hub = await make_hub(history_size=3)
-    messages = [await publish(hub, f"message {n}") for n in range(6)]
-    sock = PhoenixSocket(hub)
+    node = await make_node(history_size=3)
+    messages = [await publish(node, f"message {n}") for n in range(6)]
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": messages[1].id}))
 
@@ -509,9 +560,9 @@ async def test_a_join_whose_last_seen_id_left_history_is_told_in_its_reply() -> 
 
 
 async def test_a_join_whose_last_seen_id_is_still_in_history_gets_the_usual_reply() -> None:
-    hub = await make_hub(history_size=3)
-    messages = [await publish(hub, f"message {n}") for n in range(6)]
-    sock = PhoenixSocket(hub)
+    node = await make_node(history_size=3)
+    messages = [await publish(node, f"message {n}") for n in range(6)]
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice", "last_seen_id": messages[3].id}))
 
@@ -524,11 +575,11 @@ async def test_joins_past_the_replay_budget_are_refused_until_it_refills(frozen_
     from shared.channel import REPLAY_BUDGET
 
     rate, burst = REPLAY_BUDGET
-    hub = await make_hub(history_size=100, rate_limit=(1000.0, 1000))
+    node = await make_node(history_size=100, rate_limit=(1000.0, 1000))
     for n in range(100):
-        await publish(hub, f"{n:03} " + "x" * 1996)  # 100 messages of 2000 characters
-    replay_size = (await hub.broker.history(LOBBY, None)).size
-    sock = PhoenixSocket(hub)
+        await publish(node, f"{n:03} " + "x" * 1996)  # 100 messages of 2000 characters
+    replay_size = (await node.broker.history(LOBBY, None)).size
+    sock = node.new_socket()
     fits = burst // replay_size
 
     replies = []
@@ -540,13 +591,13 @@ async def test_joins_past_the_replay_budget_are_refused_until_it_refills(frozen_
     assert replies[-1]["response"] == {"reason": "replay_limited"}
     assert LOBBY not in sock.channels
     # A catch-up costs only what it missed: the newest id replays nothing, and is let in.
-    newest = (await stored(hub))[-1].id
+    newest = (await stored(node))[-1].id
     await sock.handle(text("c", "c", LOBBY, "phx_join", {"user": "alice", "last_seen_id": newest}))
     assert [f[4]["status"] for f in take(sock) if f[3] == "phx_reply"] == ["ok"]
     frozen_clock.now += replay_size / rate  # refilled by one replay's worth
     await sock.handle(text("r", "r", LOBBY, "phx_join", {"user": "alice"}))
     assert [f[4]["status"] for f in take(sock) if f[3] == "phx_reply"] == ["ok"]
-    assert hub.metrics.messages_rejected.labels("replay_limited")._value.get() == 1
+    assert node.metrics.messages_rejected.labels("replay_limited")._value.get() == 1
 
 
 class GatedBroker(MemoryBroker):
@@ -572,15 +623,15 @@ async def test_message_published_while_a_joiner_replays_history_is_delivered_onc
     read_before_gate: bool,
 ) -> None:
     broker = GatedBroker(100, read_before_gate=read_before_gate)
-    hub = await make_hub(broker)
-    first = await publish(hub, "one")
-    second = await publish(hub, "two")
-    sock = PhoenixSocket(hub)
+    node = await make_node(broker)
+    first = await publish(node, "one")
+    second = await publish(node, "two")
+    sock = node.new_socket()
 
     join = asyncio.create_task(sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"})))
     async with asyncio.timeout(DEADLINE):
         await broker.waiting.wait()
-    third = await publish(hub, "three")
+    third = await publish(node, "three")
     broker.gate.set()
     async with asyncio.timeout(DEADLINE):
         await join
@@ -590,10 +641,60 @@ async def test_message_published_while_a_joiner_replays_history_is_delivered_onc
     assert [m["id"] for m in new_msg(frames)] == [first.id, second.id, third.id]
 
 
+class LateBusBroker(MemoryBroker):
+    """Stores at once but hands live messages over only when told: in stage 2 the stream
+    (XADD) is written before the bus carries the message to the other nodes, so a joiner's
+    history can hold a message whose live copy reaches its node after the join is done."""
+
+    def __init__(self, history_size: int) -> None:
+        super().__init__(history_size)
+        self.holding = False
+        self.held: list[Delivery] = []
+
+    def _send(self, delivery: Delivery) -> None:
+        if self.holding:
+            self.held.append(delivery)
+        else:
+            super()._send(delivery)
+
+    def release(self) -> None:
+        self.holding = False
+        for delivery in self.held:
+            super()._send(delivery)
+        self.held.clear()
+
+
+async def test_a_replayed_message_whose_live_copy_arrives_after_the_join_is_not_sent_twice() -> None:
+    broker = LateBusBroker(100)
+    node = await make_node(broker)
+    first = await publish(node, "one")
+    broker.holding = True
+    second = await publish(node, "two")  # in history, its live copy still on the bus
+    sock = node.new_socket()
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
+    assert [m["id"] for m in new_msg(take(sock))] == [first.id, second.id]  # the replay
+
+    broker.release()  # "two" arrives live, after the join replayed it
+    third = await publish(node, "three")  # and the next one is delivered as usual
+    frames = await take_when_ids(sock, [third.id])
+    assert [m["id"] for m in new_msg(frames)] == [third.id]
+
+
+async def take_when_ids(sock: PhoenixSocket, ids: list[str]) -> list[list[Any]]:
+    """`take(sock)` once every message of `ids` is queued."""
+
+    def queued() -> bool:
+        seen = {json.loads(frame)[4].get("id") for frame in sock.outbox.frames}
+        return set(ids) <= seen
+
+    await async_wait_until(queued, DEADLINE, f"{ids} queued", 0.005)
+    return take(sock)
+
+
 async def test_broadcast_arriving_before_the_join_reply_is_sent_after_it() -> None:
     broker = GatedBroker(100, read_before_gate=False)
-    hub = await make_hub(broker)
-    sock = PhoenixSocket(hub)
+    node = await make_node(broker)
+    sock = node.new_socket()
 
     join = asyncio.create_task(sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"})))
     async with asyncio.timeout(DEADLINE):
@@ -632,21 +733,21 @@ class SwitchableBroker(MemoryBroker):
 
 async def test_join_while_the_broker_is_unavailable_replies_error_unavailable() -> None:
     broker = SwitchableBroker(100)
-    hub = await make_hub(broker)
+    node = await make_node(broker)
     broker.down = True
-    sock = PhoenixSocket(hub)
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
 
     assert take(sock) == [["1", "1", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unavailable"}}]]
-    assert LOBBY not in hub.members
+    assert LOBBY not in node.hub.members
 
 
 async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_broadcast() -> None:
     broker = SwitchableBroker(100)
-    hub = await make_hub(broker)
-    alice = await joined(hub, "alice")
-    bob = await joined(hub, "bob")
+    node = await make_node(broker)
+    alice = await joined(node, "alice")
+    bob = await joined(node, "bob")
     take(alice)
     broker.down = True
 
@@ -655,12 +756,12 @@ async def test_new_msg_while_the_broker_is_unavailable_replies_error_and_is_not_
     assert take(alice) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "unavailable"}}]]
     assert take(bob) == []
     broker.down = False
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 async def test_a_push_as_system_is_refused_and_neither_stored_nor_broadcast() -> None:
-    hub = await make_hub()
-    sock = await joined(hub, "mallory")
+    node = await make_node()
+    sock = await joined(node, "mallory")
     take(sock)
 
     await sock.handle(
@@ -669,12 +770,12 @@ async def test_a_push_as_system_is_refused_and_neither_stored_nor_broadcast() ->
 
     reason = {"reason": "user SYSTEM is reserved for the server"}
     assert take(sock) == [["1", "2", LOBBY, "phx_reply", {"status": "error", "response": reason}]]
-    assert await stored(hub) == []
+    assert await stored(node) == []
 
 
 async def test_a_join_as_system_is_refused() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub)
+    node = await make_node()
+    sock = node.new_socket()
 
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "system"}))
 
@@ -707,9 +808,9 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
     return clock
 
 
-async def rate_limited_socket(hub: Hub) -> PhoenixSocket:
+async def rate_limited_socket(node: ChatNode) -> PhoenixSocket:
     """A joined socket that has used 20 pushes (the join and 19 messages), all accepted."""
-    sock = PhoenixSocket(hub)
+    sock = node.new_socket()
     await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))
     for n in range(2, 21):
         await sock.handle(text("1", str(n), LOBBY, "new:msg", {"user": "alice", "body": f"message {n}"}))
@@ -719,18 +820,18 @@ async def rate_limited_socket(hub: Hub) -> PhoenixSocket:
 
 
 async def test_the_21st_quick_push_replies_rate_limited_and_is_not_stored(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
 
     await sock.handle(text("1", "21", LOBBY, "new:msg", {"user": "alice", "body": "one too many"}))
 
     assert take(sock) == [["1", "21", LOBBY, "phx_reply", {"status": "error", "response": {"reason": "rate_limited"}}]]
-    assert len(await stored(hub)) == 19
+    assert len(await stored(node)) == 19
 
 
 async def test_a_heartbeat_past_the_limit_replies_rate_limited(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
 
     await sock.handle(text(None, "hb", "phoenix", "heartbeat"))
 
@@ -740,8 +841,8 @@ async def test_a_heartbeat_past_the_limit_replies_rate_limited(frozen_clock: Fro
 
 
 async def test_heartbeats_use_up_the_burst(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = PhoenixSocket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = node.new_socket()
     for n in range(20):
         await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
 
@@ -753,8 +854,8 @@ async def test_heartbeats_use_up_the_burst(frozen_clock: FrozenTime) -> None:
 
 
 async def test_invalid_pushes_use_up_the_burst(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = PhoenixSocket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = node.new_socket()
     for n in range(20):
         await sock.handle(text(None, str(n), LOBBY, "new:msg", {"user": "eve", "body": ""}))
 
@@ -771,8 +872,8 @@ async def test_invalid_pushes_use_up_the_burst(frozen_clock: FrozenTime) -> None
 
 async def test_frames_refused_for_the_rate_cost_a_token_too(frozen_clock: FrozenTime) -> None:
     """A flooder that keeps sending runs into debt: one second's refill is not enough to get through."""
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
     for n in range(30):  # refused, and each one costs: 20 tokens of debt (the floor)
         await sock.handle(text(None, f"hb{n}", "phoenix", "heartbeat"))
     take(sock)
@@ -787,8 +888,8 @@ async def test_frames_refused_for_the_rate_cost_a_token_too(frozen_clock: Frozen
 
 
 async def test_the_bucket_refills_at_the_rate_per_second(frozen_clock: FrozenTime) -> None:
-    hub = await make_hub(rate_limit=(10.0, 20))
-    sock = await rate_limited_socket(hub)
+    node = await make_node(rate_limit=(10.0, 20))
+    sock = await rate_limited_socket(node)
 
     frozen_clock.now += 1.0
     for n in range(21, 32):
@@ -802,8 +903,8 @@ async def test_the_bucket_refills_at_the_rate_per_second(frozen_clock: FrozenTim
 
 
 async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_every_message() -> None:
-    hub = await make_hub()
-    slow = PhoenixSocket(hub, outbox_limit=4096)
+    node = await make_node()
+    slow = node.new_socket(outbox_limit=4096)
     await slow.handle(text("1", "1", LOBBY, "phx_join", {"user": "slow"}))
     never = asyncio.Event()
 
@@ -812,9 +913,9 @@ async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_ever
 
     slow_in: asyncio.Queue[str] = asyncio.Queue()
     slow_run = asyncio.create_task(slow.run(slow_in.get, stuck_send))
-    async with Client(hub) as fast:
+    async with Client(node) as fast:
         await fast.join("fast")
-        sent = [await publish(hub, f"{n} " + "x" * 300) for n in range(40)]
+        sent = [await publish(node, f"{n} " + "x" * 300) for n in range(40)]
 
         async with asyncio.timeout(DEADLINE):
             code = await slow_run
@@ -822,14 +923,37 @@ async def test_slow_consumer_is_dropped_with_1008_while_another_member_gets_ever
 
         assert code == 1008
         assert [f[4]["id"] for f in received] == [m.id for m in sent]
-        assert hub.metrics.registry.get_sample_value("chat_drops_total") == 1
+        assert node.metrics.registry.get_sample_value("chat_drops_total") == 1
         assert slow.channels == {}
-        assert {ch.socket for ch in hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
+        assert {ch.socket for ch in node.hub.members[LOBBY]} == {fast.socket}  # type: ignore[attr-defined]
+
+
+async def test_a_join_into_a_room_whose_list_passes_the_socket_bound_is_taken_whole() -> None:
+    """A join's frames are one burst, held to the node's budget only: a presence list
+    grows with the room, and a large room must not make every joiner "too slow"."""
+    node = await make_node()
+    for i in range(60):
+        await joined(node, f"user{i:02}")
+    await async_wait_until(lambda: LOBBY not in node.tracker._batches, DEADLINE, "the joins' diff sent", 0.005)
+    sock = node.new_socket(outbox_limit=4096)
+
+    await sock.handle(text("1", "1", LOBBY, "phx_join", {"user": "late"}))
+
+    assert sock.state is State.NEW and sock.code is None  # not dropped
+    frames = take(sock)
+    [state] = [f[4] for f in frames if f[3] == "presence_state"]
+    assert len(json.dumps(state)) > 4096 and len(state) == 61
+    # Past the burst, the socket's own bound holds again.
+    await async_wait_until(lambda: LOBBY not in node.hub._events, DEADLINE, "the batch sent", 0.005)
+    take(sock)
+    for n in range(20):
+        await publish(node, f"{n} " + "x" * 300)
+    assert sock.state is State.CLOSED and sock.code == 1008
 
 
 async def test_idle_socket_is_closed_with_1001_once_silent_past_its_timeout() -> None:
-    hub = await make_hub()
-    sock = PhoenixSocket(hub, idle_timeout=10.0)
+    node = await make_node()
+    sock = node.new_socket(idle_timeout=10.0)
     silence = asyncio.Event()
 
     async def receive() -> str:
@@ -851,32 +975,32 @@ async def test_idle_socket_is_closed_with_1001_once_silent_past_its_timeout() ->
 
 
 async def test_binary_frame_closes_with_1007() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send_raw(b'["1","1","rooms:lobby","phx_join",{}]')
 
         assert await client.close_code() == 1007
 
 
 async def test_unparseable_frame_closes_with_1007() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send_raw("hello?")
 
         assert await client.close_code() == 1007
 
 
 async def test_frame_over_64_kib_closes_with_1009() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send_raw(text("1", "1", LOBBY, "phx_join", {"pad": "x" * MAX_FRAME_BYTES}))
 
         assert await client.close_code() == 1009
 
 
 async def test_close_flushes_queued_frames_then_returns_the_code() -> None:
-    hub = await make_hub()
-    async with Client(hub) as client:
+    node = await make_node()
+    async with Client(node) as client:
         await client.send(None, "1", "phoenix", "heartbeat")
         assert await client.recv() == [None, "1", "phoenix", "phx_reply", OK]
         client.socket.send(text(None, None, LOBBY, "last", {}))
@@ -887,9 +1011,44 @@ async def test_close_flushes_queued_frames_then_returns_the_code() -> None:
         assert await client.recv() == [None, None, LOBBY, "last", {}]
 
 
+async def test_the_first_close_code_wins_and_a_close_after_the_end_changes_nothing() -> None:
+    node = await make_node()
+    async with Client(node) as client:
+        await client.join("alice")
+        client.socket.close(1001)
+        client.socket.close(1012)
+
+        assert await client.close_code() == 1001
+        client.socket.close(1011)
+        assert (client.socket.state, client.socket.code) == (State.CLOSED, 1001)
+
+
+def test_every_state_is_reached_and_closed_is_final() -> None:
+    reachable = {State.NEW} | {after for nexts in NEXT.values() for after in nexts}
+    assert reachable == set(State)
+    assert NEXT[State.CLOSED] == frozenset()
+    assert all(State.NEW not in nexts for nexts in NEXT.values())  # no way back
+
+
+async def test_a_cancellation_from_outside_goes_on_up_and_the_socket_leaves_its_room() -> None:
+    """Only the socket's own interruption (entering CLOSED) is taken back; a server
+    cancelling the connection's task sees its CancelledError."""
+    node = await make_node()
+    client = Client(node)
+    async with client:
+        await client.join("alice")
+        await client.recv_event("presence_state")
+        assert client.task is not None
+        client.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await client.task
+    assert LOBBY not in node.hub.members
+    assert len(node.tracker.room(LOBBY)) == 0
+
+
 async def test_a_socket_that_ends_leaves_its_room_and_its_presence_leaves() -> None:
-    hub = await make_hub()
-    async with Client(hub) as alice, Client(hub) as bob:
+    node = await make_node()
+    async with Client(node) as alice, Client(node) as bob:
         await alice.join("alice")
         await bob.join("bob")
         await alice.recv_event("presence_diff", lambda diff: "bob" in diff["joins"])
@@ -899,18 +1058,18 @@ async def test_a_socket_that_ends_leaves_its_room_and_its_presence_leaves() -> N
         diff = (await alice.recv_event("presence_diff", lambda diff: bool(diff["leaves"])))[4]
 
         assert list(diff["leaves"]) == ["bob"]
-        assert {ch.socket for ch in hub.members[LOBBY]} == {alice.socket}  # type: ignore[attr-defined]
-        assert list(hub.presence(LOBBY).state()) == ["alice"]
+        assert {ch.socket for ch in node.hub.members[LOBBY]} == {alice.socket}  # type: ignore[attr-defined]
+        assert list(node.tracker.room(LOBBY).state()) == ["alice"]
 
 
 # The original's demo timer ---------------------------------------------------------------
 
 
 async def test_joined_socket_receives_the_system_ping() -> None:
-    hub = await make_hub(ping_interval=0.01)
-    async with Client(hub) as alice:
+    node = await make_node(ping_interval=0.01)
+    async with Client(node) as alice:
         await alice.join("alice")
-        pinger = asyncio.create_task(hub.ping_forever())
+        pinger = asyncio.create_task(node.ping_forever())
         try:
             ping = await alice.recv_event("new:msg")
         finally:
@@ -920,10 +1079,10 @@ async def test_joined_socket_receives_the_system_ping() -> None:
 
 
 async def test_ping_interval_zero_turns_the_ping_off() -> None:
-    hub = await make_hub(ping_interval=0)
+    node = await make_node(ping_interval=0)
 
     async with asyncio.timeout(DEADLINE):
-        assert await hub.ping_forever() is None
+        assert await node.ping_forever() is None
 
 
 class CountingTransport:
@@ -952,10 +1111,10 @@ def text_frames(data: bytes) -> list[list[Any]]:
 async def test_a_join_with_history_goes_out_in_two_writes_in_order() -> None:
     """Reply and own user:entered, then join, presence_state and the history: one write
     on each side of the join's one await, not one per frame."""
-    hub = await make_hub()
+    node = await make_node()
     for n in range(5):
-        await publish(hub, f"m{n}")
-    sock, transport = PhoenixSocket(hub), CountingTransport()
+        await publish(node, f"m{n}")
+    sock, transport = node.new_socket(), CountingTransport()
     incoming: asyncio.Queue[str] = asyncio.Queue()
     run = asyncio.create_task(sock.run(incoming.get, incoming.put, transport))  # type: ignore[arg-type]
     await incoming.put(text("1", "1", LOBBY, "phx_join", {"user": "alice"}))

@@ -35,10 +35,10 @@ from hypothesis import strategies as st
 
 import shared.hub
 import shared.socket
+import shared.tracker
 from shared import protocol
 from shared.broker import MemoryBroker
-from shared.hub import Hub
-from shared.metrics import Metrics
+from shared.node import ChatNode
 from shared.protocol import MAX_FRAME_BYTES, ProtocolError
 from shared.settings import Settings
 from shared.socket import PhoenixSocket
@@ -403,29 +403,29 @@ class FrozenTime:
 
 @contextlib.contextmanager
 def frozen_socket_clock() -> Iterator[None]:
-    """The rate limit's clock stopped, and the hub's batches (room events, presence) sent on the
+    """The rate limit's clock stopped, and the node's batches (room events, presence) sent on the
     next turn of the loop instead of after some milliseconds: each frame's effects can then be
     checked before the next frame."""
-    hub = shared.hub
-    saved = shared.socket.time, hub.EVENT_BATCH_SECONDS, hub.PRESENCE_BATCH_SECONDS, hub.FLUSH_COST_FACTOR
+    hub, tracker = shared.hub, shared.tracker
+    saved = shared.socket.time, hub.EVENT_BATCH_SECONDS, tracker.PRESENCE_BATCH_SECONDS, hub.FLUSH_COST_FACTOR
     shared.socket.time = FrozenTime()  # type: ignore[assignment]
-    hub.EVENT_BATCH_SECONDS = hub.PRESENCE_BATCH_SECONDS = hub.FLUSH_COST_FACTOR = 0
+    hub.EVENT_BATCH_SECONDS = tracker.PRESENCE_BATCH_SECONDS = hub.FLUSH_COST_FACTOR = 0
     try:
         yield
     finally:
-        shared.socket.time, hub.EVENT_BATCH_SECONDS, hub.PRESENCE_BATCH_SECONDS, hub.FLUSH_COST_FACTOR = saved
+        shared.socket.time, hub.EVENT_BATCH_SECONDS, tracker.PRESENCE_BATCH_SECONDS, hub.FLUSH_COST_FACTOR = saved
 
 
 async def batches_sent() -> None:
-    """Let the loop run the hub's batch timers (due at once, see frozen_socket_clock)."""
+    """Let the loop run the node's batch timers (due at once, see frozen_socket_clock)."""
     for _ in range(3):
         await asyncio.sleep(0)
 
 
 def take(sock: PhoenixSocket) -> list[list[Any]]:
-    frames = [json.loads(frame) for frame in sock.outbox]
-    sock.outbox.clear()
-    sock.outbox_bytes = 0
+    frames = [json.loads(frame) for frame in sock.outbox.frames]
+    sock.outbox.frames.clear()
+    sock.outbox.bytes = 0
     for frame in frames:
         if frame[3] == "presence_diff":  # sent on a timer: checked for shape, not expected frame by frame
             assert set(frame[4]) == {"joins", "leaves"}, frame
@@ -439,16 +439,16 @@ def matches(got: list[list[Any]], want: list[list[Any]]) -> bool:
     return len(want) == 2 and want[0][3] == "new:msg" and got == [want[1], want[0]]
 
 
-async def make_hub(burst: int) -> Hub:
+async def make_node(burst: int) -> ChatNode:
     config = Settings(node_name=NODE, ping_interval=0, history_size=HISTORY, rate_limit=(10.0, burst))
     broker = MemoryBroker(HISTORY)
-    hub = Hub(config, broker, Metrics())
-    await broker.start(hub.deliver)
-    return hub
+    node = ChatNode(config, broker)
+    await broker.start(node.hub.deliver)
+    return node
 
 
-async def observer(hub: Hub) -> PhoenixSocket:
-    other = PhoenixSocket(hub)
+async def observer(node: ChatNode) -> PhoenixSocket:
+    other = node.new_socket()
     await other.handle(json.dumps(["o", "o", LOBBY, "phx_join", {"user": "observer"}]))
     await batches_sent()
     take(other)
@@ -456,11 +456,11 @@ async def observer(hub: Hub) -> PhoenixSocket:
 
 
 async def play(frames: list[str | bytes], burst: int, counter: list[int]) -> None:
-    hub = await make_hub(burst)
+    node = await make_node(burst)
     model = Model(burst)
     model.fresh_socket()
-    other = await observer(hub)
-    sock = PhoenixSocket(hub)
+    other = await observer(node)
+    sock = node.new_socket()
     observed: list[dict[str, Any]] = []
     for data in frames:
         counter[0] += 1
@@ -475,7 +475,7 @@ async def play(frames: list[str | bytes], burst: int, counter: list[int]) -> Non
                 sock._leave(channel)
             take(sock)
             observed += [f[4] for f in take(other) if f[3] == "new:msg"]
-            sock = PhoenixSocket(hub)
+            sock = node.new_socket()
             model.fresh_socket()
             continue
         want_socket, want_other, message = expect(model, value)
@@ -489,7 +489,7 @@ async def play(frames: list[str | bytes], burst: int, counter: list[int]) -> Non
             model.stored.append(message)
         observed += [f[4] for f in got_other if f[3] == "new:msg"]
     # Only valid messages were stored, exactly those the model expected; the other member got exactly them.
-    history = (await hub.broker.history(LOBBY, None)).messages
+    history = (await node.broker.history(LOBBY, None)).messages
     assert [(m.id, m.user, m.body) for m in history] == [(m.id, m.user, m.body) for m in model.stored[-HISTORY:]]
     for m in history:
         assert valid_user(m.user) == m.user and valid_body(m.body) == m.body and ID_RE.fullmatch(m.id)
@@ -547,9 +547,9 @@ def test_every_fuzzed_frame_gets_the_spec_reply_and_nothing_invalid_is_stored_or
 
 async def serve(frames: list[str | bytes], counter: list[int]) -> None:
     """Feed the frames to `run()` as the Quart route does: it must end with the code of the first fatal one."""
-    hub = await make_hub(1_000_000)
-    other = await observer(hub)
-    sock = PhoenixSocket(hub)
+    node = await make_node(1_000_000)
+    other = await observer(node)
+    sock = node.new_socket()
     incoming: asyncio.Queue[str | bytes] = asyncio.Queue()
     for data in frames:
         incoming.put_nowait(data)
@@ -573,10 +573,10 @@ async def serve(frames: list[str | bytes], counter: list[int]) -> None:
     counter[0] += len(frames)
     assert code == (fatal if fatal is not None else 1001)
     assert sock.channels == {}
-    assert all(channel.socket is not sock for channel in hub.members.get(LOBBY, ()))  # type: ignore[attr-defined]
-    for m in (await hub.broker.history(LOBBY, None)).messages:
+    assert all(channel.socket is not sock for channel in node.hub.members.get(LOBBY, ()))  # type: ignore[attr-defined]
+    for m in (await node.broker.history(LOBBY, None)).messages:
         assert valid_user(m.user) == m.user and valid_body(m.body) == m.body
-    for f in (json.loads(frame) for frame in other.outbox):
+    for f in (json.loads(frame) for frame in other.outbox.frames):
         if f[3] == "new:msg":
             assert valid_user(f[4]["user"]) == f[4]["user"] and valid_body(f[4]["body"]) == f[4]["body"]
 

@@ -272,13 +272,19 @@ def test_the_test_network_is_gone_afterwards() -> None:
     assert not set(names) & set(listed)
 
 
+class NoPeers:
+    def __init__(self) -> None:
+        self.peers: dict[str, object] = {}
+
+
 class RefusingCluster:
-    """Stands in for a Cluster whose every connect fails, recording how each was asked."""
+    """Stands in for a Handshake whose every connect fails, recording how each was asked."""
 
     name = "a@10.0.0.1"
 
     def __init__(self) -> None:
-        self.peers: dict[str, object] = {}
+        self.membership = NoPeers()
+        self.peers = self.membership.peers
         self.quiet: list[bool] = []
 
     def connect_soon(self, name: str, address: str, *, source: str, quiet: bool = False) -> asyncio.Task[None]:

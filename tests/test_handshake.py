@@ -13,25 +13,31 @@ def test_a_proof_checks_only_with_the_same_cookie_and_parts() -> None:
     assert not handshake.valid("cookie-0123456789abcdef", None, "hello")
 
 
+def hello_of(node: str) -> handshake.Hello:
+    return handshake.Hello(node, "1.2.3.4:4000", "na", "0123456789abcdef")
+
+
 def test_a_challenge_is_redeemed_once_and_only_by_the_node_it_was_issued_to() -> None:
     challenges = handshake.Challenges()
-    challenge = challenges.issue("a@x", "1.2.3.4:4000", "na")
+    challenge = challenges.issue(hello_of("a@x"))
     assert challenges.redeem(challenge, "c@x") is None
     assert challenges.redeem(challenge, "a@x") is None  # the wrong node's attempt used it up
-    again = challenges.issue("a@x", "1.2.3.4:4000", "na")
-    assert challenges.redeem(again, "a@x") == ("1.2.3.4:4000", "na")
+    hello = hello_of("a@x")
+    again = challenges.issue(hello)
+    assert challenges.redeem(again, "a@x") == hello
     assert challenges.redeem(again, "a@x") is None
 
 
 def test_unanswered_hellos_cannot_grow_the_open_challenges_without_bound() -> None:
     challenges = handshake.Challenges()
-    oldest = challenges.issue("a@x", "1.2.3.4:4000", "na")
+    oldest = challenges.issue(hello_of("a@x"))
     for _ in range(handshake.MAX_OPEN_CHALLENGES + 100):
-        challenges.issue("stranger@x", "5.6.7.8:1", "ns")
-    newest = challenges.issue("a@x", "1.2.3.4:4000", "na")
+        challenges.issue(hello_of("stranger@x"))
+    hello = hello_of("a@x")
+    newest = challenges.issue(hello)
     assert len(challenges._open) == handshake.MAX_OPEN_CHALLENGES
     assert challenges.redeem(oldest, "a@x") is None
-    assert challenges.redeem(newest, "a@x") == ("1.2.3.4:4000", "na")
+    assert challenges.redeem(newest, "a@x") == hello
 
 
 def test_a_proof_that_is_not_64_hex_digits_is_refused_without_comparing() -> None:

@@ -747,7 +747,7 @@ def test_hostile_origins_and_paths_are_logged_escaped_and_truncated(nodes: Clust
 
 
 def signed_goodbye(cookie: str, sender: str, receiver: str, stamp: float, nonce: str) -> dict[str, Any]:
-    """A goodbye as stage2_cluster/cluster.py signs it: HMAC-SHA256 over the parts, keyed with the cookie."""
+    """A goodbye as stage2_cluster/handshake.py signs it: HMAC-SHA256 over the parts, keyed with the cookie."""
     parts = "|".join(["goodbye", sender, receiver, str(stamp), nonce])
     proof = hmac.new(cookie.encode(), parts.encode(), hashlib.sha256).hexdigest()
     return {"node": sender, "ts": stamp, "nonce": nonce, "proof": proof}
@@ -864,7 +864,7 @@ class Strangers:
 
 
 def test_a_dns_answer_listing_addresses_that_are_not_chat_nodes_joins_no_one() -> None:
-    from stage2_cluster.cluster import HTTP_TIMEOUT
+    from stage2_cluster.handshake import HTTP_TIMEOUT
     from tests.helpers.results import record
 
     strangers = {

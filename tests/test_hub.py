@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 import shared.hub
-from shared.broker import Delivery, MemoryBroker
+from shared.broker import Delivery
 from shared.hub import Hub
 from shared.metrics import Metrics
-from shared.settings import Settings
 from shared.transport import text_frame
 from tests.helpers.waits import async_wait_until
 
@@ -34,8 +33,7 @@ class Recorder:
 
 
 def make_hub() -> Hub:
-    settings = Settings(ping_interval=0)
-    return Hub(settings, MemoryBroker(settings.history_size), Metrics())
+    return Hub(Metrics())
 
 
 def event(user: str, exclude: object = None) -> Delivery:

@@ -129,6 +129,25 @@ def test_no_import_from_a_higher_or_sibling_stage(package: str) -> None:
     assert wrong == []
 
 
+# Inside stage 2 the cluster's modules are layered: the lines and the registry know nothing of
+# the rest, membership and the handshake reach the registry through its Protocol (a type hint
+# only), and only node.py, which builds them all, imports them all.
+STAGE2_FLOORS = {
+    "stage2_cluster.lines": set(),
+    "stage2_cluster.settings": set(),
+    "stage2_cluster.registry": set(),
+    "stage2_cluster.broker": {"stage2_cluster.lines", "stage2_cluster.settings"},
+    "stage2_cluster.membership": {"stage2_cluster.lines", "stage2_cluster.broker"},
+    "stage2_cluster.handshake": {"stage2_cluster.lines"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(STAGE2_FLOORS))
+def test_each_cluster_module_imports_only_the_layers_below_it(module: str) -> None:
+    imports = {name for name in project_graph()[module] if name.startswith("stage2_cluster.")}
+    assert imports <= STAGE2_FLOORS[module]
+
+
 # The tests themselves: what they share lives in tests/helpers/ ---------------------------------
 
 

@@ -125,3 +125,29 @@ def test_encoded_state_follows_every_change(steps: list[tuple[bool, str, str]], 
         if n % encode_every == 0:
             assert json.loads(room.encoded_state()) == room.state()
     assert json.loads(room.encoded_state()) == room.state()
+
+
+def test_joiner_state_is_the_last_encoding_plus_the_joiner_until_it_expires() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1"))
+    room.encoded_state()
+    room.track("a@localhost", "bob", meta("r2"))
+    room.track("a@localhost", "carol", meta("r3"))
+
+    # The encoding of alice alone, with carol's own entry: bob comes in the batch's diff.
+    assert json.loads(room.joiner_state("carol", meta("r3"))) == {
+        "alice": {"metas": [meta("r1")]},
+        "carol": {"metas": [meta("r3")]},
+    }
+    room.expire()  # the batch went out: from now on the state as it is
+    assert json.loads(room.joiner_state("carol", meta("r3"))) == room.state()
+
+
+def test_joiner_state_of_a_key_already_encoded_is_encoded_afresh() -> None:
+    room = Presence()
+    room.track("a@localhost", "alice", meta("r1"))
+    room.encoded_state()
+    room.track("a@localhost", "alice", meta("r2"))  # a second tab
+
+    assert json.loads(room.joiner_state("alice", meta("r2"))) == room.state()
+    assert len(room.state()["alice"]["metas"]) == 2

@@ -39,6 +39,7 @@ CONFIG_VARS = (
     "ALLOWED_ORIGINS",
     "RATE_LIMIT",
     "MAX_CONNECTIONS",
+    "ENTERED_NAMES",
     "NODE_DOWN_AFTER",
     "GOSSIP_SECRET",
     "CONSOLE_PORT",
@@ -57,6 +58,7 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
     assert settings.allowed_origins == ()
     assert settings.rate_limit == (10.0, 20)
     assert settings.max_connections == 1000
+    assert settings.entered_names == 10
     assert settings.console_port is None  # no console
 
 
@@ -130,6 +132,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
             "ALLOWED_ORIGINS": "http://localhost:4000, https://chat.example/",
             "RATE_LIMIT": "2.5/7",
             "MAX_CONNECTIONS": "250",
+            "ENTERED_NAMES": "0",
             "NODE_DOWN_AFTER": "3",
             "CONSOLE_PORT": " 4100 ",
         }
@@ -148,6 +151,7 @@ def test_variables_are_parsed_into_typed_values() -> None:
     assert settings.allowed_origins == ("http://localhost:4000", "https://chat.example")
     assert settings.rate_limit == (2.5, 7)
     assert settings.max_connections == 250
+    assert settings.entered_names == 0
     assert settings.node_down_after == 3
     assert settings.console_port == 4100
 
@@ -197,6 +201,9 @@ def test_allowed_origins_accepts_a_star() -> None:
         ("MAX_CONNECTIONS", "0"),
         ("MAX_CONNECTIONS", "1e3"),
         ("MAX_CONNECTIONS", "lots"),
+        ("ENTERED_NAMES", "-1"),
+        ("ENTERED_NAMES", "1001"),
+        ("ENTERED_NAMES", "2.5"),
         ("NODE_DOWN_AFTER", "0"),
         ("GOSSIP_SECRET", "short"),
         ("CONSOLE_PORT", "0"),

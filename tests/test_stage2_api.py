@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 A, B = "a@localhost", "b@localhost"
 FAKE = "x@localhost"  # a node the test plays itself
+FAKE_BOOT = "0123456789abcdef"  # its incarnation (stage2_cluster/lines.py)
 
 
 @pytest.fixture(scope="module")
@@ -201,13 +202,13 @@ def digest(peers: list[dict[str, str]]) -> str:
 def hello(cluster: Cluster, address: str) -> dict[str, Any]:
     """Send x's hello to a, check a's proof of the cookie, and return a's answer (with x's challenge)."""
     challenge = secrets.token_hex(16)
-    response = call(
-        cluster, "POST", "/cluster/hello", auth=None, json={"node": FAKE, "address": address, "challenge": challenge}
-    )
+    body = {"node": FAKE, "address": address, "challenge": challenge, "boot": FAKE_BOOT}
+    response = call(cluster, "POST", "/cluster/hello", auth=None, json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["node"] == A
-    assert answer["proof"] == proof(cluster.cookie, "hello", A, FAKE, address, challenge, answer["challenge"])
+    signed = proof(cluster.cookie, "hello", A, FAKE, address, challenge, answer["challenge"], answer["boot"])
+    assert answer["proof"] == signed
     return {**answer, "mine": challenge}
 
 
@@ -216,7 +217,7 @@ def confirm_body(answer: dict[str, Any], cookie: str, peers: list[dict[str, str]
     return {
         "node": FAKE,
         "challenge": answer["challenge"],
-        "proof": proof(cookie, "confirm", FAKE, A, answer["challenge"], digest(peers)),
+        "proof": proof(cookie, "confirm", FAKE, A, answer["challenge"], FAKE_BOOT, digest(peers)),
         "peers": peers,
     }
 
@@ -235,10 +236,10 @@ def test_replayed_confirm_is_refused_and_changes_nothing(apart: Cluster) -> None
     replayed = call(apart, "POST", "/cluster/confirm", auth=None, json=confirm)
     assert_json_error(replayed, 403)
     assert views(apart) == ([A], [B])
-    # The line reaches us through the node's stdout, a moment after the response.
+    # The node logs before it answers; the line reaches the test through a reader thread.
     wait_until(
         lambda: any(e.get("event") == "handshake refused" and e.get("peer") == FAKE for e in apart.node("a").logs()),
-        what="the refusal logged",
+        what="a logs the refusal",
     )
 
 
@@ -338,7 +339,7 @@ def bad_addresses(cluster: Cluster, source: str) -> float:
 
 def test_a_bad_address_in_a_hello_or_a_peer_list_is_refused_and_counted(apart: Cluster) -> None:
     hellos, peer_lists = bad_addresses(apart, "hello"), bad_addresses(apart, "peers")
-    body = {"node": FAKE, "address": "127.0.0.1:1/x?y", "challenge": secrets.token_hex(16)}
+    body = {"node": FAKE, "address": "127.0.0.1:1/x?y", "challenge": secrets.token_hex(16), "boot": FAKE_BOOT}
     assert_json_error(call(apart, "POST", "/cluster/hello", auth=None, json=body), 400)
     assert bad_addresses(apart, "hello") == hellos + 1
 

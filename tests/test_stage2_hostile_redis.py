@@ -18,7 +18,9 @@ import pytest
 
 from shared.broker import Delivery
 from stage2_cluster.broker import Alone, RedisBroker, node_channel
-from stage2_cluster.cluster import REGISTRY_KEEP, valid_address
+from stage2_cluster.handshake import valid_address
+from stage2_cluster.lines import Control, heartbeat
+from stage2_cluster.membership import REGISTRY_KEEP
 from stage2_cluster.settings import ClusterSettings, redact_url
 from tests.helpers.cluster import Cluster, env_without, full_name, poll_readyz
 from tests.helpers.metrics import metric
@@ -139,7 +141,7 @@ async def test_a_crashed_subscription_is_restarted_and_reported_not_ready_meanwh
     health: list[bool] = []
 
     class Buggy(Alone):
-        def on_control(self, kind: str, data: str) -> None:
+        def on_control(self, line: Control) -> None:
             crashed.set()
             raise RuntimeError("a bug in a control handler")
 
@@ -150,7 +152,7 @@ async def test_a_crashed_subscription_is_restarted_and_reported_not_ready_meanwh
     await broker.start(delivered.append)
     try:
         await async_wait_until(lambda: broker.available, what="subscribed")
-        await broker.send(["x@localhost"], "q boom")
+        await broker.send(["x@localhost"], heartbeat("y@localhost", "0123456789abcdef"))
         async with asyncio.timeout(10):
             await crashed.wait()
         await async_wait_until(lambda: health[-2:] == [False, True], what="down, then subscribed again")

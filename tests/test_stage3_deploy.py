@@ -26,15 +26,17 @@ import pytest
 import yaml
 
 from stage3_k8s.deploy import clusters, proofs
-from stage3_k8s.deploy.actions import Up, scale
+from stage3_k8s.deploy import shell as shell_module
+from stage3_k8s.deploy.actions import Up, scale, status
 from stage3_k8s.deploy.build import image_tag
 from stage3_k8s.deploy.clusters import CLOUD_PROVIDER_KIND_IMAGE, Kind
 from stage3_k8s.deploy.config import NAMESPACE, OVERLAYS, SECRET
 from stage3_k8s.deploy.pods import Pod, cause_of, chat_pods, rollout, shortfall, wait_one_cluster
 from stage3_k8s.deploy.proofs import browser_host, exchange_message, http_status, prove_entry
 from stage3_k8s.deploy.resources import cookie_objects, kustomization, tagged_overlay
-from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool
+from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool, shown
 from tests.helpers.entry_proxy import EntryProxy
+from tests.helpers.entry_proxy import kind_route as rendered_kind_route
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
@@ -119,6 +121,57 @@ def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
     assert index_of(commands(result.stdout), "docker", "build") >= 0
 
 
+def test_the_dry_runs_first_line_says_what_it_needs_and_what_is_not_found(tmp_path: Path) -> None:
+    (tmp_path / "docker").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "docker").chmod(0o755)
+    result = run_deploy("--dry-run", "up", path=str(tmp_path))
+    first, second = result.stdout.splitlines()[:2]
+    assert first == "# dry run of `up` on kind, which needs docker, kind, kubectl: not found: kind"
+    assert second == f"#   kind: {WHERE_TO_GET['kind']}"
+    (tmp_path / "kind").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "kind").chmod(0o755)
+    result = run_deploy("--dry-run", "up", path=str(tmp_path))
+    assert (
+        result.stdout.splitlines()[0] == "# dry run of `up` on kind, which needs docker, kind, kubectl: all found here"
+    )
+
+
+class RecordedRuns:
+    """subprocess.run for a real (not dry) Shell: records each command and answers like a 2-pod cluster
+    whose second pod sees its peer only from the second poll on."""
+
+    def __init__(self) -> None:
+        self.cmds: list[list[str]] = []
+        self.views = 0
+
+    def __call__(self, cmd, **_kwargs):  # type: ignore[no-untyped-def]
+        self.cmds.append(list(cmd))
+        out = ""
+        if "--raw" in cmd:
+            self.views += 1
+            seen = ["chat@10.0.0.1", "chat@10.0.0.2"] if self.views > 2 or "chat-a" in cmd[-1] else ["chat@10.0.0.2"]
+            out = json.dumps({"self": "?", "nodes": seen})
+        elif "json" in cmd and "pods" in cmd:
+            out = json.dumps({"items": [pod("chat-a", "10.0.0.1"), pod("chat-b", "10.0.0.2")]})
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+
+def test_a_real_run_prints_each_command_it_runs_and_a_polled_one_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = RecordedRuns()
+    monkeypatch.setattr(shell_module.subprocess, "run", runs)
+    cluster = Kind(Shell(dry_run=False))
+    wait_one_cluster(cluster, replicas=2, deadline=10)
+    status(cluster)
+    printed = [line[2:].split("  # ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+    assert runs.views > 2, "the wait polled more than once"
+    assert {shown(cmd) for cmd in runs.cmds} <= set(printed)
+    polled = shown(cluster.kubectl("get", "pods", "--selector", "app=chat", "--output", "json"))
+    assert printed.count(polled) == 1 and [shown(cmd) for cmd in runs.cmds].count(polled) > 2
+    assert all(line.startswith(".venv/bin/kubectl ") for line in printed), "runnable from the repository"
+
+
 # Tool checks ----------------------------------------------------------------------------------
 
 
@@ -126,9 +179,9 @@ def test_make_stage3_with_dry_run_prints_the_commands_and_runs_none() -> None:
 def test_missing_tools_are_named_with_where_to_get_them(k8s: str, tmp_path: Path) -> None:
     result = run_deploy("--k8s", k8s, "up", path=str(tmp_path))  # an empty PATH: no docker, no kind, no minikube
     assert result.returncode == 2
-    assert f"missing: docker, {k8s}\n" in result.stdout
+    assert f"not found: docker, {k8s}\n" in result.stdout
     assert WHERE_TO_GET["docker"] in result.stdout and WHERE_TO_GET[k8s] in result.stdout
-    assert "kubectl" not in result.stdout.split("missing:")[1].splitlines()[0], "kubectl comes with the virtualenv"
+    assert "kubectl" not in result.stdout.split("not found:")[1].splitlines()[0], "kubectl comes with the virtualenv"
     assert "==>" not in result.stdout, "nothing is started before the check"
 
 
@@ -154,7 +207,7 @@ def test_every_missing_prerequisite_is_reported_at_once_docker_daemon_included(t
     (tmp_path / "docker").chmod(0o755)
     result = run_deploy("up", path=str(tmp_path))
     assert result.returncode == 2
-    assert "missing: kind\n" in result.stdout
+    assert "not found: kind\n" in result.stdout
     assert WHERE_TO_GET["kind"] in result.stdout
     assert "docker is installed but does not answer" in result.stdout
     assert "==>" not in result.stdout
@@ -186,15 +239,19 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
     cmds = commands(result.stdout)
     image = f"chatlab:{image_tag()}"
     order = [
+        index_of(cmds, "kind", "version"),
+        index_of(cmds, "docker", "info", "--format", "{{.MemTotal}}"),
         index_of(cmds, "kind", "get", "clusters"),
         index_of(cmds, "kind", "create", "cluster", "--name", "chatlab", "--config", "stage3_k8s/kind-config.yaml"),
         index_of(cmds, "docker", "run", "--name", "chatlab-cloud-provider-kind", CLOUD_PROVIDER_KIND_IMAGE),
+        index_of(cmds, "get", "gatewayclass/cloud-provider-kind"),
         index_of(cmds, "wait", "--for=condition=Accepted", "gatewayclass/cloud-provider-kind"),
         index_of(cmds, "docker", "build", "--file", "stage3_k8s/Dockerfile", "--tag", image, "."),
         index_of(cmds, "kind", "load", "docker-image", image, "--name", "chatlab"),
         index_of(cmds, "get", "secret", "chat-cookie"),
         index_of(cmds, "get", "secret", "redis-auth"),
-        index_of(cmds, "apply", "--filename", "-"),
+        index_of(cmds, "apply", "--filename", "stage3_k8s/k8s/base/namespace.yaml"),
+        index_of(cmds, "create", "--filename", "-"),
         index_of(cmds, "docker", "network", "inspect", "kind"),
         index_of(cmds, "apply", "--kustomize"),
         index_of(cmds, "rollout", "status", "statefulset/redis"),
@@ -204,13 +261,18 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
         index_of(cmds, "get", "gateway/chat"),
     ]
     assert order == sorted(order)
+    (provider,) = [cmd for cmd in cmds if CLOUD_PROVIDER_KIND_IMAGE in cmd]
+    assert provider[provider.index(CLOUD_PROVIDER_KIND_IMAGE) + 1 :] == ["--enable-default-ingress=false"]
+    # Every wait is bounded by one timeout: none is retried on top of its own --timeout.
+    assert not [cmd for cmd in cmds if "--for=create" in cmd]
     assert f"newTag: {image_tag()}" in result.stdout, "the applied overlay uses the image just built"
     # Every kubectl call names the cluster it made: no other cluster of the user's is touched.
     for cmd in cmds:
         if program(cmd) == "kubectl":
             assert cmd[1:3] == ["--context", "kind-chatlab"], cmd
     # The last step goes through the entry point learners use, with the Host header.
-    assert "and /api/nodes with Host: test.com; then a WebSocket join on /socket/websocket" in result.stdout
+    (check,) = [line for line in result.stdout.splitlines() if line.startswith("  # GET http://<gateway address>:80/")]
+    assert "with Host: test.com;" in check and "/api/nodes" in check and "/socket/websocket" in check
     assert "http://test.com" in result.stdout
     assert "ingress-nginx" not in result.stdout
 
@@ -232,9 +294,11 @@ def test_up_on_minikube_names_driver_and_cpus_and_lets_the_addon_wait_for_itself
         "--memory",
         "4g",
         "--cni",
-        "calico",
+        "kindnet",
     ]
     order = [
+        index_of(cmds, "minikube", "version", "--short"),
+        index_of(cmds, "docker", "info", "--format", "{{.MemTotal}}"),
         index_of(cmds, "minikube", "status", "--profile", "chatlab"),
         index_of(cmds, *start),
         index_of(cmds, "minikube", "addons", "enable", "ingress", "--profile", "chatlab"),
@@ -264,10 +328,11 @@ def test_scale_waits_for_the_rollout_and_for_every_pod_to_see_all() -> None:
     ]
     assert order == sorted(order)
     assert index_of(cmds, "get", "nodes", "--output", "json") < order[0], "capacity is checked before scaling"
-    polled = "then polled until every pod lists all: "
-    assert result.stdout.index("rollout status deployment/chat") < result.stdout.index(polled)
-    assert "get pods --selector app=chat --output json" in result.stdout.split(polled)[1]
-    assert "proxy/api/nodes" in result.stdout
+    # After the rollout, the two commands the wait polls: the pods, then each pod's node list.
+    assert order[-1] < index_of(cmds, "get", "pods", "--selector", "app=chat", "--output", "json")
+    assert order[-1] < index_of(cmds, "get", "--raw", "/api/v1/namespaces/chatlab/pods/<pod>:4000/proxy/api/nodes")
+    polled = [line for line in result.stdout.splitlines() if line.endswith("# polled until every pod lists all")]
+    assert len(polled) == 2
 
 
 def test_status_shows_pods_the_headless_endpoints_and_each_node_list() -> None:
@@ -513,10 +578,16 @@ def test_only_secrets_that_are_not_found_are_created(capsys: pytest.CaptureFixtu
         }
     )
     Up(Kind(shell), tag="t").secrets()
-    (applied,) = shell.ran
-    assert applied.endswith("apply --filename -")
-    created = [item["metadata"]["name"] for item in json.loads(shell.stdin[0])["items"] if item["kind"] == "Secret"]
-    assert created == ["redis-auth"]
+    annotate, namespace, create = shell.ran
+    # The kept one loses the copy of its value that an apply of an earlier lab left in an annotation.
+    assert annotate.endswith("annotate secret chat-cookie kubectl.kubernetes.io/last-applied-configuration-")
+    shell.stdin.pop(0)
+    assert namespace.endswith("apply --filename stage3_k8s/k8s/base/namespace.yaml") and shell.stdin[0] is None
+    # Created, never applied: `apply` would keep the value in the last-applied-configuration annotation.
+    assert create.endswith("--namespace chatlab create --filename -") and "apply" not in create
+    items = json.loads(shell.stdin[1])["items"]
+    assert [(item["kind"], item["metadata"]["name"]) for item in items] == [("Secret", "redis-auth")]
+    assert "annotations" not in items[0]["metadata"]
     assert "chat-cookie exists; keeping it" in capsys.readouterr().out
 
 
@@ -664,13 +735,9 @@ class BehindEntry(Kind):
 def kind_route(monkeypatch: pytest.MonkeyPatch, system: str) -> tuple[dict, dict]:
     """The Gateway and HTTPRoute that `up` applies on kind when run on `system`, with its runtime patches."""
     monkeypatch.setattr(clusters.platform, "system", lambda: system)
-    patches = Kind(ScriptedShell({"docker network inspect kind": (0, "172.18.0.0/16\n", "")})).overlay_patches()
-    with tagged_overlay(OVERLAYS / "kind", "0.1.0-0123456789ab", patches=patches) as workdir:
-        text = subprocess.run(
-            [BIN / "kubectl", "kustomize", workdir], capture_output=True, text=True, timeout=60, check=True
-        ).stdout
-    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(text) if doc}
-    return docs["Gateway"], docs["HTTPRoute"]
+    return rendered_kind_route(
+        Kind(ScriptedShell({"docker network inspect kind": (0, "172.18.0.0/16\n", "")})).overlay_patches()
+    )
 
 
 @pytest.mark.parametrize(("system", "port"), [("Linux", 80), ("Darwin", 49153), ("Windows", 49153)])
@@ -715,8 +782,20 @@ def test_the_final_check_fails_where_the_route_would_not_match_the_browsers_host
 
 
 def test_the_final_check_fails_when_the_entry_point_routes_the_node_api(stage1_node) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(StepFailed, match="/api/nodes answered 200 through the entry point"):
+    """A (stage 1) node reached directly, nothing in between: its metrics answer."""
+    with pytest.raises(StepFailed, match="GET /metrics answered 200 through the entry point: it must not be routed"):
         prove_entry(BehindEntry((stage1_node.host, stage1_node.port)))
+
+
+def test_the_final_check_fails_when_the_navbar_cannot_reach_the_node_list(
+    stage1_node, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The route of before, without /api/nodes and /readyz: the navbar's `nodes:` and `redis:` never changed."""
+    gateway, route = kind_route(monkeypatch, "Darwin")
+    route["spec"]["rules"] = route["spec"]["rules"][:1]
+    with EntryProxy.for_route(gateway, route, [(stage1_node.host, stage1_node.port)]) as proxy:
+        with pytest.raises(StepFailed, match="GET /api/nodes answered 404 through the entry point"):
+            prove_entry(BehindEntry(("127.0.0.1", proxy.port)))
 
 
 def test_every_kubectl_wait_in_the_kubernetes_lab_has_a_timeout_for_a_first_pull() -> None:
@@ -744,3 +823,178 @@ def test_off_linux_cloud_provider_kind_publishes_the_gateway_on_this_machine(mon
     assert kind.entry() == ("127.0.0.1", 49153)
     monkeypatch.setattr(clusters.platform, "system", lambda: "Linux")
     assert "--enable-lb-port-mapping" not in kind.provider_command(), "on Linux the Gateway's own address is reachable"
+
+
+# This machine, checked before anything is made --------------------------------------------------
+
+STUB_DOCKER = """#!/bin/sh
+echo "docker $*" >> "$LOG"
+case "$*" in
+  "info --format {{.MemTotal}}") echo "$MEM" ;;
+  "ps --format {{.Names}} {{.Image}}") printf '%b' "$RUNNING" ;;
+esac
+"""
+STUB_KIND = """#!/bin/sh
+echo "kind $*" >> "$LOG"
+case "$1" in
+  version) echo "kind $VERSION go1.25.1 linux/amd64" ;;
+  get) printf '%b' "$CLUSTERS" ;;
+  create) exit 3 ;;
+esac
+"""
+STUB_MINIKUBE = """#!/bin/sh
+echo "minikube $*" >> "$LOG"
+case "$1" in
+  version) echo "$VERSION" ;;
+  status) exit 7 ;;
+  start) exit 3 ;;
+esac
+"""
+GIB = 2**30
+
+
+def stub_up(tmp_path: Path, k8s: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """A real (not dry) `up` with stand-ins for docker and kind/minikube that log what they are asked;
+    making the cluster fails (exit 3), so the run stops at step 2 at the latest."""
+    for name, script in (("docker", STUB_DOCKER), (k8s, STUB_KIND if k8s == "kind" else STUB_MINIKUBE)):
+        (tmp_path / name).write_text(script)
+        (tmp_path / name).chmod(0o755)
+    log = tmp_path / "log"
+    log.touch()
+    defaults = {
+        "MEM": str(8 * GIB),
+        "VERSION": "v0.33.0" if k8s == "kind" else "v1.39.0",
+        "CLUSTERS": "",
+        "RUNNING": "",
+    }
+    result = run_deploy("--k8s", k8s, "up", path=f"{tmp_path}:/usr/bin:/bin", LOG=str(log), **{**defaults, **env})
+    return result, log.read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("k8s", "version", "lacks"),
+    [
+        ("kind", "v0.23.0", ["ignores NetworkPolicies", "v1 ServiceCIDR API"]),
+        ("kind", "v0.27.1", ["v1 ServiceCIDR API"]),
+        ("minikube", "v1.33.1", ["does not enforce NetworkPolicies"]),
+    ],
+)
+def test_a_tool_too_old_stops_up_before_anything_is_made(
+    tmp_path: Path, k8s: str, version: str, lacks: list[str]
+) -> None:
+    result, asked = stub_up(tmp_path, k8s, VERSION=version)
+    assert result.returncode == 1, result.stdout + result.stderr
+    reasons = [line for line in result.stdout.splitlines() if line.startswith("  - ")]
+    assert len(reasons) == len(lacks) and all(what in line for what, line in zip(lacks, reasons, strict=True))
+    assert all(f"{k8s} {version} is too old" in line for line in reasons)
+    assert not [line for line in asked if " create " in line or " start " in line or line.startswith("docker build")]
+
+
+def test_the_tested_versions_pass_the_check(tmp_path: Path) -> None:
+    result, asked = stub_up(tmp_path, "kind")
+    assert "==> [1/10] this machine" in result.stdout and "    ok" in result.stdout.split("==> [2/10]")[0]
+    assert asked.index("kind version") < asked.index(
+        "kind create cluster --name chatlab --config stage3_k8s/kind-config.yaml --wait 180s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("k8s", "memory", "stops", "says"),
+    [
+        ("kind", GIB, True, "Docker has 1.0 GiB of memory, a kind cluster needs 1.5 GiB"),
+        ("kind", 2 * GIB, False, "three chat pods fit; for ten"),  # Colima's default VM
+        ("minikube", 2 * GIB, True, "Docker has 2.0 GiB of memory, a minikube cluster needs 2.5 GiB"),
+        ("minikube", 3 * GIB, False, "three chat pods fit; for ten"),
+        ("minikube", 8 * GIB, False, ""),
+    ],
+)
+def test_dockers_memory_is_read_first_and_what_will_not_fit_is_named(
+    tmp_path: Path, k8s: str, memory: int, stops: bool, says: str
+) -> None:
+    result, asked = stub_up(tmp_path, k8s, MEM=str(memory))
+    before = result.stdout.split("==> [2/10]")[0]
+    assert says in before
+    assert ("==> [2/10]" not in result.stdout) == stops
+    made = [line for line in asked if line.startswith(("kind create", "minikube start"))]
+    assert "docker info --format {{.MemTotal}}" in asked and bool(made) != stops
+
+
+def test_other_kind_clusters_and_another_cloud_provider_kind_are_named_and_explained(tmp_path: Path) -> None:
+    running = "kindccm-other registry.k8s.io/cloud-provider-kind/cloud-controller-manager:v0.10.0\\nweb nginx:1\\n"
+    result, _ = stub_up(tmp_path, "kind", CLUSTERS="dev\\nci\\n", RUNNING=running)
+    before = result.stdout.split("==> [2/10]")[0]
+    (clusters,) = [line for line in before.splitlines() if "other kind clusters" in line]
+    assert "(ci, dev)" in clusters and "every kind cluster" in clusters and "--enable-default-ingress=false" in clusters
+    (rival,) = [line for line in before.splitlines() if "another cloud-provider-kind" in line]
+    assert "(kindccm-other)" in rival and "web" not in rival
+    assert "==> [2/10]" in result.stdout, "warnings, not problems: the run goes on"
+
+
+def test_minikube_off_linux_says_to_start_the_tunnel_before_the_cluster_and_checks_through_a_port_forward(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(clusters.platform, "system", lambda: "Darwin")
+    shell = Shell(dry_run=True)
+    Up(clusters.Minikube(shell), tag="t").run()
+    out = capsys.readouterr().out
+    before = out.split("==> [1/10]")[0]
+    assert "minikube tunnel --profile chatlab" in before, "said before the first step"
+    cmds = commands(out)
+    forward = index_of(cmds, "--namespace", "ingress-nginx", "port-forward", "service/ingress-nginx-controller")
+    assert forward > index_of(cmds, "rollout", "status", "deployment/chat")
+    assert not [cmd for cmd in cmds if cmd[:2] == ["minikube", "tunnel"]], "never started by make stage3"
+
+
+def test_a_cloud_provider_kind_of_an_earlier_lab_is_replaced_not_kept() -> None:
+    old = f"running {CLOUD_PROVIDER_KIND_IMAGE} []"  # no --enable-default-ingress=false
+    shell = ScriptedShell({"docker inspect": (0, old, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
+    Kind(shell).install_entry()
+    assert shell.ran[0] == "docker rm --force chatlab-cloud-provider-kind"
+    assert shell.ran[1].startswith("docker run ") and shell.ran[1].endswith(" --enable-default-ingress=false")
+    current = f'running {CLOUD_PROVIDER_KIND_IMAGE} ["--enable-default-ingress=false"]'
+    shell = ScriptedShell({"docker inspect": (0, current, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
+    Kind(shell).install_entry()
+    assert not [cmd for cmd in shell.ran if cmd.startswith("docker ")]
+    garbled = f"exited {CLOUD_PROVIDER_KIND_IMAGE} not-json"
+    shell = ScriptedShell({"docker inspect": (0, garbled, ""), "get gatewayclass": (0, "gatewayclass/x", "")})
+    Kind(shell).install_entry()
+    assert shell.ran[0] == "docker rm --force chatlab-cloud-provider-kind" and shell.ran[1].startswith("docker run ")
+
+
+def test_a_gateway_class_that_never_comes_stops_within_its_deadline_with_the_controllers_logs_and_conditions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(clusters, "GATEWAY_CLASS_DEADLINE", 0.5)
+    shell = ScriptedShell(
+        {
+            "docker inspect": (0, f'running {CLOUD_PROVIDER_KIND_IMAGE} ["--enable-default-ingress=false"]', ""),
+            "get gatewayclass/cloud-provider-kind --output name": (1, "", "the server doesn't have a resource type"),
+            "docker logs --tail 40 chatlab-cloud-provider-kind": (0, "E1205 failed to install CRDs: forbidden\n", ""),
+            "get gatewayclass/cloud-provider-kind --output 'jsonpath": (1, "", "NotFound"),
+            "get gateway/chat": (1, "", "NotFound"),
+            "get httproute/chat": (1, "", "NotFound"),
+        }
+    )
+    with pytest.raises(StepFailed, match="gatewayclass/cloud-provider-kind exists: not done after 0s"):
+        Kind(shell).install_entry()
+    assert "    | E1205 failed to install CRDs: forbidden" in capsys.readouterr().out
+
+
+def test_a_gateway_never_programmed_shows_its_conditions_and_the_controllers_logs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    programmed = "Accepted=True Accepted: ok\nProgrammed=False Pending: waiting for the proxy\n"
+    shell = ScriptedShell(
+        {
+            "docker logs": (0, "I1205 creating gateway container\n", ""),
+            "get gatewayclass/cloud-provider-kind --output 'jsonpath": (0, "Accepted=True Accepted: ok\n", ""),
+            "get gateway/chat": (0, programmed, ""),
+            "get httproute/chat": (0, "route Accepted=True Accepted: ok\n", ""),
+        },
+        fail="--for=condition=Programmed",
+    )
+    with pytest.raises(StepFailed):
+        Kind(shell).wait_entry()
+    out = capsys.readouterr().out
+    assert "    | Programmed=False Pending: waiting for the proxy" in out
+    assert "    | I1205 creating gateway container" in out and "    | route Accepted=True" in out

@@ -199,11 +199,17 @@ def test_scaling_3_to_10_to_4_converges_each_time(deployment: Deployment) -> Non
 # The discovery loop on its own, against the same DNS server ---------------------------------
 
 
+class FakeMembership:
+    def __init__(self, peers: list[str]) -> None:
+        self.peers: dict[str, str] = dict.fromkeys(peers, "")
+
+
 class FakeCluster:
-    """What DnsDiscovery uses of stage 2's Cluster, recording the calls."""
+    """What DnsDiscovery uses of stage 2's Handshake (and its membership), recording the calls."""
 
     def __init__(self, peers: list[str] = ()) -> None:  # type: ignore[assignment]
-        self.peers: dict[str, str] = dict.fromkeys(peers, "")
+        self.membership = FakeMembership(list(peers))
+        self.peers = self.membership.peers
         self.connects: list[tuple[str, str]] = []
         self.disconnects: list[tuple[str, str]] = []
 

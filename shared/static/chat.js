@@ -231,6 +231,12 @@
         break;
       // Other clients may join without a name; the room is told of named users only.
       case "user:entered": if (payload.user) showEvent("[" + payload.user + " entered]"); break;
+      // A join storm: past the first few names of a batch, the room hears how many more came.
+      case "users:entered": {
+        const n = Number(payload.count) || 0;
+        if (n > 0) showEvent("[and " + n + (n === 1 ? " other" : " others") + " entered]");
+        break;
+      }
       case "presence_state": syncState(payload); break;
       case "presence_diff": syncDiff(payload); break;
       case "phx_close": case "phx_error": joinRef = null; setTimeout(join, 1000); break;

@@ -35,10 +35,8 @@ def run(args: argparse.Namespace) -> int:
     needed = tools_for(args.k8s, args.action)
     problems = prerequisites(args.k8s, args.action, cluster.shell)
     if args.dry_run:
-        say(
-            f"# dry run of `{args.action}` on {args.k8s}: tools {', '.join(needed)}"
-            + (f"; {'; '.join(problems)}" if problems else " all found")
-        )
+        found = "all found here" if not problems else "; ".join(problems).replace("\n", "\n# ")
+        say(f"# dry run of `{args.action}` on {args.k8s}, which needs {', '.join(needed)}: {found}")
     elif problems:
         say(f"stage 3 on {args.k8s} needs {', '.join(needed)} and a running Docker; " + "\n".join(problems))
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import shlex
 from dataclasses import dataclass, field
 
 from stage3_k8s.deploy.build import image_tag
@@ -16,11 +15,13 @@ from stage3_k8s.deploy.config import (
     IMAGE,
     NAME,
     NAMESPACE,
+    NAMESPACE_FILE,
     OVERLAYS,
     PORT,
     ROOT,
     SECRETS,
 )
+from stage3_k8s.deploy.machine import Findings
 from stage3_k8s.deploy.pods import (
     Pod,
     chat_pods,
@@ -32,7 +33,7 @@ from stage3_k8s.deploy.pods import (
 )
 from stage3_k8s.deploy.proofs import prove_entry, prove_message_crosses
 from stage3_k8s.deploy.resources import secret_objects, secrets_to_create, tagged_overlay
-from stage3_k8s.deploy.shell import Step, rel, say, walk
+from stage3_k8s.deploy.shell import Step, StepFailed, rel, say, shown, walk
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Up:
     def steps(self) -> list[Step]:
         c = self.cluster
         return [
+            Step(f"this machine: {c.k8s}'s version, Docker's memory, other clusters", self.check_machine),
             Step(f"cluster: {c.k8s} `{NAME}` (context {c.context})", c.ensure),
             Step(f"entry point: {c.entry_name}", c.install_entry),
             Step(f"image {self.image} (a few minutes the first time, seconds after)", self.build),
@@ -60,15 +62,37 @@ class Up:
             Step(f"proving http://{HOST_NAME} works through the entry point", self.prove_entry),
         ]
 
+    def check_machine(self) -> None:
+        findings = Findings()
+        self.cluster.check_machine(findings)
+        for warning in findings.warnings:
+            say(f"    ! {warning}")
+        if findings.problems:
+            raise StepFailed("this machine is not ready:\n" + "\n".join(f"  - {p}" for p in findings.problems))
+        say("    ok" if not findings.warnings else "    going on")
+
     def build(self) -> None:
         self.cluster.shell.run(["docker", "build", "--file", rel(DOCKERFILE), "--tag", self.image, rel(ROOT) or "."])
 
     def secrets(self) -> None:
-        missing = secrets_to_create(self.cluster)
+        c = self.cluster
+        missing = secrets_to_create(c)
+        for name in SECRETS:
+            if name not in missing:
+                # Earlier versions of this lab applied the Secrets, which copied each value
+                # into this annotation; harmless when it is not there.
+                c.shell.run(
+                    c.kubectl("annotate", "secret", name, "kubectl.kubernetes.io/last-applied-configuration-"),
+                    check=False,
+                    note="no copy of the value in an annotation",
+                )
         if missing:
-            self.cluster.shell.run(
-                self.cluster.kubectl("apply", "--filename", "-", namespace=None),
-                note=f"stdin: Namespace + new random {', '.join(missing)}, not shown",
+            c.shell.run(c.kubectl("apply", "--filename", rel(NAMESPACE_FILE), namespace=None))
+            # Created, not applied: `kubectl apply` would copy each Secret, value included,
+            # into its last-applied-configuration annotation, readable wherever the object is.
+            c.shell.run(
+                c.kubectl("create", "--filename", "-"),
+                note=f"stdin: new random {', '.join(missing)}, not shown",
                 stdin=secret_objects({name: secrets.token_urlsafe(32) for name in missing}),
             )
 
@@ -108,6 +132,8 @@ class Up:
         self.entry = prove_entry(self.cluster)
 
     def run(self) -> None:
+        if self.cluster.notice():
+            say(self.cluster.notice())
         walk(self.steps())
         say("")
         if self.cluster.shell.dry_run:
@@ -115,7 +141,11 @@ class Up:
         say(f"Done: {len(self.pods) or 'the'} chat pods on {self.cluster.k8s}, one cluster.")
         for line in self.cluster.url_help(self.entry):
             say("  " + line)
-        say("  Each browser tab shows the `self:` node it landed on; `make stage3-status` lists them all.")
+        say(
+            "  A tab's `self:` is the pod that served its page; its socket may be on another (the entry point"
+            " balances each connection): the messages you send show the pod they were pushed on."
+            " `make stage3-status` lists every pod."
+        )
 
 
 def scale(cluster: Cluster, replicas: int) -> None:
@@ -146,9 +176,10 @@ def status(cluster: Cluster) -> None:
         cluster.kubectl("get", "endpointslices", "--selector", "kubernetes.io/service-name=chat-nodes"), check=False
     )
     say("== each pod's GET /api/nodes")
-    raw = f"/api/v1/namespaces/{NAMESPACE}/pods/<pod>:{PORT}/proxy/api/nodes"
-    say("+ " + shlex.join(cluster.kubectl("get", "--raw", raw, namespace=None)) + "  # for each pod")
     pods = chat_pods(cluster)
+    if shell.dry_run:
+        raw = f"/api/v1/namespaces/{NAMESPACE}/pods/<pod>:{PORT}/proxy/api/nodes"
+        say("+ " + shown(cluster.kubectl("get", "--raw", raw, namespace=None)) + "  # for each pod")
     expected = {pod.node for pod in pods}
     for pod in pods:
         view = node_view(cluster, pod)

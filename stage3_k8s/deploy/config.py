@@ -7,6 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parents[1]  # stage3_k8s/
 OVERLAYS = HERE / "k8s" / "overlays"
+NAMESPACE_FILE = HERE / "k8s" / "base" / "namespace.yaml"
 KIND_CONFIG = HERE / "kind-config.yaml"
 DOCKERFILE = HERE / "Dockerfile"
 NAME = "chatlab"  # the kind cluster, the minikube profile, the namespace and the image

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ class Pod:
 def chat_pods(cluster: Cluster) -> list[Pod]:
     """The chat pods that run and are not going away (terminating ones are left out)."""
     answer = cluster.shell.query(
-        cluster.kubectl("get", "pods", "--selector", "app=chat", "--output", "json"), show=False
+        cluster.kubectl("get", "pods", "--selector", "app=chat", "--output", "json"), poll=True
     )
     if answer.returncode != 0:
         return []
@@ -42,7 +41,7 @@ def chat_pods(cluster: Cluster) -> list[Pod]:
 def node_view(cluster: Cluster, pod: Pod) -> list[str] | None:
     """GET /api/nodes of one pod, through the API server's proxy (no port-forward needed)."""
     path = f"/api/v1/namespaces/{NAMESPACE}/pods/{pod.name}:{PORT}/proxy/api/nodes"
-    answer = cluster.shell.query(cluster.kubectl("get", "--raw", path, namespace=None), show=False)
+    answer = cluster.shell.query(cluster.kubectl("get", "--raw", path, namespace=None), poll=True)
     if answer.returncode != 0:
         return None
     with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -63,13 +62,13 @@ def wait_one_cluster(cluster: Cluster, replicas: int | None = None, deadline: fl
         agree = sum(1 for pod in pods if set(node_view(cluster, pod) or []) == expected)
         return agree == len(pods), f"{agree} of {len(pods)} pods list all {len(pods)} nodes"
 
-    raw = f"/api/v1/namespaces/{NAMESPACE}/pods/<pod>:{PORT}/proxy/api/nodes"
-    shown = (
-        shlex.join(cluster.kubectl("get", "pods", "--selector", "app=chat", "--output", "json"))
-        + " ; for each pod: "
-        + shlex.join(cluster.kubectl("get", "--raw", raw, namespace=None))
-    )
-    progress = cluster.shell.wait("every pod lists all", check, deadline, shown=shown)
+    polls = [
+        cluster.kubectl("get", "pods", "--selector", "app=chat", "--output", "json"),
+        cluster.kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/<pod>:{PORT}/proxy/api/nodes", namespace=None
+        ),
+    ]
+    progress = cluster.shell.wait("every pod lists all", check, deadline, polls=polls)
     if progress:
         say(f"    {progress}")
     return pods
@@ -80,8 +79,8 @@ def rollout(cluster: Cluster, workload: str) -> None:
     try:
         cluster.shell.run(cluster.kubectl("rollout", "status", workload, f"--timeout={ROLLOUT_TIMEOUT}"))
     except StepFailed:
-        pods = cluster.shell.query(cluster.kubectl("get", "pods", "--output", "json"), show=False)
-        events = cluster.shell.query(cluster.kubectl("get", "events", "--output", "json"), show=False)
+        pods = cluster.shell.query(cluster.kubectl("get", "pods", "--output", "json"))
+        events = cluster.shell.query(cluster.kubectl("get", "events", "--output", "json"))
         for line in diagnose(load_json(pods.stdout), load_json(events.stdout)):
             say(line)
         raise

@@ -7,7 +7,6 @@ import contextlib
 import http.client
 import json
 import secrets
-import shlex
 import socket
 import subprocess
 import tempfile
@@ -20,9 +19,9 @@ import wsproto.events as ws_events
 import wsproto.utilities
 
 from stage3_k8s.deploy.clusters import Cluster
-from stage3_k8s.deploy.config import ENTRY_DEADLINE, HOST_NAME, MESSAGE_DEADLINE, PORT
+from stage3_k8s.deploy.config import ENTRY_DEADLINE, HOST_NAME, MESSAGE_DEADLINE, NAMESPACE, PORT
 from stage3_k8s.deploy.pods import Pod
-from stage3_k8s.deploy.shell import StepFailed, say, wait_until
+from stage3_k8s.deploy.shell import StepFailed, say, shown, wait_until
 
 
 def browser_host(port: int, name: str = HOST_NAME) -> str:
@@ -125,10 +124,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def port_forward(cluster: Cluster, pod: Pod, deadline: float = 20.0) -> Iterator[int]:
-    """`kubectl port-forward` to one pod on a free local port, ended (by its PID) on the way out."""
-    port = free_port()
-    cmd = cluster.kubectl("port-forward", "--address", "127.0.0.1", f"pod/{pod.name}", f"{port}:{PORT}")
+def port_forward(
+    cluster: Cluster, target: str, remote: int = PORT, namespace: str = NAMESPACE, deadline: float = 20.0
+) -> Iterator[int]:
+    """`kubectl port-forward` to `target` (pod/NAME, service/NAME) on a free local port, ended (by its
+    PID) on the way out. A dry run prints it and gives port 0."""
+    port = 0 if cluster.shell.dry_run else free_port()
+    cmd = cluster.kubectl(
+        "port-forward", "--address", "127.0.0.1", target, f"{port or '<port>'}:{remote}", namespace=namespace
+    )
+    say("+ " + shown(cmd) + "  # in the background, until the check ends")
+    if cluster.shell.dry_run:
+        yield port
+        return
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
@@ -136,11 +144,11 @@ def port_forward(cluster: Cluster, pod: Pod, deadline: float = 20.0) -> Iterator
             while True:
                 if proc.poll() is not None:
                     log.seek(0)
-                    raise StepFailed(f"kubectl port-forward to {pod.name} ended: {log.read().strip()}")
+                    raise StepFailed(f"kubectl port-forward to {target} ended: {log.read().strip()}")
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
                 if time.monotonic() > end:
-                    raise StepFailed(f"kubectl port-forward to {pod.name}: no listener after {deadline:.0f}s")
+                    raise StepFailed(f"kubectl port-forward to {target}: no listener after {deadline:.0f}s")
                 time.sleep(0.2)
             yield port
         finally:
@@ -154,15 +162,13 @@ def port_forward(cluster: Cluster, pod: Pod, deadline: float = 20.0) -> Iterator
 
 def prove_message_crosses(cluster: Cluster, pods: list[Pod]) -> None:
     if cluster.shell.dry_run:
-        for index in (1, 2):
-            forward = cluster.kubectl("port-forward", "--address", "127.0.0.1", f"pod/<pod-{index}>", f"<port>:{PORT}")
-            say("+ " + shlex.join(forward))
-        say("  # then over WebSocket: both join rooms:lobby, pod 1 gets new:msg, pod 2 must deliver it")
+        with port_forward(cluster, "pod/<pod-1>"), port_forward(cluster, "pod/<pod-2>"):
+            say("  # then over WebSocket: both join rooms:lobby, pod 1 gets new:msg, pod 2 must deliver it")
         return
     if len(pods) < 2:
         raise StepFailed(f"need two chat pods to prove they talk, found {len(pods)}")
     first, second = pods[0], pods[1]
-    with port_forward(cluster, first) as port_a, port_forward(cluster, second) as port_b:
+    with port_forward(cluster, f"pod/{first.name}") as port_a, port_forward(cluster, f"pod/{second.name}") as port_b:
         body = f"hello from {first.node} to {second.node} ({secrets.token_hex(3)})"
         got = exchange_message(("127.0.0.1", port_a), ("127.0.0.1", port_b), body)
     if got.get("node") != first.node:
@@ -170,26 +176,63 @@ def prove_message_crosses(cluster: Cluster, pods: list[Pod]) -> None:
     say(f"    {first.name} ({first.node}) -> {second.name} ({second.node}): {body!r} delivered")
 
 
-def http_status(address: tuple[str, int], path: str, host: str = HOST_NAME) -> int:
-    """GET `path` as a browser's address bar does: Host as typed (port included), no Origin."""
+def http_get(address: tuple[str, int], path: str, host: str = HOST_NAME, method: str = "GET") -> tuple[int, bytes]:
+    """`method path` as a browser's address bar or fetch() sends it: Host as typed (port included), no Origin."""
     connection = http.client.HTTPConnection(*address, timeout=10)
     try:
-        connection.request("GET", path, headers={"Host": host})
-        return connection.getresponse().status
+        connection.request(method, path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read()
     finally:
         connection.close()
 
 
+def http_status(address: tuple[str, int], path: str, host: str = HOST_NAME, method: str = "GET") -> int:
+    return http_get(address, path, host, method)[0]
+
+
+# What the entry point must not pass on: the node API's state-changing calls, the node-to-node
+# handshake and the metrics (each would answer 401, 405 or 200 if it reached a node).
+PRIVATE = (("POST", "/api/drain"), ("POST", "/api/nodes/connect"), ("POST", "/cluster/hello"), ("GET", "/metrics"))
+
+
 def prove_entry(cluster: Cluster) -> tuple[str, int]:
-    """What a learner's browser does at http://test.com[:port]: the page, then a WebSocket join, each
-    with the Host the browser sends (the port included when it is not 80) and, for the socket, the
-    page's Origin. The node API is not routed from outside: /api/nodes answers 404 there."""
+    """What a learner's browser does at http://test.com[:port]: the page, the live navbar's
+    GET /api/nodes and /readyz, then a WebSocket join, each with the Host the browser sends
+    (the port included when it is not 80) and, for the socket, the page's Origin. The rest
+    of the node API and /metrics are not routed from outside: 404 there.
+
+    Where this machine cannot reach the entry point without help (minikube off Linux, whose
+    tunnel asks for a password), the check goes through a port-forward to the entry point's
+    controller, and then says whether the learner's tunnel answers."""
+    forward = cluster.entry_forward()
+    if forward is None:
+        address = cluster.entry()
+        check_entry(cluster, address)
+        return address
+    namespace, target, remote = forward
+    with port_forward(cluster, target, remote, namespace) as port:
+        check_entry(cluster, ("127.0.0.1", port))
     address = cluster.entry()
-    where = f"{address[0]}:{address[1]}"
-    host = browser_host(address[1])
-    say(f"  # GET http://{where}/ and /api/nodes with Host: {host}; then a WebSocket join on /socket/websocket")
     if cluster.shell.dry_run:
         return address
+    try:
+        tunnel = f"answers {http_status(address, '/', browser_host(address[1]))}"
+    except OSError as error:
+        tunnel = f"does not answer ({error})"
+    say(f"    http://{browser_host(address[1])} through the tunnel on {address[0]}:{address[1]}: {tunnel}")
+    return address
+
+
+def check_entry(cluster: Cluster, address: tuple[str, int]) -> None:
+    where = f"{address[0]}:{address[1] or '<port>'}"
+    host = browser_host(address[1]) if address[1] else f"{HOST_NAME}:<port>"
+    say(
+        f"  # GET http://{where}/, /api/nodes and /readyz with Host: {host}; then a WebSocket join on"
+        f" /socket/websocket; {', '.join(f'{m} {p}' for m, p in PRIVATE)} must answer 404"
+    )
+    if cluster.shell.dry_run:
+        return
     seen = ""
 
     def page() -> tuple[bool, str]:
@@ -200,14 +243,28 @@ def prove_entry(cluster: Cluster) -> tuple[str, int]:
             seen = f"GET / failed: {error}"
         return seen.endswith(" 200"), seen
 
-    wait_until(f"http://{host} via {where}", page, ENTRY_DEADLINE)
-    hidden = http_status(address, "/api/nodes", host)
-    if hidden != 404:
-        raise StepFailed(f"/api/nodes answered {hidden} through the entry point: the node API must not be routed")
+    try:
+        wait_until(f"http://{host} via {where}", page, ENTRY_DEADLINE)
+    except StepFailed:
+        cluster.diagnose_entry()
+        raise
+    status, body = http_get(address, "/api/nodes", host)
+    nodes = json.loads(body).get("nodes") if status == 200 else None
+    if not isinstance(nodes, list) or not nodes:
+        raise StepFailed(f"GET /api/nodes answered {status} through the entry point: the navbar's `nodes:` stays stale")
+    ready = http_status(address, "/readyz", host)
+    if ready != 200:
+        raise StepFailed(f"GET /readyz answered {ready} through the entry point: the navbar's `redis:` stays stale")
+    for method, path in PRIVATE:
+        answer = http_status(address, path, host, method)
+        if answer != 404:
+            raise StepFailed(f"{method} {path} answered {answer} through the entry point: it must not be routed")
     joined = ProofSocket(address, host)
     try:
         joined.join("rooms:lobby", "make stage3 (entry point)")
     finally:
         joined.close()
-    say(f"    http://{host} via {where}: page 200, /api/nodes 404, WebSocket joined rooms:lobby")
-    return address
+    say(
+        f"    http://{host} via {where}: page 200, /api/nodes lists {len(nodes)}, /readyz 200,"
+        " the node API's calls 404, WebSocket joined rooms:lobby"
+    )

@@ -55,8 +55,8 @@ def tagged_overlay(overlay: Path, tag: str, **options: Any) -> Iterator[Path]:
 
 
 def secret_objects(values: dict[str, str]) -> str:
-    """The namespace and the Secrets to create, for `kubectl apply -f -` (stdin: never on disk, never shown)."""
-    items: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
+    """The Secrets to create, for `kubectl create -f -` (stdin: never on disk, never shown)."""
+    items: list[dict[str, Any]] = []
     for name, value in values.items():
         items.append(
             {

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stage3_k8s.deploy.config import PROGRESS_EVERY, RETRY_PAUSE
@@ -54,7 +54,7 @@ def missing_tools(names: Sequence[str]) -> list[str]:
 
 
 def describe_missing(names: Sequence[str]) -> str:
-    lines = [f"missing: {', '.join(names)}"]
+    lines = [f"not found: {', '.join(names)}"]
     lines += [f"  {name}: {WHERE_TO_GET[name]}" for name in names]
     return "\n".join(lines)
 
@@ -71,16 +71,24 @@ def prerequisites(k8s: str, action: str, shell: Shell) -> list[str]:
     missing = missing_tools(needed)
     problems = [describe_missing(missing)] if missing else []
     if "docker" in needed and "docker" not in missing and not shell.dry_run:
-        if shell.query(["docker", "info"], show=False).returncode != 0:
+        if shell.query(["docker", "info"]).returncode != 0:
             problems.append(DOCKER_DOWN)
     return problems
 
 
+def shown(cmd: Sequence[str]) -> str:
+    """A command as the user could type it here: a program under this folder by its relative path."""
+    program = rel(Path(cmd[0])) if os.path.isabs(cmd[0]) else cmd[0]
+    return shlex.join([program, *cmd[1:]])
+
+
 @dataclass
 class Shell:
-    """Runs commands; a dry run prints them and runs none (the only difference between the two runs)."""
+    """Runs commands, printing each as `+ command` first (as `set -x` does); a dry run prints
+    them and runs none (the only difference between the two runs)."""
 
     dry_run: bool
+    polled: set[str] = field(default_factory=set)
 
     def run(
         self,
@@ -93,7 +101,7 @@ class Shell:
         cwd: Path | None = None,
     ) -> None:
         """Run a step, its output going straight to the terminal; `attempts` > 1 retries a failure."""
-        say("+ " + shlex.join(cmd) + (f"  # {note}" if note else ""))
+        say("+ " + shown(cmd) + (f"  # {note}" if note else ""))
         if self.dry_run:
             return
         for attempt in range(1, attempts + 1):
@@ -111,19 +119,27 @@ class Shell:
         *,
         assume: str = "",
         dry: tuple[int, str] | tuple[int, str, str] = (1, ""),
-        show: bool = True,
+        poll: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Ask something (read-only). A dry run prints the question and answers `dry` (exit code, output, errors)."""
-        if show or self.dry_run:
-            say("+ " + shlex.join(cmd) + (f"  # dry run: assuming {assume}" if self.dry_run and assume else ""))
+        """Ask something (read-only), its answer captured. A dry run prints the question and
+        answers `dry` (exit code, output, errors). `poll`: a wait asks it again and again, and
+        it is printed the first time only."""
+        line = shown(cmd)
+        if not poll or line not in self.polled:
+            self.polled.add(line) if poll else None
+            note = f"  # dry run: assuming {assume}" if self.dry_run and assume else "  # polled" if poll else ""
+            say("+ " + line + note)
         if self.dry_run:
             return subprocess.CompletedProcess(list(cmd), dry[0], dry[1], dry[2] if len(dry) == 3 else "")
         return subprocess.run(list(cmd), capture_output=True, text=True, check=False)
 
-    def wait(self, what: str, check: Callable[[], tuple[bool, str]], deadline: float, *, shown: str = "") -> str:
-        """Poll `check` (done, progress line) until done; a dry run says what it would poll."""
+    def wait(
+        self, what: str, check: Callable[[], tuple[bool, str]], deadline: float, *, polls: Sequence[Sequence[str]] = ()
+    ) -> str:
+        """Poll `check` (done, progress line) until done; a dry run prints the commands it would poll."""
         if self.dry_run:
-            say(f"  # then polled until {what}" + (f": {shown}" if shown else ""))
+            for cmd in polls:
+                say("+ " + shown(cmd) + f"  # polled until {what}")
             return ""
         return wait_until(what, check, deadline)
 

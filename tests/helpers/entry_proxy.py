@@ -5,7 +5,7 @@ cloud-provider-kind (v0.11.1, pkg/gateway) turns a Gateway and its HTTPRoute int
 configuration: the virtual host's domains are the intersection of the listener's and the
 route's hostnames (`*` when neither names one), and Envoy matches the Host header against
 them as it is, port included (Envoy's FAQ, "Why is my route not found?"). A request whose
-Host or path matches nothing gets 404. This proxy does the same, then passes the request,
+Host, method or path matches nothing gets 404. This proxy does the same, then passes the request,
 WebSocket upgrades included, to the next node in turn:
 
     with EntryProxy.for_route(gateway, route, backends) as proxy:
@@ -21,10 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from stage3_k8s.deploy.config import OVERLAYS
+from stage3_k8s.deploy.resources import tagged_overlay
 
 HEAD_LIMIT = 64 * 1024
 
@@ -35,6 +43,21 @@ class Seen:
     path: str
     headers: dict[str, str]  # lower-cased names
     status: int  # 0: passed to a node; else what the proxy answered itself
+
+
+def kind_route(patches: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Gateway and HTTPRoute `make stage3` applies on kind with these run-time patches,
+    rendered by the virtualenv's kubectl (the kustomize `up` uses)."""
+    with tagged_overlay(OVERLAYS / "kind", "0.1.0-0123456789ab", patches=patches) as workdir:
+        text = subprocess.run(
+            [Path(sys.executable).parent / "kubectl", "kustomize", workdir],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    docs = {doc["kind"]: doc for doc in yaml.safe_load_all(text) if doc}
+    return docs["Gateway"], docs["HTTPRoute"]
 
 
 def envoy_domains(gateway: dict[str, Any], route: dict[str, Any]) -> list[str]:
@@ -52,16 +75,22 @@ def envoy_domains(gateway: dict[str, Any], route: dict[str, Any]) -> list[str]:
     return [name for name in hostnames if name == listening]
 
 
-def route_paths(route: dict[str, Any]) -> list[tuple[str, str]]:
+def route_matches(route: dict[str, Any]) -> list[tuple[str | None, str, str]]:
+    """(method or None for any, path match type, path) of every match of the route's rules."""
     return [
-        (match["path"]["type"], match["path"]["value"]) for rule in route["spec"]["rules"] for match in rule["matches"]
+        (match.get("method"), match["path"]["type"], match["path"]["value"])
+        for rule in route["spec"]["rules"]
+        for match in rule["matches"]
     ]
 
 
-def path_matches(path: str, rules: Sequence[tuple[str, str]]) -> bool:
-    """Gateway API path matching: Exact, or PathPrefix by whole path elements; the query is not part of it."""
-    path = path.split("?", 1)[0]
-    for kind, value in rules:
+def request_matches(method: str, target: str, matches: Sequence[tuple[str | None, str, str]]) -> bool:
+    """Gateway API matching: the method when one is named; the path Exact, or PathPrefix by whole
+    path elements; the query is not part of the path."""
+    path = target.split("?", 1)[0]
+    for wanted, kind, value in matches:
+        if wanted is not None and wanted != method:
+            continue
         if kind == "Exact" and path == value:
             return True
         if kind == "PathPrefix" and (path == value or path.startswith(value.rstrip("/") + "/")):
@@ -73,7 +102,7 @@ def path_matches(path: str, rules: Sequence[tuple[str, str]]) -> bool:
 class EntryProxy:
     backends: Sequence[tuple[str, int]]
     domains: Sequence[str]
-    paths: Sequence[tuple[str, str]]
+    matches: Sequence[tuple[str | None, str, str]]
     port: int = 0
     requests: list[Seen] = field(default_factory=list)
 
@@ -81,10 +110,11 @@ class EntryProxy:
     def for_route(
         cls, gateway: dict[str, Any], route: dict[str, Any], backends: Sequence[tuple[str, int]]
     ) -> EntryProxy:
-        return cls(backends, envoy_domains(gateway, route), route_paths(route))
+        return cls(backends, envoy_domains(gateway, route), route_matches(route))
 
     def __post_init__(self) -> None:
         self._next = itertools.cycle(range(len(self.backends)))
+        self._open: set[asyncio.StreamWriter] = set()  # both ends of every connection in progress
 
     def __enter__(self) -> EntryProxy:
         """Serve on a free port of 127.0.0.1, from a thread of its own, until the block ends."""
@@ -98,11 +128,13 @@ class EntryProxy:
 
     def __exit__(self, *exc: object) -> None:
         async def stop() -> None:
+            # Closing both ends of every open connection ends its handler by itself.
             self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for writer in tuple(self._open):
+                writer.close()
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if handlers:
+                await asyncio.wait(handlers, timeout=5)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -113,6 +145,7 @@ class EntryProxy:
         return "*" in self.domains or host.lower() in self.domains
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -125,7 +158,7 @@ class EntryProxy:
                 name, _, value = line.partition(":")
                 if name:
                     headers[name.strip().lower()] = value.strip()
-            allowed = self.host_matches(headers.get("host", "")) and path_matches(path, self.paths)
+            allowed = self.host_matches(headers.get("host", "")) and request_matches(method, path, self.matches)
             self.requests.append(Seen(method, path, headers, 0 if allowed else 404))
             if not allowed:
                 writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
@@ -133,6 +166,7 @@ class EntryProxy:
                 return
             await self._pass(head, headers, reader, writer)
         finally:
+            self._open.discard(writer)
             with contextlib.suppress(OSError):
                 writer.close()
 
@@ -148,6 +182,7 @@ class EntryProxy:
         except OSError:
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             return
+        self._open.add(up_writer)
         up_writer.write(head)
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -161,5 +196,6 @@ class EntryProxy:
         try:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
+            self._open.discard(up_writer)
             with contextlib.suppress(OSError):
                 up_writer.close()
