@@ -51,7 +51,7 @@ def create_app(redis_url: str) -> Any:
     from channels.routing import ProtocolTypeRouter, URLRouter
     from django.urls import path
 
-    class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc] - channels ships no types
+    class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no types
         async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
             frame = json.loads(text_data or "{}")
             event = frame.get("event")
