@@ -179,7 +179,7 @@ def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float
 @dataclass
 class Step:
     title: str
-    action: Callable[[], None]
+    action: Callable[[], object]  # what it returns is not used
 
 
 def walk(steps: Sequence[Step]) -> None:
