@@ -220,7 +220,8 @@ class Lab:
             agreeing = sum(1 for view in views.values() if view is not None and set(view) == expected)
             return ready and agreeing == count, f"{len(running)}/{count} running, {agreeing} list all of them"
 
-        wait_until("every container lists all the others", converged, deadline)
+        # Polled often: the time printed (and recorded by the tests) is that close to the truth.
+        wait_until("every container lists all the others", converged, deadline, every=0.2)
         return time.monotonic() - started, running
 
 

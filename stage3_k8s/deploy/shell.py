@@ -159,8 +159,8 @@ class Shell:
         return wait_until(what, check, deadline)
 
 
-def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float) -> str:
-    """Poll `check` (done, progress line) until done, saying the progress every few seconds."""
+def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float, *, every: float = 1.0) -> str:
+    """Poll `check` (done, progress line) every `every` seconds until done, saying the progress every few seconds."""
     start = time.monotonic()
     said = start
     while True:
@@ -173,7 +173,7 @@ def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float
         if now - said >= PROGRESS_EVERY:
             say(f"    ... {what}: {progress} ({now - start:.0f}s)")
             said = now
-        time.sleep(1.0)
+        time.sleep(every)
 
 
 @dataclass
