@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,8 @@ PR_SET_PDEATHSIG = 1
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _child_setup() -> None:  # runs in the child between fork and exec
@@ -132,16 +134,16 @@ class Cluster:
         handle.close()
         return Server(name, port, proc, log)
 
-    def _start_redis(self) -> str:
+    def _start_redis(self) -> tuple[Server, str]:
         port = free_port()
         argv = [redis_server_binary(), "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         self.redis = self._spawn("redis", argv, port=port)
-        return f"redis://{HOST}:{port}/0"
+        return self.redis, f"redis://{HOST}:{port}/0"
 
     async def start(self) -> None:
         try:
-            url = self._start_redis()
-            await self._wait_port(self.redis)  # type: ignore[arg-type]
+            redis, url = self._start_redis()
+            await self._wait_port(redis)
             self.nodes = [self._start_node(index, url) for index in range(2)]
             for node in self.nodes:
                 await self._wait_port(node)
@@ -188,13 +190,17 @@ class Cluster:
                 subscriber=True,
                 deadline=end,
             )
+            expected = len(clients) * len(clients)
+
+            def all_crossed(traffic: loadgen.Traffic) -> Callable[[], bool]:
+                return lambda: traffic.received >= expected
+
             while True:
                 traffic = loadgen.Traffic(len(clients), record_latency=False)
                 gen.traffic = traffic
                 for seq, client in enumerate(clients):
                     client.publish(traffic, seq)
-                expected = len(clients) * len(clients)
-                if await loadgen.wait_until(lambda t=traffic, e=expected: t.received >= e, 1.0):
+                if await loadgen.wait_until(all_crossed(traffic), 1.0):
                     return
                 if time.monotonic() > end:
                     raise TimeoutError(f"{self.system}: messages do not cross between the nodes")

@@ -123,6 +123,6 @@ def get(name: str) -> Log:
 
 
 def event(logger: Log, message: str, level: int = logging.INFO, **fields: Any) -> None:
-    """The older call style, kept while stage2_cluster's cluster.py and broker.py use it:
-    write `log.info(message, **fields)` (or .warning, .error) instead."""
+    """The older call style, kept only while work under way still calls it: write
+    `log.info(message, **fields)` (or .warning, .error) instead."""
     logger.log(level, message, **fields)

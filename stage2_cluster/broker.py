@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -254,7 +253,8 @@ class RedisBroker:
         prefix, middle = _frame_parts(topic, draft, node)
         channels = [node_channel(name) for name in self.membership.targets()]
         client_msg_id = draft.client_msg_id or ""
-        args = [self.history_size, draft.user, draft.body, node, topic, prefix, middle, client_msg_id, *channels]
+        args: list[str | int] = [self.history_size, draft.user, draft.body, node, topic, prefix, middle]
+        args += [client_msg_id, *channels]
         try:
             result = await self._script(keys=[stream_key(topic), client_ids_key(topic)], args=args)
         except (RedisError, OSError) as error:
@@ -310,7 +310,7 @@ class RedisBroker:
     def _set_health(self, healthy: bool) -> None:
         if healthy != self._healthy:
             self._healthy = healthy
-            logs.event(log, "redis reachable" if healthy else "redis unreachable", url=redact_url(self.url))
+            log.info("redis reachable" if healthy else "redis unreachable", url=redact_url(self.url))
             self.membership.on_health(healthy)
 
     async def _subscribe_forever(self) -> None:
@@ -320,11 +320,11 @@ class RedisBroker:
                 await self._subscribe_once()
                 attempt = 0
             except (RedisError, OSError, TimeoutError) as error:
-                logs.event(log, "subscription lost", level=logging.WARNING, error=str(error) or type(error).__name__)
+                log.warning("subscription lost", error=str(error) or type(error).__name__)
             except Exception:
                 # A bug must not leave the node subscribed to nothing while /readyz says 200:
                 # log it, report not ready, and subscribe again like after any other loss.
-                log.exception("subscription crashed", extra={"fields": {"channel": node_channel(self.node)}})
+                log.exception("subscription crashed", channel=node_channel(self.node))
             self._set_health(False)
             delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
             attempt += 1
@@ -366,7 +366,7 @@ class RedisBroker:
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
     async def catch_up(self) -> int:
         """Deliver what the stream holds past the last message delivered, for a peer regained.
@@ -394,7 +394,11 @@ class RedisBroker:
         senders = set(self.membership.targets())
         delivered = 0
         for topic, (ms, seq) in list(self._last_ids.items()):
-            entries = await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+")
+            # decode_responses=True: every reply is text, though redis-py types it `bytes | str`.
+            entries = cast(
+                "list[tuple[str, dict[str, str]]]",
+                await self.client.xrange(stream_key(topic), min=f"({ms}-{seq}", max="+"),
+            )
             for entry_id, fields in entries:
                 if fields.get("node") not in senders:
                     continue
@@ -434,10 +438,8 @@ class RedisBroker:
         self.bad_lines += 1
         self.membership.on_bad_line()
         if self._bad_line_log.due():
-            logs.event(
-                log,
+            log.warning(
                 "bad line on our channel dropped",
-                level=logging.WARNING,
                 channel=node_channel(self.node),
                 reason=reason,
                 line=line,  # the formatter cuts and escapes it

@@ -192,7 +192,7 @@ class Handshake:
         first = shown not in self._warned_addresses and len(self._warned_addresses) < MAX_WARNED_ADDRESSES
         self._warned_addresses.add(shown)
         level = logging.WARNING if first else logging.DEBUG  # a registry entry is seen every second
-        logs.event(log, "bad peer address refused", level=level, source=source, address=shown)
+        log.log(level, "bad peer address refused", source=source, address=shown)
         return False
 
     # Our side ------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class Handshake:
                 await self.connect(name, address, source=source)
             except ConnectError as error:
                 level = logging.DEBUG if quiet else logging.WARNING
-                logs.event(log, "connect failed", level=level, peer=name, reason=str(error))
+                log.log(level, "connect failed", peer=name, reason=str(error))
             finally:
                 self._connecting.pop(name, None)
 
@@ -324,7 +324,7 @@ class Handshake:
             await self._post(peer.address, "/cluster/goodbye", body)
         except (httpx.HTTPError, ConnectError) as error:
             # It will drop us anyway when our heartbeats stop reaching it.
-            logs.event(log, "goodbye not delivered", level=logging.WARNING, peer=name, reason=str(error))
+            log.warning("goodbye not delivered", peer=name, reason=str(error))
         return True
 
     async def close(self) -> None:
@@ -370,7 +370,7 @@ class Handshake:
         if hello is None or not valid(
             self.cookie, given, "confirm", name, self.name, str(challenge), hello.boot, digest(theirs)
         ):
-            logs.event(log, "handshake refused", level=logging.WARNING, peer=name)
+            log.warning("handshake refused", peer=name)
             raise ConnectError(403, "handshake failed: wrong cookie, unknown or reused challenge")
         peers = self.membership.peer_list()
         await self.membership.add(name, hello.address, hello.boot)

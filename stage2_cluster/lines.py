@@ -105,11 +105,11 @@ def parse(line: str) -> Line:
     message = _object(rest)
     node, boot = _node(message.get("node")), _boot(message.get("boot"))
     if kind is Kind.PRESENCE:
-        topic = message.get("topic")
-        if not isinstance(topic, str):
+        room = message.get("topic")
+        if not isinstance(room, str):
             raise BadLine("presence without a topic")
         return PresenceChange(
-            node, boot, topic, _entries(node, message.get("joins")), _entries(node, message.get("leaves"))
+            node, boot, room, _entries(node, message.get("joins")), _entries(node, message.get("leaves"))
         )
     topics = message.get("topics")
     if not isinstance(topics, dict):

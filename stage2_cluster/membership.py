@@ -20,7 +20,6 @@ Connecting (both sides of the handshake) is handshake.py; the lines are lines.py
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -128,7 +127,7 @@ class Membership:
             try:
                 holder = await self.registry.claim(self.name, self.boot, self.settings.address, self._ttl)
             except BrokerUnavailable as error:
-                logs.event(log, "name not claimed yet: redis unavailable", level=logging.WARNING, error=str(error))
+                log.warning("name not claimed yet: redis unavailable", error=str(error))
                 return
             if holder is None:
                 self._claimed = True
@@ -143,8 +142,7 @@ class Membership:
             expires = deadline if expires is None else min(expires, deadline)
             if not waited:
                 waited = True
-                logs.event(
-                    log,
+                log.info(
                     "waiting for an earlier node of this name to expire",
                     claim=f"chat:alive:{self.name}",
                     expires_in_s=round(holder.expires_in, 2),
@@ -172,7 +170,7 @@ class Membership:
                 await self._renew()
                 expired = await self.registry.prune(REGISTRY_KEEP * self.settings.node_down_after, self.name)
                 for name in expired:
-                    logs.event(log, "registry entry expired", peer=name)
+                    log.info("registry entry expired", peer=name)
                 if self.peers:
                     await self.broker.send(list(self.peers), lines.heartbeat(self.name, self.boot))
                     if time.monotonic() >= next_sync:
@@ -188,14 +186,12 @@ class Membership:
         if (holder is None) != self._claimed:
             self._claimed = holder is None
             if holder is None:
-                logs.event(log, "name claimed", claim=f"chat:alive:{self.name}")
+                log.info("name claimed", claim=f"chat:alive:{self.name}")
             else:
                 # Redis was away when we started, or longer than our claim lasts: an earlier
                 # incarnation's claim (it runs out) or a live node that took the name meanwhile.
-                logs.event(
-                    log,
+                log.warning(
                     "name held by another node: not registered until its claim runs out",
-                    level=logging.WARNING,
                     holder_boot=holder.boot,
                     expires_in_s=round(holder.expires_in, 2),
                 )
@@ -238,14 +234,14 @@ class Membership:
         regained = self.lost.pop(name, None) is not None
         self.peers[name] = Peer(name, address, boot)
         self.metrics.cluster_nodes.set(len(self.peers) + 1)
-        logs.event(log, "node connected", peer=name, address=address, nodes=len(self.peers) + 1)
+        log.info("node connected", peer=name, address=address, nodes=len(self.peers) + 1)
         await self._send([name], self._sync_line(want_reply=True))
         if regained:
             await self._catch_up(name)
 
     def _restarted(self, peer: Peer, boot: str) -> None:
         """`peer` is a new incarnation: whatever the old one tracked is gone with it."""
-        logs.event(log, "node restarted", peer=peer.name, old_boot=peer.boot, boot=boot)
+        log.info("node restarted", peer=peer.name, old_boot=peer.boot, boot=boot)
         peer.boot = boot
         peer.last_heard = time.monotonic()
         self.tracker.drop_node(peer.name)
@@ -256,17 +252,17 @@ class Membership:
             delivered = await self.broker.catch_up()
         except BrokerUnavailable as error:
             # Our subscription is down too: it catches up by itself when it is back.
-            logs.event(log, "catch-up after reconnecting skipped", level=logging.WARNING, peer=name, reason=str(error))
+            log.warning("catch-up after reconnecting skipped", peer=name, reason=str(error))
             return
-        logs.event(log, "caught up after reconnecting", peer=name, messages=delivered)
+        log.info("caught up after reconnecting", peer=name, messages=delivered)
 
-    def remove(self, name: str, reason: str, **fields: object) -> None:
+    def remove(self, name: str, reason: str, **fields: Any) -> None:
         self.lost.pop(name, None)  # removed on purpose: it stays out
         if self.peers.pop(name, None) is None:
             return
         self.metrics.cluster_nodes.set(len(self.peers) + 1)
         self.tracker.drop_node(name)
-        logs.event(log, "node disconnected", peer=name, reason=reason, nodes=len(self.peers) + 1, **fields)
+        log.info("node disconnected", peer=name, reason=reason, nodes=len(self.peers) + 1, **fields)
 
     # Control lines on our Redis channel -------------------------------------------------
 
@@ -306,4 +302,4 @@ class Membership:
             await self.broker.send(nodes, line)
         except BrokerUnavailable:
             # The next full sync (SYNC_INTERVAL) carries what this one would have.
-            logs.event(log, "cluster message not sent: redis unavailable", level=logging.WARNING)
+            log.warning("cluster message not sent: redis unavailable")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -134,7 +134,9 @@ class RedisRegistry:
         try:
             entries = {str(k): str(v) for k, v in (await self.client.hgetall(REGISTRY)).items()}
             names = list(entries)
-            claims = await self.client.mget([alive_key(name) for name in names]) if names else []
+            # The broker's client decodes replies (decode_responses=True); redis-py types them `bytes | str`.
+            keys = [alive_key(name) for name in names]
+            claims = cast("list[str | None]", await self.client.mget(keys)) if names else []
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(str(error)) from None
         return entries, dict(zip(names, claims, strict=True))

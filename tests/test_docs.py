@@ -65,8 +65,8 @@ from playwright.sync_api import Page as BrowserPage
 from playwright.sync_api import expect
 
 from stage2_cluster.launch import CONSOLE_OFFSET
-from stage3_k8s import compose_lab, standin
-from tests.helpers import containers, docs_runner
+from stage3_k8s import compose_lab
+from tests.helpers import containers, docs_runner, standin
 from tests.helpers.browser import ChatPages
 from tests.helpers.docs_runner import ROOT, Page, Serve, Tab, Terminal
 from tests.helpers.ports import free_port, free_ports, port_open

@@ -211,12 +211,12 @@ def test_the_node_runs_as_uid_10001_on_a_read_only_root_with_the_pods_limits(lab
 
 def test_the_launcher_prints_each_url_and_no_log_shows_a_secret(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     """What `make stage3-compose NODES=3` runs, on the module's project: build, up, wait, URLs."""
-    compose_lab.up(lab, 3, pull=False)
+    compose_lab.up(lab, 3)
     out = capsys.readouterr()
     nodes = lab.nodes()
-    assert "[stage3-compose] every node lists all 3 after " in out.out
+    assert "every node lists all 3 after " in out.out
     for node in nodes:
-        assert re.search(rf"^\[stage3-compose\] {node.container}  {node.name} +{node.url}$", out.out, re.MULTILINE)
+        assert re.search(rf"^{node.container}  {node.name} +{node.url}$", out.out, re.MULTILINE)
     secrets = dict(line.split("=", 1) for line in lab.env_file.read_text().splitlines())
     logs = lab.compose("logs", "--no-color").stdout  # every container's: Redis and the nodes, which log REDIS_URL
     assert "redis reachable" in logs

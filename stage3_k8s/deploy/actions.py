@@ -106,9 +106,6 @@ class Up:
             )
         keep = replicas if replicas is not None and replicas != DEFAULT_REPLICAS else None
         patches = c.overlay_patches()
-        # Earlier versions of this lab ran Redis as a Deployment; its pod would answer for the
-        # Service `redis` beside the StatefulSet's, without a password or a volume.
-        c.shell.run(c.kubectl("delete", "deployment/redis", "--ignore-not-found"), note="an earlier version's Redis")
         with tagged_overlay(OVERLAYS / c.k8s, self.tag, replicas=keep, patches=patches) as workdir:
             text = (workdir / "kustomization.yaml").read_text()
             say("  # <workdir>/kustomization.yaml:\n" + "\n".join(f"  #   {line}" for line in text.splitlines()))

@@ -88,7 +88,9 @@ def rollout(cluster: Cluster, workload: str) -> None:
 
 def load_json(text: str) -> dict[str, Any]:
     with contextlib.suppress(ValueError):
-        return json.loads(text)
+        value = json.loads(text)
+        if isinstance(value, dict):
+            return value
     return {}
 
 

@@ -82,7 +82,7 @@ class ProofSocket:
                 text += event.data
                 if event.message_finished:
                     item, text = json.loads(text), ""
-                    if match(item):
+                    if isinstance(item, list) and match(item):
                         return item
             elif isinstance(event, ws_events.Ping):
                 self.sock.sendall(self.ws.send(event.response()))
@@ -110,7 +110,8 @@ def exchange_message(sender: tuple[str, int], receiver: tuple[str, int], body: s
             a.join("rooms:lobby", "make stage3")
             b.join("rooms:lobby", "make stage3 (listening)")
             a.push("rooms:lobby", "new:msg", {"user": "make stage3", "body": body})
-            return b.frame(lambda f: f[3] == "new:msg" and f[4].get("body") == body)[4]
+            got: dict[str, Any] = b.frame(lambda f: f[3] == "new:msg" and f[4].get("body") == body)[4]
+            return got
         finally:
             b.close()
     finally:
@@ -120,7 +121,8 @@ def exchange_message(sender: tuple[str, int], receiver: tuple[str, int], body: s
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,13 @@ class StepFailed(Exception):
 
 def say(line: str) -> None:
     print(line, flush=True)
+
+
+def capture(
+    cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, its output captured as text; the caller reads its exit code."""
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=False, env=env, timeout=timeout)
 
 
 def find_tool(name: str) -> str | None:
@@ -63,6 +70,14 @@ DOCKER_DOWN = (
     "docker is installed but does not answer (`docker info` failed): "
     "start the Docker daemon, or Docker Desktop, or Colima"
 )
+
+
+def check_docker() -> None:
+    """Docker's client is on PATH and its daemon answers; else StepFailed saying what to do."""
+    if missing := missing_tools(["docker"]):
+        raise StepFailed(describe_missing(missing))
+    if capture(["docker", "info"]).returncode != 0:
+        raise StepFailed(DOCKER_DOWN)
 
 
 def prerequisites(k8s: str, action: str, shell: Shell) -> list[str]:
@@ -131,7 +146,7 @@ class Shell:
             say("+ " + line + note)
         if self.dry_run:
             return subprocess.CompletedProcess(list(cmd), dry[0], dry[1], dry[2] if len(dry) == 3 else "")
-        return subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+        return capture(cmd)
 
     def wait(
         self, what: str, check: Callable[[], tuple[bool, str]], deadline: float, *, polls: Sequence[Sequence[str]] = ()
@@ -144,8 +159,8 @@ class Shell:
         return wait_until(what, check, deadline)
 
 
-def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float) -> str:
-    """Poll `check` (done, progress line) until done, saying the progress every few seconds."""
+def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float, *, every: float = 1.0) -> str:
+    """Poll `check` (done, progress line) every `every` seconds until done, saying the progress every few seconds."""
     start = time.monotonic()
     said = start
     while True:
@@ -158,13 +173,13 @@ def wait_until(what: str, check: Callable[[], tuple[bool, str]], deadline: float
         if now - said >= PROGRESS_EVERY:
             say(f"    ... {what}: {progress} ({now - start:.0f}s)")
             said = now
-        time.sleep(1.0)
+        time.sleep(every)
 
 
 @dataclass
 class Step:
     title: str
-    action: Callable[[], None]
+    action: Callable[[], object]  # what it returns is not used
 
 
 def walk(steps: Sequence[Step]) -> None:

@@ -11,11 +11,14 @@ import os
 import time
 from pathlib import Path
 
-from stage3_k8s import compose_lab, standin
+from stage3_k8s import compose_lab
+from stage3_k8s.deploy.shell import StepFailed, check_docker
+from tests.helpers import standin
 
 # What the suites pass to Compose: nothing is ever pulled, and the nodes react fast.
 TEST_ENV = {
     "PULL_POLICY": "never",
+    "BASE_IMAGE": standin.BASE_IMAGE,
     "REDIS_IMAGE": standin.REDIS_IMAGE,
     "DNS_POLL_INTERVAL": "1",
     "PING_INTERVAL": "0",
@@ -25,9 +28,9 @@ TEST_ENV = {
 def docker_unavailable() -> str | None:
     """Why the Docker suites cannot run here (one line), or None when they can."""
     try:
-        compose_lab.check_docker()
+        check_docker()
         compose_lab.compose_command()
-    except compose_lab.LabError as error:
+    except StepFailed as error:
         return f"needs Docker: {error}"
     have_images = all(standin.image_exists(image) for image in (standin.BASE_IMAGE, standin.REDIS_IMAGE))
     if not have_images and os.geteuid() != 0:

@@ -4,7 +4,7 @@ The image's base (`python:3.13.9-slim-trixie`) and Redis (`redis:7.4.6-alpine`, 
 k8s/base/redis.yaml names) come from Docker Hub. Where no registry answers, this builds
 both from Debian packages instead, with the machine's own apt mirror:
 
-    python -m stage3_k8s.standin        # prints the base image to pass as BASE_IMAGE
+    python -m tests.helpers.standin     # prints the base image to pass as BASE_IMAGE
 
 - one `debootstrap --variant=minbase bookworm` root filesystem with python3, python3-venv,
   ca-certificates and redis-server (about a minute; needs root and debootstrap);
@@ -14,7 +14,9 @@ both from Debian packages instead, with the machine's own apt mirror:
   on a machine that can pull it.
 
 Images that already exist are kept: the second run takes no time. The mirror is read
-from this machine's apt sources, never written down here.
+from this machine's apt sources, never written down here. The test suites and CI use it;
+a learner offline runs it once and names the images to `make stage3-compose`
+(docs/troubleshooting.md).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from tests.helpers.paths import ROOT
+
 BASE_IMAGE = "chatlab-base:bookworm"
 REDIS_IMAGE = "chatlab-redis:bookworm"
 SUITE = "bookworm"
@@ -49,7 +52,7 @@ class StandinError(RuntimeError):
 
 def redis_image() -> str:
     """The Redis image the manifests run, e.g. redis:7.4.6-alpine."""
-    text = (HERE / "k8s" / "base" / "redis.yaml").read_text()
+    text = (ROOT / "stage3_k8s" / "k8s" / "base" / "redis.yaml").read_text()
     match = re.search(r"^\s*image:\s*(redis:\S+)", text, re.MULTILINE)
     if match is None:
         raise StandinError("no `image: redis:...` in stage3_k8s/k8s/base/redis.yaml")
@@ -149,7 +152,7 @@ def ensure(*, force: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stage3_k8s.standin", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.helpers.standin", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="build both again even if they exist")
     args = parser.parse_args(argv)
     try:
