@@ -101,10 +101,9 @@ class Outbox:
         transport = self.transport
         if transport is None or self.frames or self._sending or transport.is_closing():
             return False
-        # A str's characters are never more than its bytes.
-        own = sum(len(frame) if isinstance(frame, str) else frame.own for frame in frames)
-        if transport.get_write_buffer_size() + own > HIGH_WATER:
-            return False
+        # Pieces to write in order: this socket's own bytes joined, a shared part alone.
+        pieces: list[bytes] = []
+        shared: list[bytes] = []
         chunk: list[bytes] = []
         for frame in frames:
             if isinstance(frame, str):
@@ -112,12 +111,16 @@ class Outbox:
                 continue
             first, *rest = frame.wire()
             chunk.append(first)
-            if rest:  # the shared part, on its own
-                shared, tail = rest
-                transport.write(b"".join(chunk))
-                transport.write(shared)
-                chunk = [tail]
-        transport.write(b"".join(chunk))
+            if rest:
+                pieces += [b"".join(chunk), rest[0]]
+                shared.append(rest[0])
+                chunk = [rest[1]]
+        pieces.append(b"".join(chunk))
+        own = sum(map(len, pieces)) - sum(map(len, shared))
+        if transport.get_write_buffer_size() + own > HIGH_WATER:
+            return False
+        for piece in pieces:
+            transport.write(piece)
         return True
 
     def write_now(self, wire: bytes) -> bool:

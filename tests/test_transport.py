@@ -180,3 +180,12 @@ def test_a_busy_transport_queues_a_spliced_frame_as_its_text() -> None:
     box = outbox(RecordingTransport(buffered=HIGH_WATER))
     assert box.put_all(burst(b'{"a":{"metas":[]}'))
     assert box.frames[1] == '["1",null,"t","presence_state",{"a":{"metas":[]}}]'
+
+
+def test_a_burst_whose_own_bytes_pass_high_water_is_queued_not_written() -> None:
+    """Counted in bytes, not characters: 30 000 characters of 3 bytes each pass 64 KiB."""
+    transport = RecordingTransport()
+    box = outbox(transport)
+    frames = [f'["1",null,"t","x","{"€" * 30_000}"]', *burst(b"{" + b"x" * (2 * HIGH_WATER))]
+    assert box.put_all(frames)
+    assert transport.writes == [] and len(box.frames) == 4
