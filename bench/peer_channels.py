@@ -18,13 +18,13 @@ Run two of these on one Redis for the two-node workloads:
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import django
-import uvicorn
 from django.conf import settings
+
+from bench.peer_server import serve
 
 GROUP = "lobby"
 CAPACITY = 1000  # see docs/benchmarks.md, "The peers"
@@ -51,7 +51,7 @@ def create_app(redis_url: str) -> Any:
     from channels.routing import ProtocolTypeRouter, URLRouter
     from django.urls import path
 
-    class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc] - channels ships no types
+    class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels ships no types
         async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
             frame = json.loads(text_data or "{}")
             event = frame.get("event")
@@ -73,18 +73,7 @@ def create_app(redis_url: str) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Django Channels + channels_redis on uvicorn (bench peer)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
-    uvicorn.run(
-        create_app(args.redis_url),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    serve(create_app, "Django Channels + channels_redis on uvicorn (bench peer)")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ acknowledged. Run two of these on one Redis for the two-node workloads:
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import socketio
-import uvicorn
+
+from bench.peer_server import serve
 
 ROOM = "lobby"
 
@@ -41,18 +41,7 @@ def create_app(redis_url: str) -> socketio.ASGIApp:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="python-socketio + AsyncRedisManager on uvicorn (bench peer)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
-    uvicorn.run(
-        create_app(args.redis_url),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-    )
+    serve(create_app, "python-socketio + AsyncRedisManager on uvicorn (bench peer)")
 
 
 if __name__ == "__main__":

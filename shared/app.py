@@ -3,9 +3,10 @@ served in front of them (endpoint.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from quart import Blueprint, Quart, Response, current_app, jsonify, render_template
+from quart.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from shared import logs
@@ -17,10 +18,17 @@ BODY_TIMEOUT = 10.0  # seconds for a request body to arrive (Quart's default, 60
 
 bp = Blueprint("chat", __name__)
 log = logs.get("app")
+NODE_KEY = "chat"  # app.extensions[NODE_KEY]: the node the app serves
 
 
 def node() -> ChatNode:
-    return current_app.extensions["chat"]
+    """The node the current app serves. app.extensions holds anything, so its class is
+    checked here, and the type checker can trust what this returns (aiohttp's typed
+    `AppKey` does the same)."""
+    chat = current_app.extensions[NODE_KEY]
+    if not isinstance(chat, ChatNode):
+        raise TypeError(f"app.extensions[{NODE_KEY!r}] is a {type(chat).__name__}, not a ChatNode")
+    return chat
 
 
 def error(status: int, message: str) -> Response:
@@ -66,8 +74,12 @@ def create_app(chat: ChatNode) -> Quart:
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
-    app.json.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
-    app.extensions["chat"] = chat
+    provider = DefaultJSONProvider(app)  # app.json, under the class that has the options
+    provider.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
+    app.json = provider
+    app.extensions[NODE_KEY] = chat
+    # Quart's documented way to put ASGI middleware in front of the app, which mypy
+    # reports for any assignment to a method.
     app.asgi_app = SocketEndpoint(app.asgi_app, chat)  # type: ignore[method-assign]
     app.register_blueprint(bp)
     for blueprint in chat.blueprints:
@@ -82,11 +94,11 @@ def create_app(chat: ChatNode) -> Quart:
         return response
 
     @app.while_serving
-    async def lifetime() -> AsyncIterator[None]:
+    async def lifetime() -> AsyncGenerator[None]:
         await chat.start()
-        logs.event(log, "node ready", port=chat.settings.port, host=chat.settings.host)
+        log.info("node ready", port=chat.settings.port, host=chat.settings.host)
         yield
         await chat.stop()
-        logs.event(log, "node stopped")
+        log.info("node stopped")
 
     return app

@@ -77,7 +77,7 @@ async def serve(node: ChatNode, sock: socket.socket) -> None:
             writer.close()
 
     server = await asyncio.start_server(accepted, sock=sock, limit=LINE_LIMIT)
-    logs.event(log, "console listening", address=f"{HOST}:{sock.getsockname()[1]}")
+    log.info("console listening", address=f"{HOST}:{sock.getsockname()[1]}")
     try:
         await asyncio.Future()  # until cancelled
     finally:
@@ -94,13 +94,13 @@ async def session(node: ChatNode, reader: asyncio.StreamReader, writer: asyncio.
     if cookie is not None:
         refused = await gate(reader, writer, cookie)
         if refused is not None:
-            logs.event(log, "console refused", level=30, reason=refused)
+            log.warning("console refused", reason=refused)
             await refuse(reader, writer, refused)
             return
     namespace = node.console_namespace()
     shown = banner(node, namespace)  # before aioconsole adds its own names (print, ainput, ...)
     console = AsynchronousConsole(streams=(reader, writer), locals=namespace, prompt_control=PROMPT_MARK)
-    logs.event(log, "console session opened")
+    log.info("console session opened")
     try:
         await console.interact(banner=shown, stop=False, handle_sigint=False)
     except UnicodeDecodeError:
@@ -109,7 +109,7 @@ async def session(node: ChatNode, reader: asyncio.StreamReader, writer: asyncio.
         await refuse(reader, writer, f"line longer than {LINE_LIMIT} bytes")
     except ConnectionError:
         pass
-    logs.event(log, "console session closed")
+    log.info("console session closed")
 
 
 async def gate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cookie: str) -> str | None:

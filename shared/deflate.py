@@ -133,4 +133,5 @@ def _whole_characters(data: bytes) -> bytes:
 
 def install() -> None:
     """Make Hypercorn's WebSocket handshake offer BoundedDeflate instead of wsproto's."""
-    ws_stream.PerMessageDeflate = BoundedDeflate  # type: ignore[misc]
+    # A patch by design: Hypercorn looks the class up in this module, which does not export it.
+    ws_stream.PerMessageDeflate = BoundedDeflate  # type: ignore[attr-defined,assignment]

@@ -1,7 +1,11 @@
 """Structured logs: one line per event, to stdout, carrying the node name.
 
 On a terminal the line is readable (`12:00:01 info  a@localhost node ready port=4000`);
-elsewhere it is one JSON object, ready for a log collector.
+elsewhere it is one JSON object, ready for a log collector. A module logs with its
+named level and the event's fields as keywords:
+
+    log = logs.get("cluster")
+    log.warning("connect failed", peer=name, reason=str(error))
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import json
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 LOGGER_NAME = "chat"
 FIELD_LIMIT = 200  # characters of a field's value kept in a log line
+# What logging's own calls take as keywords; every other keyword is a field of the event.
+LOGGING_KEYWORDS = frozenset({"exc_info", "stack_info", "stacklevel", "extra"})
 
 
 def clean(value: str, limit: int = FIELD_LIMIT) -> str:
@@ -85,7 +92,7 @@ def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     get("loop").error(
         clean(str(context.get("message", "unhandled exception in the event loop")), 1000),
         exc_info=(type(error), error, error.__traceback__) if isinstance(error, BaseException) else None,
-        extra={"fields": {"where": repr(context.get("task") or context.get("future") or context.get("handle"))}},
+        where=repr(context.get("task") or context.get("future") or context.get("handle")),
     )
 
 
@@ -99,9 +106,23 @@ def configure(node: str, level: int = logging.INFO) -> None:
         logger.propagate = False
 
 
-def get(name: str) -> logging.Logger:
-    return logging.getLogger(f"{LOGGER_NAME}.{name}")
+class Log(logging.LoggerAdapter[logging.Logger]):
+    """A logger whose calls take the event's fields as keywords:
+    `log.info("node ready", port=4000)` writes `node ready port=4000`."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        fields = {name: kwargs.pop(name) for name in list(kwargs) if name not in LOGGING_KEYWORDS}
+        extra = dict(kwargs.get("extra") or {})
+        extra["fields"] = {**extra.get("fields", {}), **fields}
+        kwargs["extra"] = extra
+        return msg, kwargs
 
 
-def event(logger: logging.Logger, message: str, level: int = logging.INFO, **fields: Any) -> None:
-    logger.log(level, message, extra={"fields": fields})
+def get(name: str) -> Log:
+    return Log(logging.getLogger(f"{LOGGER_NAME}.{name}"))
+
+
+def event(logger: Log, message: str, level: int = logging.INFO, **fields: Any) -> None:
+    """The older call style, kept while stage2_cluster's cluster.py and broker.py use it:
+    write `log.info(message, **fields)` (or .warning, .error) instead."""
+    logger.log(level, message, **fields)

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from quart import Blueprint
 
@@ -109,7 +111,7 @@ class ChatNode:
                 await task
         await self.broker.stop()
 
-    def spawn(self, coroutine) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a background task (a loop for the node's lifetime, or a send); a crash is
         logged, not swallowed, and whatever still runs is cancelled by stop()."""
         task = asyncio.create_task(coroutine)
@@ -165,7 +167,7 @@ class ChatNode:
             async with asyncio.timeout(timeout):
                 await self._no_sockets.wait()
         if sockets:
-            log.info("drained", extra={"fields": {"sockets": len(sockets), "left": len(self.sockets)}})
+            log.info("drained", sockets=len(sockets), left=len(self.sockets))
         return len(sockets)
 
 

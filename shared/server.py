@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -61,7 +62,7 @@ class CheckedHandshake(ws_stream.Handshake):
         self.problem = header_problem(headers)
         super().__init__(headers if self.problem is None else [], http_version)
         if self.problem is not None and (count := self.refusals.due()):
-            logs.event(log, "websocket refused: malformed handshake header", reason=self.problem, refused=count)
+            log.info("websocket refused: malformed handshake header", reason=self.problem, refused=count)
 
     def is_valid(self) -> bool:
         return self.problem is None and super().is_valid()
@@ -108,15 +109,15 @@ async def serve_node(chat: ChatNode, sock: socket.socket, console_sock: socket.s
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        logs.event(log, "shutting down: draining sockets")
+        log.info("shutting down: draining sockets")
         await chat.drain()
 
     config = hypercorn_config()
     config.bind = [f"fd://{sock.fileno()}"]  # the socket `listen()` bound
-    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    await serve(app, config, shutdown_trigger=shutdown_trigger)
 
 
-def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_defaults: object) -> Settings:
+def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_defaults: Any) -> Settings:
     """The node's settings; a REDIS_URL left over for a node that keeps everything in
     memory is refused rather than ignored, so a learner knows which stage they started."""
     if env.get("REDIS_URL", "").strip() and "redis_url" not in settings_class.__dataclass_fields__:
@@ -124,7 +125,7 @@ def load_settings(settings_class: type[Settings], env: dict[str, str], **stage_d
     return settings_class.from_env(env, **stage_defaults)
 
 
-def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: object) -> None:
+def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: Any) -> None:
     """The `python -m stageN` entry point: settings, logs, uvloop where available, serve."""
     try:
         settings = load_settings(node_class.settings_class, env, **stage_defaults)
@@ -141,14 +142,14 @@ def main(node_class: type[ChatNode], env: dict[str, str], **stage_defaults: obje
     try:
         sock = listen(settings)
     except OSError as error:
-        logs.event(log, f"cannot serve on {settings.host}:{settings.port}: {error.strerror}", level=logging.ERROR)
+        log.error(f"cannot serve on {settings.host}:{settings.port}: {error.strerror}")
         raise SystemExit(1) from None
     try:
         console_sock = console.listen(settings.console_port)
     except OSError as error:
         sock.close()
         where = f"{console.HOST}:{settings.console_port}"
-        logs.event(log, f"cannot serve the console on {where}: {error.strerror}", level=logging.ERROR)
+        log.error(f"cannot serve the console on {where}: {error.strerror}")
         raise SystemExit(1) from None
     # Hypercorn owns `sock` from here and closes it; the console's server closes its own.
     try:

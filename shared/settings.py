@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 MIN_SECRET_LENGTH = 16  # CLUSTER_COOKIE, GOSSIP_SECRET
@@ -38,6 +38,9 @@ class ConfigError(ValueError):
 
 
 Reader = Callable[[str], "str | None"]
+# Field name -> value, for the settings' constructor: each value has its field's type
+# (read() and the stages' defaults make sure), which a dict of many fields cannot say.
+Fields = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +63,9 @@ class Settings:
     console_port: int | None = None  # the remote console (shared/console.py); None: no console
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], **stage_defaults: object) -> Self:
+    def from_env(cls, env: Mapping[str, str], **stage_defaults: Any) -> Self:
         """Build settings from `env`; a stage passes its own defaults (e.g. node_name)."""
-        base = cls(**stage_defaults)  # type: ignore[arg-type]
+        base = cls(**stage_defaults)
 
         def get(var: str) -> str | None:
             value = env.get(var)
@@ -70,12 +73,12 @@ class Settings:
                 return value.strip()
             return None if value is None or value.strip() == "" else value.strip()
 
-        settings = cls(**cls.read(get, base))  # type: ignore[arg-type]
+        settings = cls(**cls.read(get, base))
         settings.check()
         return settings
 
     @classmethod
-    def read(cls, get: Reader, base: Settings) -> dict[str, object]:
+    def read(cls, get: Reader, base: Settings) -> Fields:
         """Each field from its variable (or `base`'s value when unset), checked on the way."""
         return {
             "port": int(number("PORT", get("PORT"), base.port, 1, 65535, integer=True)),

@@ -77,7 +77,7 @@ def find_transport(send: Any) -> Transport | None:
     stream = getattr(send, "__self__", None)  # Hypercorn's WSStream.app_send
     if type(stream).__name__ != "WSStream":
         return None
-    http = getattr(stream.send, "__self__", None)  # H11Protocol.stream_send
+    http = getattr(getattr(stream, "send", None), "__self__", None)  # H11Protocol.stream_send
     if type(http).__name__ != "H11Protocol":
         # Over HTTP/2 (RFC 8441) the same WSStream sits on an H2Protocol: the transport
         # carries h2 frames for many streams, and a WebSocket frame written there breaks them.
@@ -85,5 +85,5 @@ def find_transport(send: Any) -> Transport | None:
     server = getattr(getattr(http, "send", None), "__self__", None)  # TCPServer.protocol_send
     transport = getattr(getattr(server, "writer", None), "transport", None)
     if all(hasattr(transport, name) for name in ("write", "is_closing", "get_write_buffer_size")):
-        return transport  # type: ignore[return-value]
+        return transport
     return None

@@ -8,21 +8,50 @@ needs no header because each step carries a proof of the cookie (handshake.py).
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from quart import Blueprint, Response, jsonify, request
 
-from shared import logs
-from shared.app import error, node
+from shared import app, logs
+from shared.app import error
 from shared.settings import NODE_NAME_RE
-from stage2_cluster.handshake import ConnectError
+from stage2_cluster.handshake import ConnectError, Handshake
+from stage2_cluster.settings import ClusterSettings
 
 bp = Blueprint("cluster", __name__)
 log = logs.get("api")
+
+
+@runtime_checkable
+class ClusteredNode(Protocol):
+    """What the node API uses of the node it serves: stage2_cluster/node.py's ClusterNode,
+    which imports this module for its blueprint, so this module names its needs instead."""
+
+    @property
+    def settings(self) -> ClusterSettings: ...
+
+    @property
+    def handshake(self) -> Handshake: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def nodes(self) -> list[str]: ...
+
+    async def drain(self) -> int: ...
+
+
+def node() -> ClusteredNode:
+    """The node the current app serves, checked to be a clustered one."""
+    # Typed `object`: a ChatNode's `settings` can be set to any Settings, so mypy would
+    # deem a ChatNode that matches ClusteredNode impossible.
+    chat: object = app.node()
+    if not isinstance(chat, ClusteredNode):
+        raise TypeError(f"the node API is served by a {type(chat).__name__}, not a clustered node")
+    return chat
 
 
 def needs_cookie(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -32,7 +61,7 @@ def needs_cookie(view: Callable[..., Awaitable[Response]]) -> Callable[..., Awai
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.encode(), cookie.encode()):
-            logs.event(log, "node API refused: missing or wrong cookie", level=logging.WARNING, path=request.path)
+            log.warning("node API refused: missing or wrong cookie", path=request.path)
             return error(401, "missing or wrong cluster cookie (Authorization: Bearer <CLUSTER_COOKIE>)")
         return await view(*args, **kwargs)
 

@@ -147,7 +147,7 @@ class Listener(asyncio.DatagramProtocol):
             if sender not in self.warned and len(self.warned) < MAX_WARNED:
                 self.warned.add(sender)
                 level = logging.WARNING
-            logs.event(log, "gossip packet dropped", level=level, sender=sender, size=len(data), dropped=self.dropped)
+            log.log(level, "gossip packet dropped", sender=sender, size=len(data), dropped=self.dropped)
             return
         name, address = heartbeat
         handshake = self.handshake
@@ -161,7 +161,7 @@ class Listener(asyncio.DatagramProtocol):
             self.pending[name] = task
             task.add_done_callback(lambda _task: self.settled(name))
             if not retry:
-                logs.event(log, "gossip discovered node", peer=name, address=address, sender=addr[0])
+                log.info("gossip discovered node", peer=name, address=address, sender=addr[0])
 
     def settled(self, name: str) -> None:
         """An attempt ended: remember whether it connected."""
@@ -172,7 +172,7 @@ class Listener(asyncio.DatagramProtocol):
             self.refused.add(name)
 
     def error_received(self, exc: Exception) -> None:
-        logs.event(log, "gossip send failed", level=logging.WARNING, error=str(exc))
+        log.warning("gossip send failed", error=str(exc))
 
 
 async def gossip(settings: ClusterSettings, handshake: Handshake) -> None:
@@ -182,11 +182,11 @@ async def gossip(settings: ClusterSettings, handshake: Handshake) -> None:
     try:
         sock = open_socket(interface)
     except OSError as error:
-        logs.event(log, "gossip unavailable", level=logging.ERROR, interface=interface, error=str(error))
+        log.error("gossip unavailable", interface=interface, error=str(error))
         return
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: Listener(handshake, codec), sock=sock)
-    logs.event(log, "gossip started", group=f"{GROUP}:{PORT}", interface=interface, encrypted=codec.aead is not None)
+    log.info("gossip started", group=f"{GROUP}:{PORT}", interface=interface, encrypted=codec.aead is not None)
     try:
         while True:
             # A random pause first, so nodes started together do not all announce at once.

@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 import orjson
@@ -94,14 +94,14 @@ def proof(cookie: str, *parts: str) -> str:
     return hmac.new(cookie.encode(), "|".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
-def well_formed(given: object) -> bool:
+def well_formed(given: object) -> TypeGuard[str]:
     """Whether `given` looks like a proof at all (anything else is answered 401, not compared)."""
     return isinstance(given, str) and PROOF_RE.fullmatch(given) is not None
 
 
 def valid(cookie: str, given: object, *parts: str) -> bool:
     # compare_digest takes str of ASCII only: anything else was refused by well_formed.
-    return well_formed(given) and hmac.compare_digest(given, proof(cookie, *parts))  # type: ignore[arg-type]
+    return well_formed(given) and hmac.compare_digest(given, proof(cookie, *parts))
 
 
 def peer_list(value: object) -> list[dict[str, str]] | None:

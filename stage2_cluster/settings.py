@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.settings import MIN_SECRET_LENGTH, ConfigError, Reader, Settings, number, secret
+from shared.settings import MIN_SECRET_LENGTH, ConfigError, Fields, Reader, Settings, number, secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,7 @@ class ClusterSettings(Settings):
     gossip_secret: str | None = field(default=None, repr=False)  # DISCOVERY=gossip: encrypts the packets
 
     @classmethod
-    def read(cls, get: Reader, base: Settings) -> dict[str, object]:
+    def read(cls, get: Reader, base: Settings) -> Fields:
         assert isinstance(base, ClusterSettings)
         return {
             **super(ClusterSettings, cls).read(get, base),  # explicit: slots=True makes a new class

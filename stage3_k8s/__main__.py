@@ -16,6 +16,7 @@ import socket
 from collections.abc import Mapping
 
 from shared.server import main
+from shared.settings import Fields
 from stage3_k8s.node import K8sNode
 
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -29,13 +30,13 @@ def own_address() -> str:
         return "127.0.0.1"
 
 
-def stage_defaults(env: Mapping[str, str]) -> dict[str, object]:
+def stage_defaults(env: Mapping[str, str]) -> Fields:
     """NODE_NAME defaults to NODE_BASENAME@POD_IP. Without POD_IP: @HOST when the node listens
     on one address (127.0.0.1 when HOST is unset), else POD_IP itself defaults to the host
     name's address, which is also the address peers reach it at."""
     basename = env.get("NODE_BASENAME", "").strip() or "chat"
     host = env.get("HOST", "").strip() or "127.0.0.1"
-    defaults: dict[str, object] = {}
+    defaults: Fields = {}
     own = env.get("POD_IP", "").strip()
     if not own and host in WILDCARD_HOSTS:
         own = defaults["pod_ip"] = own_address()

@@ -54,8 +54,10 @@ def say(line: str) -> None:
     print(f"[stage3-compose] {line}", flush=True)
 
 
-def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+def run(
+    command: list[str], env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=env, timeout=timeout)
 
 
 def pinned_base() -> str:

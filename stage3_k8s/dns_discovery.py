@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 from typing import TYPE_CHECKING
 
 import dns.asyncresolver
@@ -102,21 +101,19 @@ class DnsDiscovery:
             ips = await lookup(self.resolver, self.settings.dns_service)
         except LookupFailed as error:
             if not self.failing:  # one line per outage, not one per poll
-                logs.event(
-                    log,
+                log.warning(
                     "dns lookup failed: keeping the cluster as it is",
-                    level=logging.WARNING,
                     service=self.settings.dns_service,
                     reason=str(error),
                 )
             self.failing = True
             return
         if self.failing:
-            logs.event(log, "dns lookup answers again", service=self.settings.dns_service)
+            log.info("dns lookup answers again", service=self.settings.dns_service)
             self.failing = False
         listed = self.peers_in(ips)
         if listed.keys() != self.listed.keys():
-            logs.event(log, "dns answer changed", service=self.settings.dns_service, peers=sorted(listed))
+            log.info("dns answer changed", service=self.settings.dns_service, peers=sorted(listed))
         gone = [name for name in self.listed if name not in listed and name in self.handshake.membership.peers]
         self.listed = listed
         for name, address in listed.items():

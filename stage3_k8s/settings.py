@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-from shared.settings import ConfigError, Reader, Settings, host_port, ip, number
+from shared.settings import ConfigError, Fields, Reader, Settings, host_port, ip, number
 from stage2_cluster.settings import ClusterSettings
 
 
@@ -22,7 +22,7 @@ class K8sSettings(ClusterSettings):
     dns_nameserver: tuple[str, int] | None = None  # for tests: a DNS server of their own
 
     @classmethod
-    def read(cls, get: Reader, base: Settings) -> dict[str, object]:
+    def read(cls, get: Reader, base: Settings) -> Fields:
         assert isinstance(base, K8sSettings)
         return {
             **super(K8sSettings, cls).read(get, base),  # explicit: slots=True makes a new class

@@ -13,6 +13,10 @@ line saying what they need; under CI=true a skip is a failure, so there they run
 Mark a module (`pytestmark = pytest.mark.netns`) or single tests; a fixture or a step that
 needs one of them calls `require(name)`, as the `browser` fixture does. Add a requirement
 with an entry in REQUIREMENTS there; each check runs once a session.
+
+The suite has two tiers (tests/helpers/tiers.py, another plugin): a test that starts a
+process, Redis or a browser, or opens a socket, is marked `slow` (any test above is);
+the rest is `make test-fast`, and fails if it starts anything.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from tests.helpers.phoenix_js import CLIENTS, JS_DIR, BackgroundScript
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.requirements import require
 
-pytest_plugins = ["tests.helpers.skip_rule"]
+pytest_plugins = ["pytester", "tests.helpers.skip_rule", "tests.helpers.tiers"]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers.paths import ROOT
 
 SYSTEMS = ["chatlab", "socketio", "channels"]
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")

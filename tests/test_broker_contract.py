@@ -73,7 +73,7 @@ def module_redis() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
 async def room(request: pytest.FixtureRequest) -> AsyncIterator[Room]:
     if request.param == "memory":
         broker: Broker = MemoryBroker(HISTORY)
@@ -140,6 +140,7 @@ async def test_a_replay_is_read_again_after_every_append_and_trim(room: Room) ->
         assert [json.loads(p) for p in replay.payloads] == [m.payload() for m in seen[-HISTORY:]]
 
 
+@pytest.mark.slow  # Redis
 async def test_a_copy_of_the_history_is_not_stale_when_an_unconnected_node_appends(
     module_redis: RedisServer,
 ) -> None:
@@ -166,6 +167,7 @@ async def test_a_copy_of_the_history_is_not_stale_when_an_unconnected_node_appen
             await broker.stop()
 
 
+@pytest.mark.slow  # Redis
 async def test_a_copy_of_the_history_is_read_whole_again_when_the_stream_was_replaced(
     module_redis: RedisServer,
 ) -> None:
@@ -209,6 +211,7 @@ class Pair(Alone):
         return [self.node, PEER]
 
 
+@pytest.mark.slow  # Redis
 async def test_broadcasts_for_a_peer_arrive_all_in_order_without_awaiting_redis(module_redis: RedisServer) -> None:
     """Stage 2 only: a storm of broadcasts goes to the peer in pipelines, in order, and the
     broadcast itself never waits for Redis (each returns before any round trip)."""

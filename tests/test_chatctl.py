@@ -20,6 +20,8 @@ from tests.helpers.phoenix import LOBBY, PhoenixClient
 from tests.helpers.ports import free_port
 from tests.helpers.redis_server import RedisServer
 
+pytestmark = pytest.mark.slow
+
 A, B = "a@localhost", "b@localhost"
 
 

@@ -33,6 +33,8 @@ from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
 from tests.helpers.ports import free_port, port_open
 from tests.helpers.redis_server import RedisServer
 
+pytestmark = pytest.mark.slow
+
 CHATCTL = str(Path(sys.executable).parent / "chatctl")  # the console script `pip install` makes
 COOKIE = "console-test-cookie-0123456789"
 DEADLINE = 10.0

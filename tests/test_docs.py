@@ -73,6 +73,8 @@ from tests.helpers.ports import free_port, free_ports, port_open
 from tests.helpers.requirements import require
 from tests.helpers.waits import wait_until
 
+pytestmark = pytest.mark.slow
+
 COMMAND_TIMEOUT = 60.0
 SERVE_DEADLINE = 90.0  # a served `make` and its nodes, on a loaded machine
 STOP_DEADLINE = 30.0  # Ctrl-C: every node drains and says goodbye, then Redis stops

@@ -71,6 +71,7 @@ MAKE_TARGETS = (
     "stage3-status",
     "stage3-down",
     "test",
+    "test-fast",
     "bench",
     "lint",
 )
@@ -185,6 +186,7 @@ def test_each_listed_endpoint_is_served(endpoint: str) -> None:
     assert endpoint.split("?")[0] in served_routes()
 
 
+@pytest.mark.slow  # runs `make help`
 def test_each_listed_make_target_is_in_make_help() -> None:
     missing = sorted(set(MAKE_TARGETS) - make_help_targets())
     assert not missing, f"listed make targets that `make help` does not list: {missing}"

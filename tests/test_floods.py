@@ -29,6 +29,8 @@ from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
 from tests.helpers.results import record
 from tests.helpers.waits import async_wait_until, run_async
 
+pytestmark = pytest.mark.slow
+
 SOCKETS = 400
 STORM_SOCKETS, STORM_CYCLES = 50, 10
 MESSAGE_STORMERS, MESSAGES_EACH = 5, 400

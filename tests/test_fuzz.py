@@ -526,6 +526,7 @@ def run_router_fuzz(examples: int, sizes: tuple[int, int]) -> int:
     return counter[0]
 
 
+@pytest.mark.slow  # its 10 000 frames take seconds: `make test` runs it, not `make test-fast`
 def test_every_fuzzed_frame_gets_the_spec_reply_and_nothing_invalid_is_stored_or_broadcast() -> None:
     started = time.monotonic()
     frames = run_router_fuzz(ROUTER_EXAMPLES, ROUTER_FRAMES)

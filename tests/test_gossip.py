@@ -33,7 +33,7 @@ NODE_PORT = 4000  # every node has a namespace, hence a port space, of its own
 REDIS_PORT = 6379
 CONVERGE_DEADLINE = 20.0  # heartbeats come every 1-5 s; a connect takes well under a second
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 # Inside a namespace: send raw datagrams to the gossip group, as anyone on the network could.
 SEND_PACKETS = """

@@ -54,6 +54,8 @@ from tests.helpers.raw_websocket import RawWebSocket, client_frame
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.waits import run_async, wait_until
 
+pytestmark = pytest.mark.slow
+
 A, B = "a@localhost", "b@localhost"
 DEADLINE = 15.0
 

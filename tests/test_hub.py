@@ -14,6 +14,7 @@ from shared.broker import Delivery
 from shared.hub import Hub
 from shared.metrics import Metrics
 from shared.transport import text_frame
+from tests.helpers.waits import async_wait_until
 
 LOBBY = "rooms:lobby"
 
@@ -50,7 +51,7 @@ async def test_a_join_storm_reaches_every_member_in_one_write_joiners_included()
     for delivery in events:
         hub.deliver(delivery)
     assert all(not member.calls for member in members)  # nothing yet: the batch waits
-    await asyncio.sleep(shared.hub.EVENT_BATCH_SECONDS * 5)
+    await async_wait_until(lambda: all(member.calls for member in members), what="the batch flushed")
 
     frames = [d.frame for d in events]
     for member in members[2:]:
@@ -74,7 +75,8 @@ async def test_stored_messages_go_out_at_once() -> None:
 async def test_the_window_grows_to_a_multiple_of_what_the_last_flush_cost(monkeypatch: pytest.MonkeyPatch) -> None:
     """A flush that took 50 ms makes the room's next batch wait FLUSH_COST_FACTOR x 50 ms."""
     hub = make_hub()
-    hub.add(LOBBY, Recorder())
+    member = Recorder()
+    hub.add(LOBBY, member)
     loop = asyncio.get_running_loop()
     delays: list[float] = []
     real_call_later = loop.call_later
@@ -85,13 +87,13 @@ async def test_the_window_grows_to_a_multiple_of_what_the_last_flush_cost(monkey
             delay = 0
         return real_call_later(delay, callback, *args)
 
-    clock = iter([10.0, 10.05, 20.0, 20.001])  # (start, end) of each flush
+    clock = iter([10.0, 10.05, 20.0, 20.001, 30.0, 30.001])  # (start, end) of each flush
     monkeypatch.setattr(loop, "call_later", call_later)
     monkeypatch.setattr(shared.hub, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
-    for _ in range(3):
+    for flushes in range(1, 4):
         hub.deliver(event("x"))
-        await asyncio.sleep(0.01)
+        await async_wait_until(lambda n=flushes: len(member.calls) == n, what="the flush")
 
     assert delays[0] == shared.hub.EVENT_BATCH_SECONDS  # a room with no flush yet
     assert delays[1] == pytest.approx(shared.hub.FLUSH_COST_FACTOR * 0.05)

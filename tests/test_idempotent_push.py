@@ -22,6 +22,8 @@ from tests.helpers.redis_server import RedisServer
 from tests.helpers.results import record
 from tests.helpers.waits import async_wait_until, run_async
 
+pytestmark = pytest.mark.slow
+
 DEADLINE = 10.0
 
 

@@ -75,3 +75,16 @@ def test_every_lets_one_line_through_a_second_and_counts_the_rest(monkeypatch: p
     assert [every.due() for _ in range(5)] == [1, 0, 0, 0, 0]
     now[0] += 1.0
     assert every.due() == 5
+
+
+def test_a_call_takes_its_level_by_name_and_the_fields_as_keywords(caplog: pytest.LogCaptureFixture) -> None:
+    log = logs.get("test")
+
+    with caplog.at_level(logging.INFO, logger="chat.test"):
+        log.warning("connect failed", peer="b@localhost", reason="refused")
+        log.info("older style", extra={"fields": {"sockets": 3}}, left=0)
+
+    assert [(r.levelname, r.getMessage(), getattr(r, "fields", None)) for r in caplog.records] == [
+        ("WARNING", "connect failed", {"peer": "b@localhost", "reason": "refused"}),
+        ("INFO", "older style", {"sockets": 3, "left": 0}),
+    ]

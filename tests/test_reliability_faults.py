@@ -43,6 +43,8 @@ from tests.helpers.results import record, report_timing
 from tests.helpers.views import acked, check_view, lost, message_ids, pause, publish_until, stream_of
 from tests.helpers.waits import async_wait_until, run_async, wait_until
 
+pytestmark = pytest.mark.slow
+
 NODE_DOWN_AFTER = 2.0
 FAST = {"NODE_DOWN_AFTER": str(NODE_DOWN_AFTER), "HISTORY_SIZE": "10000"}
 DEADLINE = 20.0  # any single wait in a scenario

@@ -16,6 +16,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from shared.protocol import MAX_FRAME_BYTES
 from tests.helpers.node import NodeProcess, running_node
 
+pytestmark = pytest.mark.slow
+
 LOBBY = "rooms:lobby"
 DEADLINE = 10.0  # seconds; every wait in this file ends by then
 OK: dict[str, Any] = {"status": "ok", "response": {}}

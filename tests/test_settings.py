@@ -278,6 +278,7 @@ def run_node(module: str, env: dict[str, str]) -> tuple[int, list[str]]:
     return result.returncode, [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("var", "value"), [("PORT", "abc"), ("HISTORY_SIZE", "-1")])
 def test_node_process_with_bad_config_exits_nonzero_with_one_line_naming_the_variable(var: str, value: str) -> None:
     code, lines = run_node("stage1_dev", {var: value})
@@ -288,6 +289,7 @@ def test_node_process_with_bad_config_exits_nonzero_with_one_line_naming_the_var
     assert value in lines[0]
 
 
+@pytest.mark.slow
 def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
     """It used to pass validation and then discover nothing: stage 2 has no `dns` branch."""
     code, lines = run_node("stage2_cluster", {**CLUSTER, "DISCOVERY": "dns"})
@@ -298,6 +300,7 @@ def test_stage2_with_dns_discovery_stops_with_one_line_naming_stage3() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "70000", "abc", ""])
 def test_a_bad_console_port_stops_the_node_with_one_line(value: str) -> None:
     """Blank too, unlike the other variables: blank would mean no console, which is not

@@ -22,6 +22,8 @@ import pytest
 from tests.helpers.paths import ROOT
 from tests.helpers.requirements import REQUIREMENTS
 
+pytestmark = pytest.mark.slow
+
 SESSION_TIMEOUT = 120.0
 MISSING = ("netns", "docker", "browser", "node")  # what nobody, with no tools on PATH, lacks
 

@@ -28,6 +28,8 @@ from tests.helpers.redis_server import RedisServer
 from tests.helpers.results import record
 from tests.helpers.waits import wait_until
 
+pytestmark = pytest.mark.slow
+
 A, B = "a@localhost", "b@localhost"
 FAKE = "x@localhost"  # a node the test plays itself
 FAKE_BOOT = "0123456789abcdef"  # its incarnation (stage2_cluster/lines.py)

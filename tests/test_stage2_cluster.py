@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.helpers.cluster import Cluster
 from tests.helpers.phoenix import LOBBY, PhoenixClient, parse_ids, unique
+
+pytestmark = pytest.mark.slow
 
 
 def chat_bodies(client: PhoenixClient, since: int = 0) -> list[str]:

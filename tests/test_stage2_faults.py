@@ -28,6 +28,8 @@ from tests.helpers.results import record, report_timing
 from tests.helpers.views import acked, lost, stream_of
 from tests.helpers.waits import async_wait_until, run_async
 
+pytestmark = pytest.mark.slow
+
 NODE_DOWN_AFTER = 2.0
 FAST = {"NODE_DOWN_AFTER": str(NODE_DOWN_AFTER), "HISTORY_SIZE": "10000"}
 

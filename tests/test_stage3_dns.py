@@ -27,6 +27,8 @@ from tests.helpers.dns import HeadlessService, Pod, pod_ip, port_free_on_all
 from tests.helpers.phoenix import LOBBY, PhoenixClient
 from tests.helpers.redis_server import RedisServer
 
+pytestmark = pytest.mark.slow
+
 COOKIE = "stage3-test-cookie-0123456789"
 SERVICE = "chat-nodes"
 CONVERGE_DEADLINE = 25.0

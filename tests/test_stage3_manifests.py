@@ -43,6 +43,8 @@ from stage3_k8s.settings import K8sSettings
 from tests.helpers.paths import ROOT
 from tests.helpers.redis_server import RedisServer
 
+pytestmark = pytest.mark.slow
+
 K8S = ROOT / "stage3_k8s" / "k8s"
 YAMLLINT_CONFIG = K8S / ".yamllint.yaml"
 BIN = Path(sys.executable).parent

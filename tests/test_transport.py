@@ -16,6 +16,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from shared.outbox import Budget, Outbox
 from shared.transport import HIGH_WATER, Spliced, text_frame
+from tests.helpers.h2c import websocket_request
 from tests.helpers.metrics import metric
 from tests.helpers.node import NodeProcess
 
@@ -89,17 +90,7 @@ def h2c_websocket(port: int) -> tuple[list[tuple[str, str]], list[object]]:
             for event in read():
                 if isinstance(event, h2.events.RemoteSettingsChanged) and stream_id is None:
                     stream_id = conn.get_next_available_stream_id()
-                    conn.send_headers(
-                        stream_id,
-                        [
-                            (":method", "CONNECT"),
-                            (":protocol", "websocket"),
-                            (":scheme", "http"),
-                            (":path", "/socket/websocket?vsn=2.0.0"),
-                            (":authority", f"127.0.0.1:{port}"),
-                            ("sec-websocket-version", "13"),
-                        ],
-                    )
+                    conn.send_headers(stream_id, websocket_request(port))
                     sock.sendall(conn.data_to_send())
                 elif isinstance(event, h2.events.ResponseReceived):  # accepted: frames may follow
                     headers = list(event.headers)  # type: ignore[arg-type]

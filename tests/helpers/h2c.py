@@ -26,6 +26,19 @@ OFFER = "permessage-deflate; client_max_window_bits"
 WINDOW = 16 * 1024 * 1024
 
 
+def websocket_request(port: int, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    """The headers of an extended CONNECT that opens a WebSocket on the socket route (RFC 8441)."""
+    return [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/socket/websocket?vsn=2.0.0"),
+        (":authority", f"127.0.0.1:{port}"),
+        ("sec-websocket-version", "13"),
+        *extra,
+    ]
+
+
 def compressed_frame(text: str) -> bytes:
     """One masked client text frame, compressed (RSV1) with a fresh raw deflate context."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -117,16 +130,7 @@ class H2cConnection(threading.Thread):
                             stream_id = conn.get_next_available_stream_id()
                             self.streams[stream_id] = Stream()
                             conn.send_headers(
-                                stream_id,
-                                [
-                                    (":method", "CONNECT"),
-                                    (":protocol", "websocket"),
-                                    (":scheme", "http"),
-                                    (":path", "/socket/websocket?vsn=2.0.0"),
-                                    (":authority", f"127.0.0.1:{self.port}"),
-                                    ("sec-websocket-version", "13"),
-                                    ("sec-websocket-extensions", OFFER),
-                                ],
+                                stream_id, websocket_request(self.port, ("sec-websocket-extensions", OFFER))
                             )
                     elif isinstance(event, h2.events.ResponseReceived):
                         stream = self.streams[event.stream_id]
