@@ -59,7 +59,8 @@ class Broker(Protocol):
         that message is returned instead, and nothing is stored or broadcast."""
 
     async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
-        """Send an event to every member but `exclude` without storing it; raises BrokerUnavailable."""
+        """Send an event to every member but `exclude` without storing it; raises BrokerUnavailable.
+        Other nodes' copies may go later, together with others (stage 2's RedisBroker)."""
 
     async def history(self, topic: str, after: str | None) -> Replay:
         """Stored messages newer than `after` (all kept ones when None), oldest first, with

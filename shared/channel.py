@@ -17,6 +17,7 @@ from shared import logs, presence, protocol
 from shared.broker import Broker, BrokerUnavailable, Delivery
 from shared.history import parse_id
 from shared.messages import ChatMessage, InvalidMessage, validate_draft, validate_user
+from shared.transport import Spliced
 
 if TYPE_CHECKING:
     from shared.hub import Hub
@@ -178,9 +179,9 @@ class RoomChannel:
         key = self.user or "anonymous"
         rooms.tracker.track(self.topic, key, meta)
         state = rooms.tracker.room(self.topic).joiner_state(key, meta)
-        rest = [
+        rest: list[str | Spliced] = [
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
-            protocol.encode_raw(self.join_ref, None, self.topic, "presence_state", state),
+            protocol.encode_spliced(self.join_ref, None, self.topic, "presence_state", state),
         ]
         # Each payload as the room encoded it once, behind this join's refs.
         rest += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]

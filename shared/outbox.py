@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from shared.transport import HIGH_WATER, Transport, text_frame
+from shared.transport import HIGH_WATER, Spliced, Transport, text_frame
 
 Send = Callable[[str], Awaitable[None]]
 
@@ -83,20 +83,45 @@ class Outbox:
         self.flush_soon()
         return True
 
-    def put_all(self, frames: list[str]) -> bool:
+    def put_all(self, frames: Sequence[str | Spliced]) -> bool:
         """Send frames in order, in one write when the client keeps up (a join's replies,
-        state and history: one system call instead of a hundred).
+        state and history: one system call instead of a hundred), a large shared part of a
+        `Spliced` frame (the room's presence list) written on its own, uncopied.
 
         They are one honest burst, bounded by what a join sends (its replies, the room's
         presence list, at most HISTORY_SIZE messages): taken whole however large, as the
-        list grows with the room, and held to the node's budget like any queued frame."""
-        if (
-            self.transport is not None
-            and sum(map(len, frames)) <= HIGH_WATER  # characters: never more than the bytes
-            and self.write_now(b"".join(map(text_frame, frames)))
-        ):
+        list grows with the room, and held to the node's budget like any queued frame.
+        The transport takes them when the bytes that are this socket's own (not the
+        shared list) stay within HIGH_WATER, as write_now does."""
+        if self._write_burst(frames):
             return True
-        return all(self.put(frame, burst=True) for frame in frames)
+        return all(self.put(frame if isinstance(frame, str) else frame.text(), burst=True) for frame in frames)
+
+    def _write_burst(self, frames: Sequence[str | Spliced]) -> bool:
+        transport = self.transport
+        if transport is None or self.frames or self._sending or transport.is_closing():
+            return False
+        # Pieces to write in order: this socket's own bytes joined, a shared part alone.
+        pieces: list[bytes] = []
+        shared: list[bytes] = []
+        chunk: list[bytes] = []
+        for frame in frames:
+            if isinstance(frame, str):
+                chunk.append(text_frame(frame))
+                continue
+            first, *rest = frame.wire()
+            chunk.append(first)
+            if rest:
+                pieces += [b"".join(chunk), rest[0]]
+                shared.append(rest[0])
+                chunk = [rest[1]]
+        pieces.append(b"".join(chunk))
+        own = sum(map(len, pieces)) - sum(map(len, shared))
+        if transport.get_write_buffer_size() + own > HIGH_WATER:
+            return False
+        for piece in pieces:
+            transport.write(piece)
+        return True
 
     def write_now(self, wire: bytes) -> bool:
         """Write framed bytes straight to the transport if nothing waits before them and the

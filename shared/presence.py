@@ -51,14 +51,14 @@ class Presence:
     re-encodes only the keys that changed and joins the other pieces as they are (in
     whatever order: a JSON object's keys have none). A joiner is sent the last encoding
     with its own entry added (`joiner_state`), so a storm of joins within one presence
-    batch shares one encoding instead of making one each."""
+    batch shares one encoding, the same bytes object, instead of making one each."""
 
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}  # phx_ref -> entry
         self._state: State = {}
         self._pieces: dict[str, bytes] = {}  # key -> '"key":{"metas":[...]}'
         self._stale: set[str] = set()  # keys changed since their piece was encoded
-        self._encoded: bytes | None = None  # the whole state when last encoded, until `expire`
+        self._opened: bytes | None = None  # the state when last encoded, less its "}", until `expire`
 
     def track(self, node: str, key: str, meta: Meta) -> Entry:
         """Add a presence; `meta` must carry a `phx_ref` unique in the cluster."""
@@ -85,7 +85,7 @@ class Presence:
     def expire(self) -> None:
         """The changes since the last encoding went out to every member (the batch's
         `presence_diff`): a joiner from now on needs a newer encoding."""
-        self._encoded = None
+        self._opened = None
 
     def drop_node(self, node: str) -> list[Entry]:
         gone = self.of_node(node)
@@ -100,23 +100,29 @@ class Presence:
         """The current state, shared: encode it, don't change it."""
         return self._state
 
-    def joiner_state(self, key: str, meta: Meta) -> bytes:
-        """The JSON `presence_state` for a joiner that has just tracked (key, meta).
+    def joiner_state(self, key: str, meta: Meta) -> tuple[bytes, bytes]:
+        """The JSON `presence_state` for a joiner that has just tracked (key, meta), in two
+        parts to be sent one after the other: the last encoding without its closing brace,
+        the very same bytes for every joiner until `expire` (written as they are, never
+        copied per joiner), then the joiner's own entry and the brace.
 
-        The last encoding, with the joiner's own entry added: every change since that
-        encoding is in the presence batch not yet sent, whose diff the joiner will get
-        as a member, since the tracker calls `expire` when it sends a batch. Clients
-        merge a diff's joins by `phx_ref`, so one they already hold costs nothing. A key
-        already in that encoding (a second tab) takes a fresh encoding instead."""
-        encoded = self._encoded
-        if encoded is None or key in self._pieces:
-            return self.encoded_state()
+        Every change since that encoding is in the presence batch not yet sent, whose diff
+        the joiner will get as a member, since the tracker calls `expire` when it sends a
+        batch. Clients merge a diff's joins by `phx_ref`, so one they already hold costs
+        nothing. A key already in that encoding (a second tab) takes a fresh encoding."""
+        opened = self._opened
+        if opened is None or key in self._pieces:
+            return self._encode(), b"}"
         own = orjson.dumps({key: {"metas": [meta]}})[1:-1]
-        return b"".join((encoded[:-1], b"," if len(encoded) > 2 else b"", own, b"}"))  # one copy
+        return opened, b"".join((b"," if len(opened) > 1 else b"", own, b"}"))
 
     def encoded_state(self) -> bytes:
         """`state()` as JSON, as it is now."""
-        if self._encoded is None or self._stale:
+        return self._encode() + b"}"
+
+    def _encode(self) -> bytes:
+        """`state()` as JSON without its closing brace, encoded again where it changed."""
+        if self._opened is None or self._stale:
             pieces = self._pieces
             for key in self._stale:
                 value = self._state.get(key)
@@ -125,8 +131,8 @@ class Presence:
                 else:
                     pieces[key] = orjson.dumps({key: value})[1:-1]
             self._stale.clear()
-            self._encoded = b"{" + b",".join(pieces.values()) + b"}"
-        return self._encoded
+            self._opened = b"{" + b",".join(pieces.values())
+        return self._opened
 
     def __len__(self) -> int:
         return len(self._entries)

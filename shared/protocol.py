@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from shared.transport import Spliced
+
 MAX_FRAME_BYTES = 64 * 1024
 
 # Close codes. Never 1000 when the client should come back: phoenix.js 1.7 then gives up.
@@ -81,8 +83,22 @@ def encode(join_ref: str | None, ref: str | None, topic: str, event: str, payloa
 
 
 def encode_raw(join_ref: str | None, ref: str | None, topic: str, event: str, payload: bytes) -> str:
-    """`encode` for a payload that is JSON already (a large presence state, encoded once)."""
-    return b"".join((orjson.dumps([join_ref, ref, topic, event])[:-1], b",", payload, b"]")).decode()
+    """`encode` for a payload that is JSON already (a stored message, encoded once)."""
+    return b"".join((_head(join_ref, ref, topic, event), payload, b"]")).decode()
+
+
+def encode_spliced(
+    join_ref: str | None, ref: str | None, topic: str, event: str, payload: tuple[bytes, bytes]
+) -> Spliced:
+    """`encode_raw` for a JSON payload in two parts, the first shared by many frames (a
+    room's presence list, transport.Spliced)."""
+    shared, tail = payload
+    return Spliced(_head(join_ref, ref, topic, event), shared, tail + b"]")
+
+
+def _head(join_ref: str | None, ref: str | None, topic: str, event: str) -> bytes:
+    """A frame's JSON up to its payload: '[join_ref,ref,"topic","event",'."""
+    return orjson.dumps([join_ref, ref, topic, event])[:-1] + b","
 
 
 def reply(frame: Frame, status: str, response: dict[str, Any] | None = None) -> str:

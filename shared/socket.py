@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 
 from shared import logs, protocol
 from shared.channel import REPLAY_BUDGET, JoinRefused, RoomChannel, Rooms, authorize, join_params
 from shared.outbox import Budget, Outbox, Send
-from shared.transport import Transport
+from shared.transport import Spliced, Transport
 
 IDLE_TIMEOUT = 60.0  # seconds without any frame; phoenix.js heartbeats every 30 s
 # Bytes queued for one socket before it counts as too slow: the largest honest burst is a
@@ -181,7 +181,7 @@ class PhoenixSocket:
         if not self.outbox.put(frame, wire):
             self._drop()
 
-    def send_all(self, frames: list[str]) -> None:
+    def send_all(self, frames: Sequence[str | Spliced]) -> None:
         """Send a join's frames in order, in one write when the client keeps up (outbox.py:
         one burst, held to the node's budget only)."""
         if self.state is not State.CLOSED and not self.outbox.put_all(frames):

@@ -16,6 +16,7 @@ tests/test_transport.py fails if a Hypercorn upgrade breaks the way in.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 # Past this many bytes waiting in the transport, frames queue in the socket's outbox
@@ -32,14 +33,43 @@ class Transport(Protocol):
 def text_frame(text: str) -> bytes:
     """One final, unmasked text frame carrying `text`."""
     data = text.encode()
-    size = len(data)
+    return _header(len(data)) + data
+
+
+def _header(size: int) -> bytes:
     if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + data
+        return struct.pack("!BB", 0x81, size)
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size)
+    return struct.pack("!BBQ", 0x81, 127, size)
+
+
+@dataclass(frozen=True, slots=True)
+class Spliced:
+    """A frame's text as UTF-8 in three parts, the middle one shared by many sockets: a
+    room's presence list, the same bytes for every joiner of a presence batch. Past
+    HIGH_WATER it is written to each transport on its own, as it is: the event loop keeps
+    a reference to it until it is sent, not a copy per socket (uvloop's transports do;
+    asyncio's copy what the socket does not take at once)."""
+
+    head: bytes
+    shared: bytes
+    tail: bytes
+
+    @property
+    def own(self) -> int:
+        """The bytes this frame holds for its socket alone."""
+        return len(self.head) + len(self.tail)
+
+    def wire(self) -> list[bytes]:
+        """The frame, framed, in the pieces to write one after the other."""
+        header = _header(len(self.head) + len(self.shared) + len(self.tail))
+        if len(self.shared) <= HIGH_WATER:  # cheaper copied than written on its own
+            return [b"".join((header, self.head, self.shared, self.tail))]
+        return [header + self.head, self.shared, self.tail]
+
+    def text(self) -> str:
+        return b"".join((self.head, self.shared, self.tail)).decode()
 
 
 def find_transport(send: Any) -> Transport | None:

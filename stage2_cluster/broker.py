@@ -224,6 +224,9 @@ class RedisBroker:
         self.heard_at = 0.0  # time.monotonic() of the last reply on the subscription
         self.bad_lines = 0
         self._bad_line_log = logs.Every(BAD_LINE_LOG_EVERY)
+        # Broadcasts for peers not yet sent, and the one task sending them, in order.
+        self._outgoing: list[tuple[list[str], str]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     # Broker interface --------------------------------------------------------------
 
@@ -243,10 +246,11 @@ class RedisBroker:
         self._task = asyncio.create_task(self._subscribe_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.client.aclose()
 
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
@@ -266,13 +270,41 @@ class RedisBroker:
         return ChatMessage(message_id, draft.user, draft.body, node, int(ts))
 
     async def broadcast(self, topic: str, event: str, payload: dict[str, Any], *, exclude: object = None) -> None:
-        # Our own sockets first, then the other nodes, as Phoenix.PubSub dispatches
-        # locally before forwarding; `exclude` is one of ours, so peers need not know it.
+        """Our own sockets first, then the other nodes, as Phoenix.PubSub dispatches locally
+        before forwarding; `exclude` is one of ours, so peers need not know it.
+
+        Peers' copies are not awaited: what is broadcast while a round trip is under way
+        goes in the next one, in order, one pipeline (a join storm's `user:entered` cost one
+        round trip per batch, not one per join, and no join waits for Redis to hear it).
+        Lost if Redis cannot be reached, as an event is (it is not stored)."""
         frame = protocol.broadcast(topic, event, payload)
         self._deliver_to_hub(Delivery(topic, frame, exclude=exclude))
         peers = [name for name in self.membership.targets() if name != self.node]
         if peers:
-            await self.send(peers, lines.broadcast(topic, frame))
+            self._outgoing.append((peers, lines.broadcast(topic, frame)))
+            if self._sender is None:
+                self._sender = asyncio.get_running_loop().create_task(self._send_outgoing())
+
+    async def _send_outgoing(self) -> None:
+        try:
+            while self._outgoing:
+                batch, self._outgoing = self._outgoing, []
+                try:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for nodes, line in batch:
+                            for name in nodes:
+                                pipe.publish(node_channel(name), line)
+                        await pipe.execute()
+                except (RedisError, OSError) as error:
+                    logs.event(
+                        log,
+                        "broadcasts dropped: redis unavailable",
+                        level=logging.WARNING,
+                        count=len(batch),
+                        error=str(error),
+                    )
+        finally:
+            self._sender = None
 
     async def history(self, topic: str, after: str | None) -> Replay:
         kept = self._copies.get(topic)

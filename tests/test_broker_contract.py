@@ -24,7 +24,7 @@ from shared import protocol
 from shared.broker import Broker, Delivery, MemoryBroker
 from shared.history import parse_id
 from shared.messages import ChatMessage, Draft
-from stage2_cluster.broker import RedisBroker
+from stage2_cluster.broker import Alone, RedisBroker
 from tests.helpers.phoenix import LOBBY, unique
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.waits import async_wait_until
@@ -32,6 +32,7 @@ from tests.helpers.waits import async_wait_until
 HISTORY = 3
 DEADLINE = 10.0
 NODE = "a@localhost"
+PEER = "b@localhost"
 
 
 @dataclass
@@ -201,6 +202,40 @@ async def test_a_broadcast_reaches_the_room_but_is_not_stored(room: Room) -> Non
     assert (delivery.topic, frame.event, frame.payload) == (LOBBY, "user:entered", {"user": "carol"})
     assert (delivery.exclude, delivery.message_id) == (joiner, None)
     assert (await room.broker.history(LOBBY, None)).messages == []
+
+
+class Pair(Alone):
+    """A membership of two nodes: a broker publishes to both."""
+
+    def targets(self) -> list[str]:
+        return [self.node, PEER]
+
+
+@pytest.mark.slow  # Redis
+async def test_broadcasts_for_a_peer_arrive_all_in_order_without_awaiting_redis(module_redis: RedisServer) -> None:
+    """Stage 2 only: a storm of broadcasts goes to the peer in pipelines, in order, and the
+    broadcast itself never waits for Redis (each returns before any round trip)."""
+    with module_redis.client() as client:
+        client.flushall()
+    sender, peer = (
+        RedisBroker(module_redis.url, NODE, HISTORY, Pair(NODE)),
+        RedisBroker(module_redis.url, PEER, HISTORY),
+    )
+    heard = Room(peer)
+    await sender.start(lambda delivery: None)
+    await peer.start(heard.deliver)
+    try:
+        await async_wait_until(lambda: sender.available and peer.available, DEADLINE, "both brokers available")
+        for n in range(300):
+            broadcast = sender.broadcast(LOBBY, "user:entered", {"user": f"u{n}"}).__await__()
+            with pytest.raises(StopIteration):  # done at the first step: nothing awaited
+                next(broadcast)
+        await async_wait_until(lambda: len(heard.deliveries) >= 300, DEADLINE, "the peer heard every broadcast")
+        users = [protocol.decode(d.frame).payload["user"] for d in heard.deliveries]
+        assert users == [f"u{n}" for n in range(300)]
+    finally:
+        await sender.stop()
+        await peer.stop()
 
 
 # Idempotent pushes: a `client_msg_id` is stored once per user while in history ----------------

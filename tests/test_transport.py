@@ -14,7 +14,8 @@ import pytest
 import websockets
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from shared.transport import text_frame
+from shared.outbox import Budget, Outbox
+from shared.transport import HIGH_WATER, Spliced, text_frame
 from tests.helpers.h2c import websocket_request
 from tests.helpers.metrics import metric
 from tests.helpers.node import NodeProcess
@@ -110,3 +111,72 @@ def test_a_websocket_over_h2c_is_served_through_asgi_not_the_fast_path(stage1_no
     headers, reply = h2c_websocket(stage1_node.port)
     assert (":status", "200") in headers
     assert reply == [None, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}]
+
+
+class RecordingTransport:
+    """A transport that keeps every object written, to tell a shared one from a copy."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = buffered
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def texts(data: bytes) -> list[str]:
+    reader = FrameProtocol(client=True, extensions=[])
+    reader.receive_bytes(data)
+    return [frame.payload for frame in reader.received_frames()]
+
+
+def burst(shared: bytes) -> list[str | Spliced]:
+    state = Spliced(b'["1",null,"t","presence_state",', shared, b"}]")
+    return ['["1",null,"t","join",{}]', state, '["1",null,"t","x",1]']
+
+
+def outbox(transport: RecordingTransport) -> Outbox:
+    box = Outbox(Budget(10**9), 10**9, lambda: None, lambda error: None)
+    box.transport = transport
+    return box
+
+
+def test_a_large_shared_part_is_written_as_it_is_to_every_socket() -> None:
+    shared = b"{" + b",".join(b'"u%d":{"metas":[{"phx_ref":"r%d"}]}' % (n, n) for n in range(3000))
+    assert len(shared) > HIGH_WATER
+    transports = [RecordingTransport(), RecordingTransport()]
+    for transport in transports:
+        assert outbox(transport).put_all(burst(shared))
+    for transport in transports:
+        assert any(data is shared for data in transport.writes)  # the very object, not a copy
+        frames = texts(b"".join(transport.writes))
+        assert json.loads(frames[1])[4] == json.loads(shared + b"}")
+        assert [json.loads(frame)[3] for frame in frames] == ["join", "presence_state", "x"]
+
+
+def test_a_small_shared_part_goes_out_in_the_one_write() -> None:
+    transport = RecordingTransport()
+    assert outbox(transport).put_all(burst(b'{"a":{"metas":[]}'))
+    [data] = transport.writes
+    assert [json.loads(frame)[3] for frame in texts(data)] == ["join", "presence_state", "x"]
+
+
+def test_a_busy_transport_queues_a_spliced_frame_as_its_text() -> None:
+    box = outbox(RecordingTransport(buffered=HIGH_WATER))
+    assert box.put_all(burst(b'{"a":{"metas":[]}'))
+    assert box.frames[1] == '["1",null,"t","presence_state",{"a":{"metas":[]}}]'
+
+
+def test_a_burst_whose_own_bytes_pass_high_water_is_queued_not_written() -> None:
+    """Counted in bytes, not characters: 30 000 characters of 3 bytes each pass 64 KiB."""
+    transport = RecordingTransport()
+    box = outbox(transport)
+    frames = [f'["1",null,"t","x","{"€" * 30_000}"]', *burst(b"{" + b"x" * (2 * HIGH_WATER))]
+    assert box.put_all(frames)
+    assert transport.writes == [] and len(box.frames) == 4
