@@ -120,9 +120,3 @@ class Log(logging.LoggerAdapter[logging.Logger]):
 
 def get(name: str) -> Log:
     return Log(logging.getLogger(f"{LOGGER_NAME}.{name}"))
-
-
-def event(logger: Log, message: str, level: int = logging.INFO, **fields: Any) -> None:
-    """The older call style, kept only while work under way still calls it: write
-    `log.info(message, **fields)` (or .warning, .error) instead."""
-    logger.log(level, message, **fields)

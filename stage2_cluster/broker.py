@@ -296,13 +296,7 @@ class RedisBroker:
                                 pipe.publish(node_channel(name), line)
                         await pipe.execute()
                 except (RedisError, OSError) as error:
-                    logs.event(
-                        log,
-                        "broadcasts dropped: redis unavailable",
-                        level=logging.WARNING,
-                        count=len(batch),
-                        error=str(error),
-                    )
+                    log.warning("broadcasts dropped: redis unavailable", count=len(batch), error=str(error))
         finally:
             self._sender = None
 
