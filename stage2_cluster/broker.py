@@ -21,6 +21,8 @@ from typing import Any, Protocol, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from shared import logs, protocol
@@ -207,6 +209,11 @@ class RedisBroker:
             socket_connect_timeout=COMMAND_TIMEOUT,
             decode_responses=True,
             encoding_errors="replace",
+            # A pool made apart from the client gives its connections no retry at all, so a
+            # connection left over from a Redis that went away (a restart, a new container)
+            # would fail its next command. This is the retry `Redis.from_url` gives: up to 10,
+            # backing off from 10 ms to 1 s, reconnecting before each.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), retries=10),
         )
         self.client = aioredis.Redis.from_pool(pool)  # the client closes the pool with it
         self._script = self.client.register_script(PUBLISH_SCRIPT)

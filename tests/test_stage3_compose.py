@@ -487,9 +487,10 @@ async def play_rolling_restart(lab: Lab, nodes: list[Node]) -> Rolling:
                 params["last_seen_id"] = seen[-1]
 
             def elsewhere(member: Member = member) -> Node:
-                """The next container up the numbers that is not restarting."""
-                number = next(n for n in sorted(ports, key=lambda k: (k <= member.number, k)) if n not in restarting)
-                return ports[number]
+                """A container that is not restarting, the members of one spread over all
+                of them, as a load balancer in front of them would spread them."""
+                up = [n for n in sorted(ports) if n not in restarting]
+                return ports[up[int(member.user.rsplit("-", 1)[1]) % len(up)]]
 
             socket = await join_soon(elsewhere, params, gate)
             member.ids, member.socket = seen, socket
