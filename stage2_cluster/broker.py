@@ -22,7 +22,8 @@ from typing import Any, Protocol, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shared import logs, protocol
@@ -201,21 +202,29 @@ class RedisBroker:
         self.history_size = history_size
         # encoding_errors="replace": bytes that are not UTF-8 (we never publish any) become
         # U+FFFD and fail parsing as a bad line, instead of raising inside redis-py's reader.
+        options: dict[str, Any] = {
+            "socket_timeout": COMMAND_TIMEOUT,
+            "socket_connect_timeout": COMMAND_TIMEOUT,
+            "decode_responses": True,
+            "encoding_errors": "replace",
+        }
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_POOL_SIZE,
             timeout=REDIS_POOL_WAIT,
-            socket_timeout=COMMAND_TIMEOUT,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            decode_responses=True,
-            encoding_errors="replace",
-            # A pool made apart from the client gives its connections no retry at all, so a
-            # connection left over from a Redis that went away (a restart, a new container)
-            # would fail its next command. This is the retry `Redis.from_url` gives: up to 10,
-            # backing off from 10 ms to 1 s, reconnecting before each.
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), retries=10),
+            # One retry at once, on a new connection, for a broken connection only: one left in
+            # the pool from a Redis that went away (a restart, a new container) fails its next
+            # command once and reconnects, instead of answering `unavailable` while Redis is
+            # back. Not on a timeout, where the command may have run (a message stored twice);
+            # and no more retries or backoff, which would keep a push waiting while Redis is down.
+            retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+            **options,
         )
         self.client = aioredis.Redis.from_pool(pool)  # the client closes the pool with it
+        # The subscription has a connection of its own, without that retry: redis-py would
+        # reconnect and subscribe again unseen, and what was published meanwhile (Pub/Sub
+        # keeps nothing) would never be read back from the streams (_subscribe_forever).
+        self._subscriber = aioredis.Redis.from_pool(aioredis.ConnectionPool.from_url(url, **options))
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._read_script = self.client.register_script(READ_SCRIPT)
         self._copies: dict[str, RoomHistory] = {}  # per topic, the last copy of its stream read (READ_SCRIPT)
@@ -259,6 +268,7 @@ class RedisBroker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.client.aclose()
+        await self._subscriber.aclose()
 
     async def publish(self, topic: str, draft: Draft, node: str) -> ChatMessage:
         prefix, middle = _frame_parts(topic, draft, node)
@@ -367,7 +377,7 @@ class RedisBroker:
         # redis-py's health_check_interval only pings when we read; a peer that stops
         # answering (SIGSTOP, a dropped link) keeps the socket open and get_message just
         # returns None. So we PING ourselves and give up when no reply comes back.
-        pubsub = self.client.pubsub()
+        pubsub = self._subscriber.pubsub()
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 await pubsub.subscribe(node_channel(self.node))
