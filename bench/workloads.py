@@ -111,6 +111,13 @@ async def settle(gen: Generator, cluster: systems.Cluster, cap: float, window: f
     return False
 
 
+async def join_publishers(
+    gen: Generator, cluster: systems.Cluster, count: int, targets: list[tuple[str, int]], seconds: float
+) -> list[loadgen.Client]:
+    """The publishers p0, p1, ..: they join to push, and read only their replies."""
+    return await join(gen, cluster, [f"p{i}" for i in range(count)], targets, subscriber=False, seconds=seconds)
+
+
 async def join(
     gen: Generator,
     cluster: systems.Cluster,
@@ -205,14 +212,7 @@ async def fan_out(cluster: systems.Cluster, out: Outcome, load: FanOut, sizes: S
     try:
         started = time.monotonic()
         try:
-            pubs = await join(
-                gen,
-                cluster,
-                [f"p{i}" for i in range(load.publishers)],
-                cluster.targets,
-                subscriber=False,
-                seconds=load.join_cap,
-            )
+            pubs = await join_publishers(gen, cluster, load.publishers, cluster.targets, load.join_cap)
             subs = await join(
                 gen,
                 cluster,
@@ -303,13 +303,8 @@ async def w4(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
     steps: list[dict[str, Any]] = []
     out.metrics.update({"max_held": 0, "steps": steps})
     try:
-        pubs = await join(
-            gen,
-            cluster,
-            [f"p{i}" for i in range(sizes.w4_publishers)],
-            cluster.targets,
-            subscriber=False,
-            seconds=max(1.0, end - time.monotonic()),
+        pubs = await join_publishers(
+            gen, cluster, sizes.w4_publishers, cluster.targets, max(1.0, end - time.monotonic())
         )
         subs: list[loadgen.Client] = []
         for target in sizes.w4_steps:
@@ -396,14 +391,7 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
     try:
         started = time.monotonic()
         try:
-            pubs = await join(
-                gen,
-                cluster,
-                [f"p{i}" for i in range(load.publishers)],
-                [(host_b, port_b)],
-                subscriber=False,
-                seconds=load.join_cap,
-            )
+            pubs = await join_publishers(gen, cluster, load.publishers, [(host_b, port_b)], load.join_cap)
             subs = await join(
                 gen,
                 cluster,
