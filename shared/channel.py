@@ -164,36 +164,37 @@ class RoomChannel:
             rooms.hub.remove(self.topic, self)
             rooms.metrics.messages_rejected.labels("replay_limited").inc()
             raise JoinRefused("replay_limited")
-        # What a join sends goes out in two writes, one on each side of the await.
-        first = [protocol.reply(frame, "ok", {"history_truncated": True} if replay.truncated else None)]
-        self._answered = True
-        first += [delivery.frame for delivery in self._held or [] if delivery.message_id is None]
-        self._held = [d for d in self._held or [] if d.message_id is not None]
-        # The joiner hears its own entry at once, in order; the room hears it in a batch.
+        # The room hears the entry in a batch; the joiner at once, in order, after its reply.
         entered = {"user": self.user}
-        first.append(protocol.broadcast(self.topic, "user:entered", entered))
-        self.socket.send_all(first)
         await self._broadcast("user:entered", entered, exclude=self)
+        # What a join sends goes out in one write: until then every broadcast waited in _held.
+        out: list[str | Spliced] = [
+            protocol.reply(frame, "ok", {"history_truncated": True} if replay.truncated else None)
+        ]
+        self._answered = True
+        out += [delivery.frame for delivery in self._held or [] if delivery.message_id is None]
+        self._held = [d for d in self._held or [] if d.message_id is not None]
+        out.append(protocol.broadcast(self.topic, "user:entered", entered))
         # Phoenix's after_join idiom: track, then push the list, so the joiner is in it.
         meta = {"phx_ref": self.presence_ref, "node": rooms.node, "online_at": int(time.time())}
         key = self.user or "anonymous"
         rooms.tracker.track(self.topic, key, meta)
         state = rooms.tracker.room(self.topic).joiner_state(key, meta)
-        rest: list[str | Spliced] = [
+        out += [
             protocol.encode(self.join_ref, None, self.topic, "join", {"status": "connected"}),
             protocol.encode_spliced(self.join_ref, None, self.topic, "presence_state", state),
         ]
         # Each payload as the room encoded it once, behind this join's refs.
-        rest += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
+        out += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
         rooms.metrics.replay_bytes.inc(replay.size)
         last = replay.messages[-1].id if replay.messages else last_seen_id
         held, self._held = self._held or [], None
         newest = parse_id(last) if last else (-1, -1)
-        rest += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
+        out += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
         if held:
             newest = max(newest, parse_id(held[-1].message_id))  # type: ignore[arg-type]
         self._replayed = newest if newest != (-1, -1) else None
-        self.socket.send_all(rest)
+        self.socket.send_all(out)
 
     async def handle_in(self, frame: protocol.Frame) -> None:
         if frame.event != "new:msg":

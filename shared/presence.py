@@ -10,6 +10,7 @@ node's presences at once (Phoenix.Tracker does the same per node).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,14 @@ class Entry:
     meta: Meta  # includes "phx_ref"
 
 
+# A presence's phx_ref: unique in the cluster, not a secret (every member of the room sees
+# it), so a random prefix per process and a counter, not a random draw (a syscall) per join.
+_REF_PREFIX = secrets.token_urlsafe(6)
+_ref_counter = itertools.count(1)
+
+
 def new_ref() -> str:
-    return secrets.token_urlsafe(9)
+    return f"{_REF_PREFIX}{next(_ref_counter)}"
 
 
 def diff(joins: list[Entry], leaves: list[Entry]) -> dict[str, State]:

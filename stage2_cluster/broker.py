@@ -228,6 +228,9 @@ class RedisBroker:
         self._script = self.client.register_script(PUBLISH_SCRIPT)
         self._read_script = self.client.register_script(READ_SCRIPT)
         self._copies: dict[str, RoomHistory] = {}  # per topic, the last copy of its stream read (READ_SCRIPT)
+        # Per topic, the read every join shares until it starts, and the one under way (history)
+        self._next_read: dict[str, asyncio.Task[RoomHistory]] = {}
+        self._reading: dict[str, asyncio.Task[RoomHistory]] = {}
         self._deliver: Deliver | None = None
         self._task: asyncio.Task[None] | None = None
         self._healthy: bool | None = None  # None until the first attempt, so that one is logged too
@@ -318,6 +321,30 @@ class RedisBroker:
             self._sender = None
 
     async def history(self, topic: str, after: str | None) -> Replay:
+        """The room's history after `after`, read from the stream after this call began.
+
+        Joins share reads: a join waits for the next read of its room to start, and every
+        join that arrives before it starts gets its result, so a storm of N joins costs a
+        read per round trip, not N. The next read starts only when the one under way ends,
+        so it is never older than a join that shares it (which subscribed before calling):
+        what that read misses reaches the join live."""
+        read = self._next_read.get(topic)
+        if read is None:
+            read = self._next_read[topic] = asyncio.ensure_future(self._read_next(topic, self._reading.get(topic)))
+        # shield: a join that gives up (its socket closed) does not cancel the others' read
+        return (await asyncio.shield(read)).after(after)
+
+    async def _read_next(self, topic: str, previous: asyncio.Task[RoomHistory] | None) -> RoomHistory:
+        if previous is not None:
+            await asyncio.wait([previous])
+        this = self._reading[topic] = self._next_read.pop(topic)  # from now on, joins wait for the next
+        try:
+            return await self._read(topic)
+        finally:
+            if self._reading.get(topic) is this:
+                del self._reading[topic]
+
+    async def _read(self, topic: str) -> RoomHistory:
         kept = self._copies.get(topic)
         try:
             if kept is not None:
@@ -334,7 +361,7 @@ class RedisBroker:
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(str(error)) from None
         self._copies[topic] = kept
-        return kept.after(after)
+        return kept
 
     # Cluster transport -------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import pytest
 
 from shared import protocol
 from shared.broker import Broker, Delivery, MemoryBroker
-from shared.history import parse_id
+from shared.history import RoomHistory, parse_id
 from shared.messages import ChatMessage, Draft
 from stage2_cluster.broker import Alone, RedisBroker
 from tests.helpers.phoenix import LOBBY, unique
@@ -189,6 +189,54 @@ async def test_a_copy_of_the_history_is_read_whole_again_when_the_stream_was_rep
         assert (await broker.history(LOBBY, None)).messages == [after]
     finally:
         await broker.stop()
+
+
+async def test_a_history_read_holds_every_message_stored_before_it_was_asked_for(room: Room) -> None:
+    """Joins may share reads (stage 2 does, in a storm), but a read never starts before a
+    join that shares it asked: what was stored before the ask is in its replay."""
+    for n in range(20):
+        under_way = asyncio.ensure_future(room.broker.history(LOBBY, None))
+        await asyncio.sleep(0)  # its read starts
+        message = await room.publish("alice", f"m{n}")
+        asked = await room.broker.history(LOBBY, None)
+        assert message.id in [m.id for m in asked]
+        assert len(await under_way) <= HISTORY
+
+
+async def test_a_storm_of_history_reads_shares_one_read_per_round_trip() -> None:
+    """Stage 2: every join that asks while a read of its room is under way waits for the
+    next one and shares it; one that asks after that read started waits for a third."""
+    broker = RedisBroker("redis://127.0.0.1:1/0", NODE, HISTORY)  # never connected: reads are stubbed
+    started: list[asyncio.Event] = []
+    gates: list[asyncio.Event] = []
+
+    async def read(topic: str) -> RoomHistory:
+        started.append(asyncio.Event())
+        gates.append(asyncio.Event())
+        started[-1].set()
+        await gates[-1].wait()
+        history = RoomHistory(HISTORY)
+        history.append(ChatMessage(f"{len(gates)}-0", "test", f"read {len(gates)}", NODE, 0))
+        return history
+
+    broker._read = read  # type: ignore[method-assign]  # the read without Redis
+    first = asyncio.ensure_future(broker.history(LOBBY, None))
+    await async_wait_until(lambda: len(started) == 1, DEADLINE, "the first read started")
+    sharing = [asyncio.ensure_future(broker.history(LOBBY, None)) for _ in range(50)]
+    for _ in range(10):  # loop steps enough for a read that did not wait to start
+        await asyncio.sleep(0)
+    assert len(started) == 1, "the next read waits for the one under way"
+    gates[0].set()
+    await async_wait_until(lambda: len(started) == 2, DEADLINE, "the shared read started")
+    late = asyncio.ensure_future(broker.history(LOBBY, None))
+    gates[1].set()
+    await async_wait_until(lambda: len(started) == 3, DEADLINE, "a read for the late join")
+    gates[2].set()
+
+    assert [m.body for m in await first] == ["read 1"]
+    assert {m.body for r in await asyncio.gather(*sharing) for m in r} == {"read 2"}
+    assert [m.body for m in await late] == ["read 3"]
+    assert len(started) == 3
 
 
 async def test_a_broadcast_reaches_the_room_but_is_not_stored(room: Room) -> None:
