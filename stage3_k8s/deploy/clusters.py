@@ -37,9 +37,7 @@ CLOUD_PROVIDER_KIND_CONTAINER = f"{NAME}-cloud-provider-kind"
 # IngressClass the default one in each, so that other clusters' Ingresses without a
 # class would go to it: not here.
 CLOUD_PROVIDER_KIND_FLAGS = ["--enable-default-ingress=false"]
-GATEWAY_API_VERSION = "v1.5.0"
 GATEWAY_CLASS = "cloud-provider-kind"
-GATEWAY_CONTROLLER = "kind.sigs.k8s.io/gateway-controller"
 GATEWAY_CLASS_DEADLINE = 180.0  # until cloud-provider-kind has installed its CRDs and GatewayClass
 
 KIND_TESTED = "v0.33.0"
