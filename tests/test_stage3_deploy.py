@@ -33,7 +33,7 @@ from stage3_k8s.deploy.clusters import CLOUD_PROVIDER_KIND_IMAGE, Kind
 from stage3_k8s.deploy.config import NAMESPACE, OVERLAYS, SECRET
 from stage3_k8s.deploy.pods import Pod, cause_of, chat_pods, rollout, shortfall, wait_one_cluster
 from stage3_k8s.deploy.proofs import browser_host, exchange_message, http_status, prove_entry
-from stage3_k8s.deploy.resources import cookie_objects, kustomization, tagged_overlay
+from stage3_k8s.deploy.resources import kustomization, secret_objects, tagged_overlay
 from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool, shown
 from tests.helpers.entry_proxy import EntryProxy
 from tests.helpers.entry_proxy import kind_route as rendered_kind_route
@@ -486,7 +486,7 @@ def test_the_overlay_renders_when_tmpdir_is_a_link_to_a_folder_at_another_depth(
 
 def test_the_cookie_secret_is_valid_random_and_only_sent_on_stdin() -> None:
     cookie = "a-cookie-for-this-test-only-0123456789"
-    listing = json.loads(cookie_objects(cookie))
+    listing = json.loads(secret_objects({SECRET: cookie}))
     for item in listing["items"]:
         kubernetes_validate.validate(item, "1.37.0", strict=True)
     secret = next(item for item in listing["items"] if item["kind"] == "Secret")
