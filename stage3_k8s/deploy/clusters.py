@@ -18,7 +18,6 @@ from stage3_k8s.deploy.machine import (
     check_version,
     docker_memory,
     gib,
-    other_clusters,
     running_images,
 )
 from stage3_k8s.deploy.shell import Shell, StepFailed, find_tool, rel, say
@@ -192,7 +191,7 @@ class Kind(Cluster):
         check_version("kind", version.stdout or version.stderr, KIND_FLOORS, KIND_TESTED, findings)
         check_memory(self.shell, findings, KIND_MEMORY_NEEDED, "a kind cluster", comfortable=KIND_MEMORY_FOR_TEN)
         clusters = self.shell.query(["kind", "get", "clusters"], assume="no other cluster", dry=(0, ""))
-        others = other_clusters(clusters.stdout.split(), NAME)
+        others = sorted(name for name in clusters.stdout.split() if name != NAME)
         if others:
             findings.warnings.append(
                 f"other kind clusters run here ({', '.join(others)}): cloud-provider-kind acts on every kind cluster"

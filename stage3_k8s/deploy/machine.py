@@ -66,10 +66,6 @@ def docker_memory(shell: Shell) -> int | None:
         return None
 
 
-def other_clusters(names: Sequence[str], ours: str) -> list[str]:
-    return sorted(name for name in names if name and name != ours)
-
-
 def running_images(docker_ps: str, image_part: str, ours: str) -> list[str]:
     """Running containers (`docker ps --format '{{.Names}} {{.Image}}'`) whose image holds `image_part`."""
     found = []
