@@ -321,8 +321,9 @@ def test_up_on_minikube_names_driver_and_cpus_and_lets_the_addon_wait_for_itself
     assert order == sorted(order)
     assert start in cmds
     assert all(cmd[1:3] == ["--context", "chatlab"] for cmd in cmds if program(cmd) == "kubectl")
-    # minikube waits for its addon's pods itself: nothing of the addon is named here.
+    # minikube waits for its addon's pods itself: nothing of the addon is named here, no other rollout waited for.
     assert not [cmd for cmd in cmds if any("ingress-nginx" in word for word in cmd)]
+    assert not [cmd for cmd in cmds if "rollout" in cmd and "--namespace" in cmd and "chatlab" not in cmd]
 
 
 def test_scale_waits_for_the_rollout_and_for_every_pod_to_see_all() -> None:
@@ -336,20 +337,11 @@ def test_scale_waits_for_the_rollout_and_for_every_pod_to_see_all() -> None:
     assert order == sorted(order)
     assert index_of(cmds, "get", "nodes", "--output", "json") < order[0], "capacity is checked before scaling"
     # After the rollout, the two commands the wait polls: the pods, then each pod's node list.
-    assert [cmd[1:] for cmd in cmds[order[-1] + 1 :]] == [
-        [
-            "--context",
-            "kind-chatlab",
-            "--namespace",
-            "chatlab",
-            "get",
-            "pods",
-            "--selector",
-            "app=chat",
-            "--output",
-            "json",
-        ],
-        ["--context", "kind-chatlab", "get", "--raw", "/api/v1/namespaces/chatlab/pods/<pod>:4000/proxy/api/nodes"],
+    after = cmds[order[-1] + 1 :]
+    assert all(cmd[1:3] == ["--context", "kind-chatlab"] for cmd in after)
+    assert [cmd[3:] for cmd in after] == [
+        ["--namespace", "chatlab", "get", "pods", "--selector", "app=chat", "--output", "json"],
+        ["get", "--raw", "/api/v1/namespaces/chatlab/pods/<pod>:4000/proxy/api/nodes"],
     ]
 
 
