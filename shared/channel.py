@@ -187,7 +187,7 @@ class RoomChannel:
         rest += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
         rooms.metrics.replay_bytes.inc(replay.size)
         last = replay.messages[-1].id if replay.messages else last_seen_id
-        # Only stored messages wait here now; each id is read once.
+        # Since the answer only stored messages wait here (see deliver); each id is parsed once.
         held = [(parse_id(d.message_id), d.frame) for d in self._held or [] if d.message_id is not None]
         self._held = None
         newest = parse_id(last) if last else (-1, -1)
