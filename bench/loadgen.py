@@ -25,6 +25,7 @@ import resource
 import time
 from array import array
 from collections.abc import Callable, Iterable
+from typing import cast
 
 HANDSHAKE_LIMIT = 16 * 1024
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
@@ -177,13 +178,15 @@ class Client(asyncio.Protocol):
     # Transport -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A TCP connection's transport, which writes: uvloop's (bench/runner.py) has asyncio's
+        # methods without subclassing it, so no isinstance check would pass.
+        self.transport = cast("asyncio.Transport", transport)
         key = base64.b64encode(os.urandom(16)).decode()
         request = (
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        transport.write(request.encode())  # type: ignore[attr-defined]
+        self.transport.write(request.encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -345,8 +348,8 @@ class PhoenixClient(Client):
     TOPIC = "rooms:lobby"
     ID_AT = b'"new:msg",{"id":"'
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, gen: Generator, host: str, port: int, user: str, *, subscriber: bool) -> None:
+        super().__init__(gen, host, port, user, subscriber=subscriber)
         self.ref = 1
         self.track_last_seen = False
         self.last_seen: tuple[int, int] | None = None
@@ -406,8 +409,8 @@ class SocketIOClient(Client):
 
     path = "/socket.io/?EIO=4&transport=websocket"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, gen: Generator, host: str, port: int, user: str, *, subscriber: bool) -> None:
+        super().__init__(gen, host, port, user, subscriber=subscriber)
         self.ack_id = 0
 
     def on_upgrade(self) -> None:
@@ -452,8 +455,8 @@ class ChannelsClient(Client):
     path = "/ws/chat/"
     ACK = b'{"ref": '
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, gen: Generator, host: str, port: int, user: str, *, subscriber: bool) -> None:
+        super().__init__(gen, host, port, user, subscriber=subscriber)
         self.ref = 0  # 0 is the join
 
     def on_upgrade(self) -> None:

@@ -78,9 +78,7 @@ def create_app(chat: ChatNode) -> Quart:
     provider.sort_keys = False  # {"self": .., "nodes": ..} reads best in that order
     app.json = provider
     app.extensions[NODE_KEY] = chat
-    # Quart's documented way to put ASGI middleware in front of the app, which mypy
-    # reports for any assignment to a method.
-    app.asgi_app = SocketEndpoint(app.asgi_app, chat)  # type: ignore[method-assign]
+    app.asgi_app = SocketEndpoint(app.asgi_app, chat)  # type: ignore[method-assign]  # Quart's documented middleware hook
     app.register_blueprint(bp)
     for blueprint in chat.blueprints:
         app.register_blueprint(blueprint)

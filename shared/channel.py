@@ -188,11 +188,13 @@ class RoomChannel:
         out += [protocol.encode_raw(self.join_ref, None, self.topic, "new:msg", p) for p in replay.payloads]
         rooms.metrics.replay_bytes.inc(replay.size)
         last = replay.messages[-1].id if replay.messages else last_seen_id
-        held, self._held = self._held or [], None
+        # Since the answer only stored messages wait here (see deliver); each id is parsed once.
+        held = [(parse_id(d.message_id), d.frame) for d in self._held or [] if d.message_id is not None]
+        self._held = None
         newest = parse_id(last) if last else (-1, -1)
-        out += [d.frame for d in held if parse_id(d.message_id) > newest]  # type: ignore[arg-type]
+        out += [frame for message_id, frame in held if message_id > newest]
         if held:
-            newest = max(newest, parse_id(held[-1].message_id))  # type: ignore[arg-type]
+            newest = max(newest, held[-1][0])
         self._replayed = newest if newest != (-1, -1) else None
         self.socket.send_all(out)
 

@@ -133,5 +133,6 @@ def _whole_characters(data: bytes) -> bytes:
 
 def install() -> None:
     """Make Hypercorn's WebSocket handshake offer BoundedDeflate instead of wsproto's."""
-    # A patch by design: Hypercorn looks the class up in this module, which does not export it.
-    ws_stream.PerMessageDeflate = BoundedDeflate  # type: ignore[attr-defined,assignment]
+    # A patch by design: Hypercorn looks the class up in this module, which does not export it,
+    # and calls it with no arguments, which both classes take (their other arguments differ).
+    ws_stream.PerMessageDeflate = BoundedDeflate  # type: ignore[attr-defined,assignment]  # unexported; no-arg call

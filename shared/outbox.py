@@ -182,5 +182,5 @@ class Outbox:
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
         if self._writer is task:
             self._writer = None
-        if not task.cancelled() and task.exception() is not None:
-            self._on_error(task.exception())  # type: ignore[arg-type]
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._on_error(error)

@@ -34,12 +34,10 @@ from pathlib import Path
 import httpx
 
 from stage3_k8s.deploy.build import image_tag
+from stage3_k8s.deploy.config import DOCKERFILE, HERE, ROOT
 from stage3_k8s.deploy.shell import StepFailed, capture, check_docker, say, wait_until
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 COMPOSE_FILE = HERE / "compose.yaml"
-DOCKERFILE = HERE / "Dockerfile"
 PROJECT = "chatlab"  # compose.yaml's `name:`
 SERVICE = "chat"
 STATE_DIR = ROOT / ".stage3"
@@ -174,12 +172,9 @@ class Lab:
 
     # What runs -----------------------------------------------------------------------------
 
-    def container_ids(self, service: str = SERVICE) -> list[str]:
-        return self.compose("ps", "--quiet", service).stdout.split()
-
     def nodes(self) -> list[Node]:
         """The running chat containers, by their Compose number."""
-        ids = self.container_ids()
+        ids = self.compose("ps", "--quiet", SERVICE).stdout.split()
         if not ids:
             return []
         found = []

@@ -22,8 +22,9 @@ first run on a machine without the cluster. Values only known at run time appear
 <placeholders>.
 
 The modules, in the order an action needs them: `config` (names, paths, timeouts),
-`shell` (commands, steps, tools), `clusters` (kind, minikube), `build`, `resources`,
-`pods`, `proofs`, `actions`, and `__main__` (the command line).
+`shell` (commands, steps, tools), `machine` (what `up` checks first), `clusters` (kind,
+minikube), `build`, `resources`, `pods`, `proofs`, `actions`, and `__main__` (the
+command line).
 
 This tool runs on your machine, not in the image (.dockerignore keeps it out).
 """

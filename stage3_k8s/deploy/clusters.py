@@ -18,7 +18,6 @@ from stage3_k8s.deploy.machine import (
     check_version,
     docker_memory,
     gib,
-    other_clusters,
     running_images,
 )
 from stage3_k8s.deploy.shell import Shell, StepFailed, find_tool, rel, say
@@ -37,9 +36,7 @@ CLOUD_PROVIDER_KIND_CONTAINER = f"{NAME}-cloud-provider-kind"
 # IngressClass the default one in each, so that other clusters' Ingresses without a
 # class would go to it: not here.
 CLOUD_PROVIDER_KIND_FLAGS = ["--enable-default-ingress=false"]
-GATEWAY_API_VERSION = "v1.5.0"
 GATEWAY_CLASS = "cloud-provider-kind"
-GATEWAY_CONTROLLER = "kind.sigs.k8s.io/gateway-controller"
 GATEWAY_CLASS_DEADLINE = 180.0  # until cloud-provider-kind has installed its CRDs and GatewayClass
 
 KIND_TESTED = "v0.33.0"
@@ -194,7 +191,7 @@ class Kind(Cluster):
         check_version("kind", version.stdout or version.stderr, KIND_FLOORS, KIND_TESTED, findings)
         check_memory(self.shell, findings, KIND_MEMORY_NEEDED, "a kind cluster", comfortable=KIND_MEMORY_FOR_TEN)
         clusters = self.shell.query(["kind", "get", "clusters"], assume="no other cluster", dry=(0, ""))
-        others = other_clusters(clusters.stdout.split(), NAME)
+        others = sorted(name for name in clusters.stdout.split() if name != NAME)
         if others:
             findings.warnings.append(
                 f"other kind clusters run here ({', '.join(others)}): cloud-provider-kind acts on every kind cluster"

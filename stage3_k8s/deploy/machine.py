@@ -39,23 +39,20 @@ def dotted(version: tuple[int, int, int]) -> str:
     return "v" + ".".join(map(str, version))
 
 
-def check_version(
-    tool: str, answer: str, floors: Sequence[Floor], tested: str, into: Findings
-) -> tuple[int, int, int] | None:
+def check_version(tool: str, answer: str, floors: Sequence[Floor], tested: str, into: Findings) -> None:
     """Each floor the version is under is a problem naming what it lacks; an unreadable version is a warning."""
     found = parse_version(answer)
     if found is None:
         into.warnings.append(
             f"cannot read the version of {tool} from {answer.strip()!r}; the lab is tested with {tested}"
         )
-        return None
+        return
     for floor in floors:
         if found < floor.version:
             into.problems.append(
                 f"{tool} {dotted(found)} is too old: {floor.lacks} (needs {dotted(floor.version)} or later;"
                 f" the lab is tested with {tested})"
             )
-    return found
 
 
 def docker_memory(shell: Shell) -> int | None:
@@ -67,10 +64,6 @@ def docker_memory(shell: Shell) -> int | None:
         return int(answer.stdout.strip()) if answer.returncode == 0 else None
     except ValueError:
         return None
-
-
-def other_clusters(names: Sequence[str], ours: str) -> list[str]:
-    return sorted(name for name in names if name and name != ours)
 
 
 def running_images(docker_ps: str, image_part: str, ours: str) -> list[str]:

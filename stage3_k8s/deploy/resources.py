@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stage3_k8s.deploy.clusters import Cluster
-from stage3_k8s.deploy.config import IMAGE, NAMESPACE, SECRET, SECRETS
+from stage3_k8s.deploy.config import IMAGE, NAMESPACE, SECRETS
 from stage3_k8s.deploy.shell import StepFailed, say
 
 
@@ -68,10 +68,6 @@ def secret_objects(values: dict[str, str]) -> str:
             }
         )
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-
-
-def cookie_objects(cookie: str) -> str:
-    return secret_objects({SECRET: cookie})
 
 
 def secrets_to_create(cluster: Cluster) -> list[str]:

@@ -124,9 +124,9 @@ def docker_import(archive: Path, image: str, changes: list[str]) -> None:
         raise StandinError(f"docker import {image} failed: {result.stderr.strip()}")
 
 
-def ensure(*, force: bool = False) -> str:
+def ensure() -> str:
     """Both stand-ins exist afterwards; returns the base image's name."""
-    missing = [image for image in (BASE_IMAGE, REDIS_IMAGE) if force or not image_exists(image)]
+    missing = [image for image in (BASE_IMAGE, REDIS_IMAGE) if not image_exists(image)]
     if not missing:
         return BASE_IMAGE
     mirror = apt_mirror()
@@ -153,10 +153,9 @@ def ensure(*, force: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.helpers.standin", description=__doc__.splitlines()[0])
-    parser.add_argument("--force", action="store_true", help="build both again even if they exist")
-    args = parser.parse_args(argv)
+    parser.parse_args(argv)  # no options: --help says what it does instead of starting a build
     try:
-        print(ensure(force=args.force))
+        print(ensure())
     except StandinError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
