@@ -354,7 +354,17 @@ async def w4(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
             step.update(
                 {
                     k: figures[k]
-                    for k in ("lost", "dropped_connections", "rejected", "p50_ms", "p99_ms", "cpu_us_per_delivery")
+                    for k in (
+                        "lost",
+                        "dropped_connections",
+                        "rejected",
+                        "p50_ms",
+                        "p99_ms",
+                        "cpu_us_per_delivery",
+                        "server_cpu_s",
+                        "loadgen_cpu_s",
+                        "send_s",
+                    )
                 }
             )
             held = figures["lost"] == 0 and figures["dropped_connections"] == 0 and figures["rejected"] == 0

@@ -1,5 +1,6 @@
-"""The hub's batching of room events: one write per socket per batch, and a window that
-grows with what a flush costs."""
+"""The hub's batching: room events go out one write per socket per batch, in a window that
+grows with what a flush costs; stored messages go out at once, unless the room's last
+fan-out of messages was slow (SLOW_FAN_OUT)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,55 @@ async def test_stored_messages_go_out_at_once() -> None:
     hub.deliver(message)
 
     assert member.calls == [("one", [message.frame], text_frame(message.frame))]
+
+
+def message(n: int) -> Delivery:
+    return Delivery(LOBBY, f'[null,null,"{LOBBY}","new:msg",{{"body":"m{n}"}}]', message_id=f"{n}-0")
+
+
+async def test_stored_messages_go_out_at_once_while_fan_outs_are_cheap() -> None:
+    hub = make_hub()
+    member = Recorder()
+    hub.add(LOBBY, member)
+
+    for n in range(3):
+        hub.deliver(message(n))
+
+    assert member.calls == [("one", [message(n).frame], text_frame(message(n).frame)) for n in range(3)]
+
+
+async def test_after_a_slow_fan_out_messages_wait_as_long_and_go_out_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fan-out that took 50 ms makes the next messages wait until 50 ms after it ended,
+    then go out in one write per socket."""
+    hub = make_hub()
+    member = Recorder()
+    hub.add(LOBBY, member)
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    real_call_later = loop.call_later
+
+    def call_later(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        if callback == hub._flush_messages:
+            delays.append(delay)
+            delay = 0
+        return real_call_later(delay, callback, *args)
+
+    # Each message's arrival, then each fan-out's start and end.
+    clock = iter([9.99, 10.0, 10.05, 10.06, 10.2, 10.201, 10.3, 10.3, 10.301])
+    monkeypatch.setattr(loop, "call_later", call_later)
+    monkeypatch.setattr(shared.hub, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+
+    hub.deliver(message(0))
+    hub.deliver(message(1))  # 10 ms after a 50 ms fan-out ended: waits 40 ms
+    hub.deliver(message(2))  # joins it, no clock read
+    assert member.calls == [("one", [message(0).frame], text_frame(message(0).frame))]
+    await async_wait_until(lambda: len(member.calls) == 2, what="the waiting messages")
+
+    assert delays == [pytest.approx(0.04)]
+    frames = [message(1).frame, message(2).frame]
+    assert member.calls[1] == ("many", frames, b"".join(text_frame(f) for f in frames))
+    hub.deliver(message(3))  # that fan-out took 1 ms: the next goes at once
+    assert member.calls[2] == ("one", [message(3).frame], text_frame(message(3).frame))
 
 
 async def test_the_window_grows_to_a_multiple_of_what_the_last_flush_cost(monkeypatch: pytest.MonkeyPatch) -> None:
