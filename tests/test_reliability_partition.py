@@ -36,13 +36,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
-from websockets.asyncio.client import connect
 
 from tests.helpers.netns import Network
 from tests.helpers.node import NodeProcess
@@ -114,13 +113,10 @@ class NsClient(PhoenixClient):
         super().__init__(url, timeout=DEADLINE)
         self.ns = ns
 
-    async def open(self) -> NsClient:
+    async def open(self, sock: socket.socket | None = None) -> Self:
         parts = urlsplit(self.url)
         assert parts.hostname and parts.port
-        sock = await self.ns.dial(parts.hostname, parts.port)
-        self._ws = await connect(self.url, sock=sock, proxy=None, open_timeout=self.timeout, max_size=2**20)
-        self._reader = asyncio.create_task(self._read())
-        return self
+        return await super().open(sock or await self.ns.dial(parts.hostname, parts.port))
 
 
 # The scenario ---------------------------------------------------------------------------------------

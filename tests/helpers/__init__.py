@@ -8,7 +8,7 @@ modules, never from each other; the fixtures built on them are in tests/conftest
     redis_server.py  RedisServer, redis_server_binary: a real redis-server, to stop, kill,
                      pause and restart
     cluster.py       Cluster: stage-2 nodes sharing a Redis, and the node API
-    phoenix.py       PhoenixClient: a Phoenix Channels V2 client that keeps every frame
+    phoenix.py       PhoenixClient (shared/client.py), and Push, parse_ids, unique
     metrics.py       metric (one sample of /metrics), memory_mb (/proc)
     results.py       record, report_timing: numbers kept under test-results/
     views.py         steady publishing, and what clients saw against the room's stream
