@@ -426,10 +426,11 @@ def test_a_dry_run_piped_into_head_ends_quietly() -> None:
 
 
 def test_the_deploy_tool_needs_no_test_extra_at_run_time() -> None:
-    # The command line's module imports every other module of the tool.
+    # The command line's module imports every other module of the tool. (websockets, which its
+    # final checks speak through shared/client.py, is a runtime dependency, not an extra.)
     code = (
         "import sys, stage3_k8s.deploy.__main__; "
-        "print(sorted(m for m in ('websockets', 'yaml', 'pytest') if m in sys.modules)); "
+        "print(sorted(m for m in ('yaml', 'pytest', 'playwright', 'hypothesis') if m in sys.modules)); "
         "print(sorted(m for m in sys.modules if m.startswith('stage3_k8s.deploy.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
@@ -750,7 +751,7 @@ def test_a_pull_rate_limit_is_named_as_such() -> None:
 
 
 def test_the_phoenix_socket_of_the_final_check_joins_and_delivers_on_a_real_node(stage1_node) -> None:  # type: ignore[no-untyped-def]
-    """The deploy tool's own WebSocket client (wsproto, a runtime dependency) against a real node."""
+    """The final check's WebSocket exchange (the project's client, shared/client.py) against a real node."""
     address = (stage1_node.host, stage1_node.port)
     got = exchange_message(address, address, "through the deploy tool's client")
     assert got["body"] == "through the deploy tool's client" and got["user"] == "make stage3"

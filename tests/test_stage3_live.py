@@ -10,27 +10,28 @@ The browser reaches http://test.com as a learner's does after `<address> test.co
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from websockets.exceptions import WebSocketException
 
 from stage3_k8s.deploy.clusters import CLUSTERS, Cluster
 from stage3_k8s.deploy.config import HOST_NAME
 from stage3_k8s.deploy.pods import chat_pods
-from stage3_k8s.deploy.proofs import ProofSocket, browser_host
-from stage3_k8s.deploy.shell import Shell, StepFailed
+from stage3_k8s.deploy.proofs import browser_host, browser_socket
+from stage3_k8s.deploy.shell import Shell
 from tests.helpers.browser import CHROMIUM_ARGS, ChatPages, chromium_path, send
+from tests.helpers.phoenix import LOBBY, JoinError, PhoenixClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 
-LOBBY = "rooms:lobby"
 DEADLINE = 180.0  # seconds for what a cluster does slowly: pods starting, Redis coming back
 NAVBAR_DEADLINE_MS = 60_000
 
@@ -118,78 +119,71 @@ class Sender:
 
     def __init__(self, entry: tuple[str, int]) -> None:
         self.entry = entry
-        self.sock: ProofSocket | None = None
+        self.client: PhoenixClient | None = None
         self.acked: dict[str, str] = {}  # id -> body
 
-    def connect(self) -> ProofSocket:
-        if self.sock is None:
-            self.sock = ProofSocket(self.entry, browser_host(self.entry[1]))
-            self.sock.join(LOBBY, "acked")
-        return self.sock
+    async def connect(self) -> PhoenixClient:
+        if self.client is None:
+            self.client = browser_socket(self.entry, browser_host(self.entry[1]))
+            await self.client.open()
+            await self.client.join(LOBBY, {"user": "acked"})
+        return self.client
 
-    def send(self, body: str, deadline: float = DEADLINE) -> None:
+    async def send(self, body: str, deadline: float = DEADLINE) -> None:
         push = {"user": "acked", "body": body, "client_msg_id": secrets.token_hex(8)}
         end = time.monotonic() + deadline
         while True:
             try:
-                sock = self.connect()
-                ref = sock.push(LOBBY, "new:msg", push)
-                reply: list[Any] = sock.frame(lambda f, ref=ref: f[1] == ref and f[3] == "phx_reply")
-                if reply[4].get("status") == "ok":
-                    self.acked[reply[4]["response"]["id"]] = body
+                reply = await (await self.connect()).push(LOBBY, "new:msg", push)
+                if reply.ok:
+                    self.acked[reply.response["id"]] = body
                     return
-            except (StepFailed, OSError):  # the pod went away, or no pod answered yet
-                self.close()
+            # The pod went away, or no pod answered yet (TimeoutError is an OSError).
+            except (OSError, WebSocketException, JoinError):
+                await self.close()
             if time.monotonic() > end:
                 raise AssertionError(f"{body!r} not acknowledged within {deadline:.0f}s")
-            time.sleep(1.0)
+            await asyncio.sleep(1.0)
 
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
-def kubectl(k8s: Cluster, *args: str) -> None:
-    subprocess.run(k8s.kubectl(*args), check=True, timeout=DEADLINE + 60)
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
 
-def history(entry: tuple[str, int]) -> list[str]:
+async def kubectl(k8s: Cluster, *args: str) -> None:
+    await asyncio.to_thread(subprocess.run, k8s.kubectl(*args), check=True, timeout=DEADLINE + 60)
+
+
+async def history(entry: tuple[str, int]) -> list[str]:
     """The ids a new join replays, read until a marker pushed after the join comes back."""
-    sock = ProofSocket(entry, browser_host(entry[1]), deadline=60)
-    try:
-        sock.join(LOBBY, "reader")
+    async with browser_socket(entry, browser_host(entry[1]), deadline=60) as reader:
+        await reader.join(LOBBY, {"user": "reader"})
         marker = f"end of history {secrets.token_hex(3)}"
-        sock.push(LOBBY, "new:msg", {"user": "reader", "body": marker})
-        ids = []
-        while True:
-            frame = sock.frame(lambda f: f[3] == "new:msg")
-            if frame[4].get("body") == marker:
-                return ids
-            ids.append(frame[4].get("id"))
-    finally:
-        sock.close()
+        await reader.send(LOBBY, "new:msg", {"user": "reader", "body": marker})
+        await reader.wait_for_message(marker)
+        return [message["id"] for message in reader.messages() if message["body"] != marker]
 
 
-def test_no_acknowledged_message_is_lost_when_a_pod_is_deleted_and_redis_restarts(
+async def test_no_acknowledged_message_is_lost_when_a_pod_is_deleted_and_redis_restarts(
     entry: tuple[str, int], k8s: Cluster
 ) -> None:
     sender = Sender(entry)
     try:
         for n in range(10):
-            sender.send(f"before {n}")
+            await sender.send(f"before {n}")
         victim = chat_pods(k8s)[0]
-        kubectl(k8s, "delete", "pod", victim.name, "--wait=false")
+        await kubectl(k8s, "delete", "pod", victim.name, "--wait=false")
         for n in range(10):
-            sender.send(f"while {victim.name} goes {n}")
-        kubectl(k8s, "rollout", "restart", "statefulset/redis")
+            await sender.send(f"while {victim.name} goes {n}")
+        await kubectl(k8s, "rollout", "restart", "statefulset/redis")
         for n in range(10):
-            sender.send(f"while Redis restarts {n}")
-        kubectl(k8s, "rollout", "status", "statefulset/redis", f"--timeout={DEADLINE:.0f}s")
+            await sender.send(f"while Redis restarts {n}")
+        await kubectl(k8s, "rollout", "status", "statefulset/redis", f"--timeout={DEADLINE:.0f}s")
         for n in range(10):
-            sender.send(f"after {n}")
+            await sender.send(f"after {n}")
     finally:
-        sender.close()
-    kept = set(history(entry))
+        await sender.close()
+    kept = set(await history(entry))
     assert len(sender.acked) == 40
     assert set(sender.acked) <= kept, sorted(set(sender.acked) - kept)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import contextlib
 import http.client
 import json
@@ -11,17 +11,19 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
-import wsproto
-import wsproto.events as ws_events
-import wsproto.utilities
+from websockets.exceptions import InvalidStatus, WebSocketException
 
+from shared.client import LOBBY, JoinError, PhoenixClient
+from shared.endpoint import PATH
 from stage3_k8s.deploy.clusters import Cluster
 from stage3_k8s.deploy.config import ENTRY_DEADLINE, HOST_NAME, MESSAGE_DEADLINE, NAMESPACE, PORT
 from stage3_k8s.deploy.pods import Pod
 from stage3_k8s.deploy.shell import StepFailed, say, shown, wait_until
+
+T = TypeVar("T")
 
 
 def browser_host(port: int, name: str = HOST_NAME) -> str:
@@ -29,93 +31,42 @@ def browser_host(port: int, name: str = HOST_NAME) -> str:
     return name if port == 80 else f"{name}:{port}"
 
 
-class ProofSocket:
-    """The deploy tool's own Phoenix client: one TCP connection spoken with wsproto (from the
-    runtime dependencies, which Hypercorn brings), enough to join a room and send and read
-    frames. It sends what a browser's page sends: the Host it was opened with, and the Origin."""
+def browser_socket(address: tuple[str, int], host: str, deadline: float = MESSAGE_DEADLINE) -> PhoenixClient:
+    """A client that sends what a browser's page at http://host/ sends: that Host (reached at
+    `address`), and the page's Origin."""
+    return PhoenixClient(f"ws://{host}{PATH}?vsn=2.0.0", timeout=deadline, origin=f"http://{host}", address=address)
 
-    def __init__(self, address: tuple[str, int], host: str, deadline: float = MESSAGE_DEADLINE) -> None:
-        self.end = time.monotonic() + deadline
-        self.sock = socket.create_connection(address, timeout=deadline)
-        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        self.events: collections.deque[ws_events.Event] = collections.deque()
-        self.refs = 0
-        request = ws_events.Request(
-            host=host, target="/socket/websocket?vsn=2.0.0", extra_headers=[(b"origin", f"http://{host}".encode())]
-        )
-        self.sock.sendall(self.ws.send(request))
-        while True:
-            event = self.next_event()
-            if isinstance(event, ws_events.AcceptConnection):
-                return
-            if isinstance(event, ws_events.RejectConnection):
-                raise StepFailed(f"the WebSocket upgrade via {host} was refused with HTTP {event.status_code}")
 
-    def next_event(self) -> ws_events.Event:
-        while not self.events:
-            left = self.end - time.monotonic()
-            if left <= 0:
-                raise StepFailed("no answer on the WebSocket in time")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError as error:
-                raise StepFailed("no answer on the WebSocket in time") from error
-            if not data:
-                raise StepFailed("the WebSocket connection was closed")
-            self.ws.receive_data(data)
-            self.events.extend(self.ws.events())
-        return self.events.popleft()
-
-    def push(self, topic: str, event: str, payload: dict[str, Any]) -> str:
-        self.refs += 1
-        ref = str(self.refs)
-        frame = json.dumps(["1", ref, topic, event, payload])
-        self.sock.sendall(self.ws.send(ws_events.Message(data=frame)))
-        return ref
-
-    def frame(self, match: Callable[[list[Any]], bool]) -> list[Any]:
-        text = ""
-        while True:
-            event = self.next_event()
-            if isinstance(event, ws_events.TextMessage):
-                text += event.data
-                if event.message_finished:
-                    item, text = json.loads(text), ""
-                    if isinstance(item, list) and match(item):
-                        return item
-            elif isinstance(event, ws_events.Ping):
-                self.sock.sendall(self.ws.send(event.response()))
-            elif isinstance(event, ws_events.CloseConnection):
-                raise StepFailed(f"the WebSocket was closed with {event.code}: {event.reason}")
-
-    def join(self, topic: str, user: str) -> None:
-        ref = self.push(topic, "phx_join", {"user": user})
-        reply = self.frame(lambda f: f[1] == ref and f[3] == "phx_reply")
-        if reply[4].get("status") != "ok":
-            raise StepFailed(f"joining {topic} failed: {reply[4]}")
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError, wsproto.utilities.LocalProtocolError):
-            self.sock.sendall(self.ws.send(ws_events.CloseConnection(code=1000)))
-        self.sock.close()
+def over_websocket(host: str, exchange: Coroutine[Any, Any, T], deadline: float = MESSAGE_DEADLINE) -> T:
+    """Run one check's WebSocket exchange to its end, within `deadline` seconds; what goes wrong
+    on the way is a StepFailed that says what."""
+    try:
+        return asyncio.run(asyncio.wait_for(exchange, deadline))
+    except InvalidStatus as refused:
+        status = refused.response.status_code
+        raise StepFailed(f"the WebSocket upgrade via {host} was refused with HTTP {status}") from refused
+    except JoinError as refused:
+        raise StepFailed(f"via {host}: {refused}") from refused
+    except TimeoutError as late:
+        raise StepFailed(f"no answer on the WebSocket via {host} in time") from late
+    except (OSError, WebSocketException) as failed:  # refused, cut, or closed before the answer
+        raise StepFailed(f"the WebSocket via {host} failed: {failed}") from failed
 
 
 def exchange_message(sender: tuple[str, int], receiver: tuple[str, int], body: str) -> dict[str, Any]:
     """Join rooms:lobby on both, push new:msg on the sender, return it as the receiver got it."""
-    a = ProofSocket(sender, f"127.0.0.1:{sender[1]}")
-    try:
-        b = ProofSocket(receiver, f"127.0.0.1:{receiver[1]}")
-        try:
-            a.join("rooms:lobby", "make stage3")
-            b.join("rooms:lobby", "make stage3 (listening)")
-            a.push("rooms:lobby", "new:msg", {"user": "make stage3", "body": body})
-            got: dict[str, Any] = b.frame(lambda f: f[3] == "new:msg" and f[4].get("body") == body)[4]
-            return got
-        finally:
-            b.close()
-    finally:
-        a.close()
+
+    async def exchange() -> dict[str, Any]:
+        async with (
+            browser_socket(sender, f"127.0.0.1:{sender[1]}") as a,
+            browser_socket(receiver, f"127.0.0.1:{receiver[1]}") as b,
+        ):
+            await a.join(LOBBY, {"user": "make stage3"})
+            await b.join(LOBBY, {"user": "make stage3 (listening)"})
+            await a.send(LOBBY, "new:msg", {"user": "make stage3", "body": body})
+            return (await b.wait_for_message(body)).payload
+
+    return over_websocket(f"127.0.0.1:{sender[1]} and 127.0.0.1:{receiver[1]}", exchange())
 
 
 def free_port() -> int:
@@ -261,11 +212,12 @@ def check_entry(cluster: Cluster, address: tuple[str, int]) -> None:
         answer = http_status(address, path, host, method)
         if answer != 404:
             raise StepFailed(f"{method} {path} answered {answer} through the entry point: it must not be routed")
-    joined = ProofSocket(address, host)
-    try:
-        joined.join("rooms:lobby", "make stage3 (entry point)")
-    finally:
-        joined.close()
+
+    async def join() -> None:
+        async with browser_socket(address, host) as client:
+            await client.join(LOBBY, {"user": "make stage3 (entry point)"})
+
+    over_websocket(host, join())
     say(
         f"    http://{host} via {where}: page 200, /api/nodes lists {len(nodes)}, /readyz 200,"
         " the node API's calls 404, WebSocket joined rooms:lobby"
