@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shared.client import PhoenixClient
 from stage3_k8s.deploy import clusters, proofs
 from stage3_k8s.deploy import shell as shell_module
 from stage3_k8s.deploy.actions import Up, scale, status
@@ -32,13 +33,21 @@ from stage3_k8s.deploy.build import image_tag
 from stage3_k8s.deploy.clusters import CLOUD_PROVIDER_KIND_IMAGE, Kind
 from stage3_k8s.deploy.config import NAMESPACE, OVERLAYS, SECRET
 from stage3_k8s.deploy.pods import Pod, cause_of, chat_pods, rollout, shortfall, wait_one_cluster
-from stage3_k8s.deploy.proofs import browser_host, exchange_message, http_status, prove_entry
+from stage3_k8s.deploy.proofs import (
+    browser_host,
+    browser_socket,
+    exchange_message,
+    http_status,
+    over_websocket,
+    prove_entry,
+)
 from stage3_k8s.deploy.resources import kustomization, secret_objects, tagged_overlay
 from stage3_k8s.deploy.shell import WHERE_TO_GET, Shell, StepFailed, find_tool, shown
 from tests.helpers.entry_proxy import EntryProxy
 from tests.helpers.entry_proxy import kind_route as rendered_kind_route
 from tests.helpers.make import recipe_line
 from tests.helpers.paths import ROOT
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -756,6 +765,42 @@ def test_the_phoenix_socket_of_the_final_check_joins_and_delivers_on_a_real_node
     got = exchange_message(address, address, "through the deploy tool's client")
     assert got["body"] == "through the deploy tool's client" and got["user"] == "make stage3"
     assert http_status(address, "/", host="test.com") == 200
+
+
+def test_a_socket_the_node_refuses_fails_the_check_with_the_status_it_got(stage1_node) -> None:  # type: ignore[no-untyped-def]
+    """A page of another origin: the node answers the upgrade 403, and the check says so."""
+    host = f"127.0.0.1:{stage1_node.port}"
+    elsewhere = PhoenixClient(f"ws://{host}/socket/websocket?vsn=2.0.0", origin="http://elsewhere.example")
+
+    async def join() -> None:
+        async with elsewhere:
+            raise AssertionError("the upgrade was accepted")
+
+    with pytest.raises(StepFailed, match=f"the WebSocket upgrade via {host} was refused with HTTP 403"):
+        over_websocket(host, join())
+
+
+def test_a_join_the_node_refuses_fails_the_check_with_its_reason(stage1_node) -> None:  # type: ignore[no-untyped-def]
+    address, host = (stage1_node.host, stage1_node.port), f"127.0.0.1:{stage1_node.port}"
+
+    async def join() -> None:
+        async with browser_socket(address, host) as client:
+            await client.join("rooms:secret", {"user": "make stage3"})
+
+    with pytest.raises(StepFailed, match=re.escape("join rooms:secret refused: {'reason': 'unauthorized'}")):
+        over_websocket(host, join())
+
+
+def test_a_socket_with_nothing_listening_fails_the_check() -> None:
+    address = ("127.0.0.1", free_port())
+
+    async def join() -> None:
+        async with browser_socket(address, f"127.0.0.1:{address[1]}"):
+            raise AssertionError("connected to a closed port")
+
+    with pytest.raises(StepFailed, match=re.escape(f"the WebSocket via 127.0.0.1:{address[1]} failed")) as failed:
+        over_websocket(f"127.0.0.1:{address[1]}", join())
+    assert isinstance(failed.value.__cause__, ConnectionRefusedError)
 
 
 class BehindEntry(Kind):
