@@ -196,27 +196,15 @@ print(json.dumps(views))
 # Join the lobby on two nodes, push on the first, print the message as the second got it.
 SEND_AND_RECEIVE = """
 import asyncio, json, sys
-from websockets.asyncio.client import connect
-
-async def join(ws, user):
-    await ws.send(json.dumps(["1", "1", "rooms:lobby", "phx_join", {"user": user}]))
-    while True:
-        frame = json.loads(await ws.recv())
-        if frame[3] == "phx_reply" and frame[1] == "1":
-            assert frame[4]["status"] == "ok", frame
-            return
+from shared.client import LOBBY, PhoenixClient
 
 async def main(sender, receiver, body):
-    async with connect(f"ws://{receiver}/socket/websocket?vsn=2.0.0", proxy=None) as bob, \\
-            connect(f"ws://{sender}/socket/websocket?vsn=2.0.0", proxy=None) as ann:
-        await join(bob, "bob")
-        await join(ann, "ann")
-        await ann.send(json.dumps(["1", "2", "rooms:lobby", "new:msg", {"user": "ann", "body": body}]))
-        while True:
-            frame = json.loads(await bob.recv())
-            if frame[3] == "new:msg" and frame[4].get("body") == body:
-                print(json.dumps(frame[4]))
-                return
+    async with PhoenixClient(f"ws://{receiver}/socket/websocket?vsn=2.0.0") as bob, \\
+            PhoenixClient(f"ws://{sender}/socket/websocket?vsn=2.0.0") as ann:
+        await bob.join(LOBBY, {"user": "bob"})
+        await ann.join(LOBBY, {"user": "ann"})
+        await ann.send(LOBBY, "new:msg", {"user": "ann", "body": body})
+        print(json.dumps((await bob.wait_for_message(body)).payload))
 
 asyncio.run(asyncio.wait_for(main(*sys.argv[1:]), 10))
 """
