@@ -3,7 +3,7 @@
 Each client is a bare RFC 6455 client on an `asyncio.Protocol` (no per-message task,
 no JSON decoding): it speaks Phoenix Channels V2 to ChatLab, Engine.IO 4 / Socket.IO 5
 to the python-socketio peer and plain JSON frames to the Django Channels peer. The
-project's Phoenix client (tests/helpers) decodes every frame; at thousands of sockets
+project's Phoenix client (shared/client.py) decodes every frame; at thousands of sockets
 that would measure the generator instead of the server. A frame is looked at only as
 far as needed: a subscriber searches it for the marker of the current traffic phase,
 and reads the sequence number and the publisher's send time out of the body that

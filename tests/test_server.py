@@ -1,4 +1,9 @@
-"""A real `python -m stage1_dev` process, over real WebSockets and real HTTP."""
+"""A real `python -m stage1_dev` process, over real WebSockets and real HTTP.
+
+The frames here are written and read raw, with `websockets` alone, so that what the node
+sends is checked as it is on the wire and what it refuses (garbage, binary, oversize) can
+be sent at all. Tests that only chat speak through the project's client, shared/client.py.
+"""
 
 from __future__ import annotations
 
