@@ -328,9 +328,10 @@ class CrowdSocket:
     """A lean Phoenix client for a crowd of ~1000 on this one machine.
 
     Every join sends a presence_diff to every socket in the room, so a rolling restart of
-    1000 sockets is a million frames here; a client that decodes them all, as PhoenixClient
-    does, makes this process the bottleneck being measured. This one decodes only its
-    replies and the chat messages, and keeps only their ids.
+    1000 sockets is a million frames here; a client that decodes them all, as the project's
+    PhoenixClient (shared/client.py) does, makes this process the bottleneck being
+    measured. This one decodes only its replies and the chat messages, and keeps only
+    their ids.
     """
 
     def __init__(self, url: str) -> None:
