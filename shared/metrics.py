@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.gc_collector import GCCollector
 
 
 class Metrics:
@@ -36,6 +37,7 @@ class Metrics:
             registry=r,
         )
         self.redis_up = Gauge("chat_redis_up", "1 while the configured Redis is reachable", registry=r)
+        GCCollector(registry=r)  # python_gc_collections_total{generation}: the process's, shown per node
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

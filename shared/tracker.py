@@ -25,7 +25,8 @@ class PresenceBatch:
     Our sockets get every join and every leave: a socket that joined within the window
     already has the join in its `presence_state`, so a join and leave cancelling out
     would leave it a ghost forever. Both in one diff ends right for every socket, as
-    clients apply the joins before the leaves. What goes to peers does cancel out, as
+    clients apply the joins before the leaves; for the same reason a leave followed by
+    a join of the same presence goes out as the join alone. What goes to peers does cancel out, as
     they apply the leaves first; a peer that synced the join meanwhile is corrected by
     its next full sync."""
 
@@ -37,7 +38,11 @@ class PresenceBatch:
 
     def add(self, joins: list[presence.Entry], leaves: list[presence.Entry], *, local: bool) -> None:
         for entry in joins:
-            self.joins[entry.meta["phx_ref"]] = entry
+            ref = entry.meta["phx_ref"]
+            self.joins[ref] = entry
+            # Back after leaving within the window: only the join, or the leave applied
+            # after it would take it off every page.
+            self.leaves.pop(ref, None)
         for entry in leaves:
             self.leaves[entry.meta["phx_ref"]] = entry
         if not local:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared import protocol
 from shared.presence import Entry, Presence, diff, new_ref
+from shared.tracker import PresenceTracker
+from tests.helpers.waits import async_wait_until
+
+LOBBY = "rooms:lobby"
 
 
 def meta(ref: str, **extra: object) -> dict[str, object]:
@@ -151,3 +157,35 @@ def test_joiner_state_of_a_key_already_encoded_is_encoded_afresh() -> None:
 
     assert json.loads(b"".join(room.joiner_state("alice", meta("r2")))) == room.state()
     assert len(room.state()["alice"]["metas"]) == 2
+
+
+async def test_a_presence_that_leaves_and_comes_back_within_one_batch_goes_out_as_a_join() -> None:
+    """phoenix.js applies a diff's joins before its leaves, so a leave and a later join of
+    the same presence in one diff would take it off every page, though it is there."""
+    diffs: list[dict[str, Any]] = []
+    tracker = PresenceTracker("a@localhost", lambda d: diffs.append(protocol.decode(d.frame).payload))
+    bob = Entry("b@localhost", "bob", meta("r1", node="b@localhost"))
+    tracker.apply_remote(LOBBY, [bob], [])
+    await async_wait_until(lambda: len(diffs) == 1, what="the first diff")
+
+    tracker.apply_remote(LOBBY, [], [bob])  # a peer's leave, then its full sync bringing bob back
+    tracker.sync_node(LOBBY, "b@localhost", [bob])
+    await async_wait_until(lambda: len(diffs) == 2, what="the second diff")
+
+    assert diffs[1] == {"joins": {"bob": {"metas": [meta("r1", node="b@localhost")]}}, "leaves": {}}
+    assert tracker.room(LOBBY).state() == {"bob": {"metas": [meta("r1", node="b@localhost")]}}
+
+
+async def test_a_presence_that_joins_and_leaves_within_one_batch_goes_out_as_both() -> None:
+    """A socket that joined within the window has the join in its presence_state: the
+    leave must reach it too (PresenceBatch)."""
+    diffs: list[dict[str, Any]] = []
+    tracker = PresenceTracker("a@localhost", lambda d: diffs.append(protocol.decode(d.frame).payload))
+    bob = Entry("b@localhost", "bob", meta("r1", node="b@localhost"))
+
+    tracker.apply_remote(LOBBY, [bob], [])
+    tracker.apply_remote(LOBBY, [], [bob])
+    await async_wait_until(lambda: len(diffs) == 1, what="the diff")
+
+    both = {"bob": {"metas": [meta("r1", node="b@localhost")]}}
+    assert diffs == [{"joins": both, "leaves": both}]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench import loadgen
 from shared.protocol import MAX_FRAME_BYTES
 from tests.helpers.node import NodeProcess, running_node
 
@@ -217,6 +220,34 @@ async def test_healthz_readyz_and_metrics_over_http(stage1_node: NodeProcess) ->
     assert "\nchat_connections 0.0\n" in metrics.text
     assert "\nchat_cluster_nodes 1.0\n" in metrics.text
     assert nodes.json() == {"self": "nonode@nohost", "nodes": ["nonode@nohost"]}
+
+
+async def full_collections(node: NodeProcess) -> int:
+    async with httpx.AsyncClient(base_url=node.url, timeout=DEADLINE) as http:
+        text = (await http.get("/metrics")).text
+    return int(float(re.search(r'\npython_gc_collections_total\{generation="2"\} (\S+)\n', text)[1]))  # type: ignore[index]  # a missing metric fails the test
+
+
+@pytest.mark.slow  # a node process and 3000 sockets
+async def test_a_join_storm_of_3000_runs_at_most_one_full_collection() -> None:
+    """shared/server.py tune_gc: a full collection walks every socket's objects while the
+    node does nothing else. With Python's defaults 3000 joins run three or more."""
+    assert loadgen.raise_fd_limit() > 6100, "the test opens 3000 sockets, the node as many"
+    with running_node("stage1_dev", {"PING_INTERVAL": "0", "MAX_CONNECTIONS": "4000"}) as node:
+        before = await full_collections(node)
+        gen = loadgen.Generator()
+        gen.start()
+        try:
+            users = [f"u{i}" for i in range(3000)]
+            deadline = time.monotonic() + 60
+            await loadgen.connect_and_join(
+                gen, "phoenix", [(node.host, node.port)], users, subscriber=True, deadline=deadline
+            )
+            after = await full_collections(node)
+        finally:
+            await gen.stop()
+
+    assert after - before <= 1
 
 
 async def test_unknown_route_is_a_json_404_over_http(stage1_node: NodeProcess) -> None:
