@@ -339,7 +339,7 @@ class Client(asyncio.Protocol):
         self.seen, self.seen_in = old.seen, old.seen_in
 
 
-class PhoenixClient(Client):
+class PhoenixLoadClient(Client):
     """Phoenix Channels V2 on `rooms:lobby`, as phoenix.js speaks it. With `track_last_seen`
     (W5) it remembers the newest message id, and rejoins with it as `last_seen_id`, as the
     page does."""
@@ -375,7 +375,7 @@ class PhoenixClient(Client):
 
     def inherit(self, old: Client) -> None:
         super().inherit(old)
-        if isinstance(old, PhoenixClient):
+        if isinstance(old, PhoenixLoadClient):
             self.track_last_seen, self.last_seen = old.track_last_seen, old.last_seen
 
     def on_text(self, payload: bytes, now_ns: int) -> None:
@@ -484,7 +484,11 @@ class ChannelsClient(Client):
                 self._ack(ref, ok)
 
 
-PROTOCOLS: dict[str, type[Client]] = {"phoenix": PhoenixClient, "socketio": SocketIOClient, "channels": ChannelsClient}
+PROTOCOLS: dict[str, type[Client]] = {
+    "phoenix": PhoenixLoadClient,
+    "socketio": SocketIOClient,
+    "channels": ChannelsClient,
+}
 
 
 class JoinTimeout(Exception):

@@ -415,7 +415,7 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
             return
         out.metrics["join_s"] = round(time.monotonic() - started, 2)
         for client in subs:
-            if isinstance(client, loadgen.PhoenixClient):
+            if isinstance(client, loadgen.PhoenixLoadClient):
                 client.track_last_seen = True
         if not await settle(gen, cluster, sizes.settle_cap):
             out.notes.append("servers still busy after the joins")

@@ -729,11 +729,16 @@ def test_hostile_origins_and_paths_are_logged_escaped_and_truncated(nodes: Clust
     path = "/api/nodes/b%0A12:00:00%20info%20forged%1B[31m" + "y" * 5000
     assert nodes.http.delete(a.url + path).status_code == 401
 
-    def logged(event: str) -> list[dict[str, Any]]:
-        return [line for line in a.logs() if line.get("event") == event]
+    def logged(event: str, field: str, prefix: str) -> list[dict[str, Any]]:
+        """This test's lines of `event`: other tests' lines of the same event may come first."""
+        return [line for line in a.logs() if line.get("event") == event and str(line.get(field)).startswith(prefix)]
 
-    refused = wait_until(lambda: logged("websocket refused: origin not allowed"), 5, "the refusal logged")[-1]
-    denied = wait_until(lambda: logged("node API refused: missing or wrong cookie"), 5, "the 401 logged")[-1]
+    refused = wait_until(
+        lambda: logged("websocket refused: origin not allowed", "origin", "http://evil.example/"), 5, "the refusal"
+    )[-1]
+    denied = wait_until(
+        lambda: logged("node API refused: missing or wrong cookie", "path", "/api/nodes/b"), 5, "the 401 logged"
+    )[-1]
     for value, starts in (
         (refused["origin"], "http://evil.example/\\x85fake line\\x9b31m"),
         (denied["path"], "/api/nodes/b\\n12:00:00 info forged\\x1b[31m"),
