@@ -149,7 +149,7 @@ async def test_the_client_reads_frames_split_anywhere() -> None:
         stream += head + payload
     rng = random.Random(7)
     for _ in range(3):
-        client = loadgen.PhoenixClient(gen, "127.0.0.1", 1, "s", subscriber=True)
+        client = loadgen.PhoenixLoadClient(gen, "127.0.0.1", 1, "s", subscriber=True)
         pos = 0
         while pos < len(stream):
             step = rng.choice([1, 2, 3, 7, 100, 4096, 70000])
@@ -212,7 +212,7 @@ async def test_a_phoenix_client_rejoins_with_the_newest_id_it_saw() -> None:
     from bench import loadgen
 
     gen = loadgen.Generator()
-    old = loadgen.PhoenixClient(gen, "127.0.0.1", 1, "s1", subscriber=True)
+    old = loadgen.PhoenixLoadClient(gen, "127.0.0.1", 1, "s1", subscriber=True)
     old.track_last_seen = True
     old.data_received(
         _frames(
@@ -222,7 +222,7 @@ async def test_a_phoenix_client_rejoins_with_the_newest_id_it_saw() -> None:
         )
     )
     assert old.last_seen == (1700000000010, 1)
-    new = loadgen.PhoenixClient(gen, "127.0.0.1", 2, "s1", subscriber=True)
+    new = loadgen.PhoenixLoadClient(gen, "127.0.0.1", 2, "s1", subscriber=True)
     new.inherit(old)
     sent: list[str] = []
     new.send_text = sent.append  # type: ignore[method-assign]
