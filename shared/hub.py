@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from shared.broker import Delivery
@@ -26,11 +27,16 @@ class Member(Protocol):
 
 
 EVENT_BATCH_SECONDS = 0.02
-# A room's next batch of events waits at least this many times as long as its last flush
-# took, so in a large room a join storm spends at most about a tenth of the loop on
-# fanning out events, however fast the joins come, and the joins get the rest; a quiet
-# room keeps the 20 ms. Each flush writes once to every member, whatever it carries.
+# A room's next batch of events waits this many times as long as its last flush
+# took, so in a large room a join storm spends about a tenth of the loop on fanning out
+# events, however fast the joins come, and the joins get the rest; a quiet room keeps the
+# 20 ms. Each flush writes once to every member, whatever it carries.
 FLUSH_COST_FACTOR = 9.0
+EVENT_WAIT_LIMIT = 5.0  # ...but never longer: presence on every page is at most this late
+# A flush writes to this many members per turn of the event loop: in a room of 10,000 a
+# join storm's batch is hundreds of KB per member, seconds of writing, and stored messages
+# and joins go between the chunks instead of waiting for all of it.
+FLUSH_CHUNK = 500
 
 
 # A room's stored messages go out the moment they arrive, unless its last fan-out of messages
@@ -60,6 +66,7 @@ class Hub:
         self.members: dict[str, set[Member]] = {}
         self._events: dict[str, list[Delivery]] = {}  # per topic, events waiting to go out together
         self._flush_cost: dict[str, float] = {}  # per topic, seconds the last flush of events took
+        self._flushing: set[str] = set()  # topics whose events are being written, chunk by chunk
         self._messages: dict[str, list[Delivery]] = {}  # per topic, stored messages waiting (SLOW_FAN_OUT)
         self._messages_at: dict[str, float] = {}  # per topic, when (perf_counter) messages may go again
 
@@ -83,8 +90,8 @@ class Hub:
             batch = self._events.get(delivery.topic)
             if batch is None:
                 batch = self._events[delivery.topic] = []
-                delay = max(EVENT_BATCH_SECONDS, FLUSH_COST_FACTOR * self._flush_cost.get(delivery.topic, 0.0))
-                asyncio.get_running_loop().call_later(delay, self._flush_events, delivery.topic)
+                if delivery.topic not in self._flushing:  # else its end starts the wait
+                    self._wait_for_events(delivery.topic)
             batch.append(delivery)
             return
         topic = delivery.topic
@@ -127,8 +134,11 @@ class Hub:
         cost = ended - started
         self._messages_at[topic] = ended + cost if cost > SLOW_FAN_OUT else 0.0
 
+    def _wait_for_events(self, topic: str) -> None:
+        delay = min(EVENT_WAIT_LIMIT, max(EVENT_BATCH_SECONDS, FLUSH_COST_FACTOR * self._flush_cost.get(topic, 0.0)))
+        asyncio.get_running_loop().call_later(delay, self._flush_events, topic)
+
     def _flush_events(self, topic: str) -> None:
-        started = time.perf_counter()
         deliveries = self._events.pop(topic)
         room = self.members.get(topic)
         if not room:
@@ -137,21 +147,54 @@ class Hub:
         if self.coalesce is not None:
             deliveries = self.coalesce(topic, deliveries)
         wires = [text_frame(delivery.frame) for delivery in deliveries]
-        together = b"".join(wires)
         excluded: set[object] = set()
         for delivery in deliveries:
             if type(delivery.exclude) is frozenset:
                 excluded |= delivery.exclude
             elif delivery.exclude is not None:
                 excluded.add(delivery.exclude)
-        for member in tuple(room):
-            if member in excluded:
+        self._flushing.add(topic)
+        self.metrics.messages_out.inc(len(deliveries))
+        batch = EventBatch(topic, deliveries, wires, b"".join(wires), excluded, tuple(room))
+        self._write_events(batch)
+
+    def _write_events(self, batch: EventBatch) -> None:
+        """One chunk of a batch's members, then the next chunk on the loop's next turn."""
+        started = time.perf_counter()
+        room = self.members.get(batch.topic, ())
+        end = batch.next + FLUSH_CHUNK
+        written = 0
+        for member in batch.members[batch.next : end]:
+            if member not in room:  # left since the batch began
+                continue
+            written += 1
+            if member in batch.excluded:
                 # A joiner heard its own user:entered already: everything else, still in one write.
-                kept = [(d, w) for d, w in zip(deliveries, wires, strict=True) if not _excluded(d, member)]
+                kept = [(d, w) for d, w in zip(batch.deliveries, batch.wires, strict=True) if not _excluded(d, member)]
                 if kept:
                     member.deliver_many([d for d, _ in kept], [w for _, w in kept], b"".join(w for _, w in kept))
             else:
-                member.deliver_many(deliveries, wires, together)
-        self.metrics.messages_out.inc(len(deliveries))
-        self.metrics.deliveries.inc(len(room) * len(deliveries))
-        self._flush_cost[topic] = time.perf_counter() - started
+                member.deliver_many(batch.deliveries, batch.wires, batch.together)
+        self.metrics.deliveries.inc(written * len(batch.deliveries))
+        batch.next, batch.spent = end, batch.spent + time.perf_counter() - started
+        if end < len(batch.members):
+            asyncio.get_running_loop().call_soon(self._write_events, batch)
+            return
+        self._flushing.discard(batch.topic)
+        self._flush_cost[batch.topic] = batch.spent
+        if batch.topic in self._events:  # what arrived while this batch was written waits its turn
+            self._wait_for_events(batch.topic)
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """A batch of a room's events being written, FLUSH_CHUNK members at a time."""
+
+    topic: str
+    deliveries: list[Delivery]
+    wires: list[bytes]
+    together: bytes
+    excluded: set[object]
+    members: tuple[Member, ...]  # the room when the batch began
+    next: int = 0  # the first member of the next chunk
+    spent: float = 0.0  # seconds its chunks took, together

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -32,6 +33,12 @@ IDLE_SWEEP_SECONDS = 1.0  # how often idle sockets are looked for
 # Each connection's share of the node's outbox budget: MAX_CONNECTIONS of them bound what
 # all slow sockets together may hold queued (docs/protocol.md, Limits).
 OUTBOX_SHARE = 32 * 1024
+# A full garbage collection once this many sockets have gone (or a quarter of those still
+# open, when that is more), a tenth of a second after the last of them: a connection's
+# objects hold cycles, and with full collections rare (server.tune_gc) the memory of a
+# flood of sockets would wait for the next one instead of being reused by the next flood.
+COLLECT_AFTER_CLOSED = 200
+COLLECT_DELAY = 0.1
 
 
 class ChatNode:
@@ -59,6 +66,8 @@ class ChatNode:
         self._no_sockets = asyncio.Event()
         self._no_sockets.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = 0  # sockets gone since the last full collection
+        self._collection: asyncio.TimerHandle | None = None
 
     @property
     def name(self) -> str:
@@ -156,6 +165,16 @@ class ChatNode:
         self.metrics.fast_path.dec(fast)
         if not self.sockets:
             self._no_sockets.set()
+        self._closed += 1
+        if self._collection is not None:
+            self._collection.cancel()  # one collection for a burst of closes, after it
+        elif self._closed < max(COLLECT_AFTER_CLOSED, len(self.sockets) // 4):
+            return
+        self._collection = asyncio.get_running_loop().call_later(COLLECT_DELAY, self._collect)
+
+    def _collect(self) -> None:
+        self._collection, self._closed = None, 0
+        gc.collect()
 
     async def drain(self, timeout: float = DRAIN_TIMEOUT) -> int:  # noqa: ASYNC109 - the drain's own bound
         """Refuse new sockets, report not ready, and close open ones with 1001 so clients go elsewhere."""

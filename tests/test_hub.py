@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -137,14 +138,85 @@ async def test_the_window_grows_to_a_multiple_of_what_the_last_flush_cost(monkey
             delay = 0
         return real_call_later(delay, callback, *args)
 
-    clock = iter([10.0, 10.05, 20.0, 20.001, 30.0, 30.001])  # (start, end) of each flush
+    clock = iter([10.0, 10.05, 20.0, 20.001, 30.0, 32.0, 40.0, 40.001])  # (start, end) of each flush
     monkeypatch.setattr(loop, "call_later", call_later)
     monkeypatch.setattr(shared.hub, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
-    for flushes in range(1, 4):
+    for flushes in range(1, 5):
         hub.deliver(event("x"))
         await async_wait_until(lambda n=flushes: len(member.calls) == n, what="the flush")
 
     assert delays[0] == shared.hub.EVENT_BATCH_SECONDS  # a room with no flush yet
     assert delays[1] == pytest.approx(shared.hub.FLUSH_COST_FACTOR * 0.05)
     assert delays[2] == shared.hub.EVENT_BATCH_SECONDS  # a cheap flush brings it back down
+    assert delays[3] == shared.hub.EVENT_WAIT_LIMIT  # after a 2 s flush: the limit, not 18 s
+
+
+class Spy(Recorder):
+    """A member that, at the first write any member sharing `hooks` gets, has the hook run on
+    the loop's next turn: between two chunks of a flush."""
+
+    def __init__(self, hooks: list[Callable[[], None]]) -> None:
+        super().__init__()
+        self.hooks = hooks
+
+    def deliver_many(self, deliveries: list[Delivery], wires: list[bytes], together: bytes) -> None:
+        if self.hooks:
+            asyncio.get_running_loop().call_soon(self.hooks.pop())
+        super().deliver_many(deliveries, wires, together)
+
+
+async def test_a_large_room_gets_a_batch_in_chunks_with_the_loop_free_between_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stored messages go out between the chunks; every member gets the batch once, one
+    that left meanwhile nothing more, and a batch that came meanwhile only after it, even
+    with no wait at all between batches."""
+    hub = make_hub()
+    loop = asyncio.get_running_loop()
+    real_call_later = loop.call_later
+
+    after_first: list[bool] = []  # for the second batch's wait: was the first written to everyone?
+
+    def call_later(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        if callback != hub._flush_events:
+            return real_call_later(delay, callback, *args)
+        if "early" in seen:
+            after_first.append(all(m.calls and m.calls[-1][1] != [message(1).frame] for m in seen["late"]))
+        return real_call_later(0, callback, *args)
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    hooks: list[Callable[[], None]] = []
+    members = [Spy(hooks) for _ in range(5 * shared.hub.FLUSH_CHUNK)]
+    for member in members:
+        hub.add(LOBBY, member)
+    newcomers = [Spy(hooks) for _ in range(5 * shared.hub.FLUSH_CHUNK)]
+    first, second = event("a"), event("b")
+    seen: dict[str, list[Spy]] = {}
+
+    def between() -> None:
+        seen["early"] = [m for m in members if m.calls]
+        late = [m for m in members if not m.calls]
+        seen["late"], seen["gone"] = late[:-1], late[-1:]
+        hub.remove(LOBBY, late[-1])
+        for newcomer in newcomers:  # joins meanwhile: the room's set grows, its order changes
+            hub.add(LOBBY, newcomer)
+        hub.deliver(message(1))  # to everyone at once
+        hub.deliver(second)  # waits until the first batch is written to everyone
+
+    hooks.append(between)
+    hub.deliver(first)
+    await async_wait_until(lambda: "early" in seen, what="the first chunk")
+    early, late, gone = seen["early"], seen["late"], seen["gone"][0]
+    await async_wait_until(lambda: all(len(m.calls) == 3 for m in early + late), what="both batches")
+    await async_wait_until(lambda: all(len(m.calls) == 2 for m in newcomers), what="the newcomers' two")
+
+    assert len(early) == shared.hub.FLUSH_CHUNK, "the other chunks wait for later turns of the loop"
+    for member in early:  # the batch, then the message
+        assert [c[1] for c in member.calls] == [[first.frame], [message(1).frame], [second.frame]]
+    for member in late:  # the message went first
+        assert [c[1] for c in member.calls] == [[message(1).frame], [first.frame], [second.frame]]
+    assert gone.calls == []  # it left before its chunk
+    assert after_first == [True], "the second batch's wait began only once the first was written"
+    for member in newcomers:  # not in the room when the first batch began
+        assert [c[1] for c in member.calls] == [[message(1).frame], [second.frame]]
