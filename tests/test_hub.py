@@ -42,6 +42,22 @@ def event(user: str, exclude: object = None) -> Delivery:
     return Delivery(LOBBY, f'[null,null,"{LOBBY}","user:entered",{{"user":"{user}"}}]', exclude=exclude)
 
 
+def fire_at_once(monkeypatch: pytest.MonkeyPatch, timer: Callable[[str], None]) -> list[float]:
+    """The hub's `timer` fires on the loop's next turn; returns the delays it was set for."""
+    loop = asyncio.get_running_loop()
+    real_call_later = loop.call_later
+    delays: list[float] = []
+
+    def call_later(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        if callback == timer:
+            delays.append(delay)
+            delay = 0
+        return real_call_later(delay, callback, *args)
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    return delays
+
+
 async def test_a_join_storm_reaches_every_member_in_one_write_joiners_included() -> None:
     hub = make_hub()
     members = [Recorder() for _ in range(4)]
@@ -95,19 +111,9 @@ async def test_after_a_slow_fan_out_messages_wait_as_long_and_go_out_together(mo
     hub = make_hub()
     member = Recorder()
     hub.add(LOBBY, member)
-    loop = asyncio.get_running_loop()
-    delays: list[float] = []
-    real_call_later = loop.call_later
-
-    def call_later(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
-        if callback == hub._flush_messages:
-            delays.append(delay)
-            delay = 0
-        return real_call_later(delay, callback, *args)
-
+    delays = fire_at_once(monkeypatch, hub._flush_messages)
     # Each message's arrival, then each fan-out's start and end.
     clock = iter([9.99, 10.0, 10.05, 10.06, 10.2, 10.201, 10.3, 10.3, 10.301])
-    monkeypatch.setattr(loop, "call_later", call_later)
     monkeypatch.setattr(shared.hub, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
     hub.deliver(message(0))
@@ -128,18 +134,8 @@ async def test_the_window_grows_to_a_multiple_of_what_the_last_flush_cost(monkey
     hub = make_hub()
     member = Recorder()
     hub.add(LOBBY, member)
-    loop = asyncio.get_running_loop()
-    delays: list[float] = []
-    real_call_later = loop.call_later
-
-    def call_later(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
-        if callback == hub._flush_events:
-            delays.append(delay)
-            delay = 0
-        return real_call_later(delay, callback, *args)
-
+    delays = fire_at_once(monkeypatch, hub._flush_events)
     clock = iter([10.0, 10.05, 20.0, 20.001, 30.0, 32.0, 40.0, 40.001])  # (start, end) of each flush
-    monkeypatch.setattr(loop, "call_later", call_later)
     monkeypatch.setattr(shared.hub, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
 
     for flushes in range(1, 5):
