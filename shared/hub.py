@@ -27,10 +27,11 @@ class Member(Protocol):
 
 
 EVENT_BATCH_SECONDS = 0.02
-# A room's next batch of events waits this many times as long as its last flush
-# took, so in a large room a join storm spends about a tenth of the loop on fanning out
-# events (up to a third while the room doubles every batch), however fast the joins come,
-# and the joins get the rest; a quiet room keeps the 20 ms. Each flush writes once to every member, whatever it carries.
+# A room's next batch of events waits this many times as long as its last flush took, so
+# in a large room a join storm spends about a tenth of the loop on fanning out events (up
+# to a third while the room doubles every batch), however fast the joins come, and the
+# joins get the rest; a quiet room keeps the 20 ms. Each flush writes once to every
+# member, whatever it carries.
 FLUSH_COST_FACTOR = 9.0
 EVENT_WAIT_LIMIT = 5.0  # ...but never longer: presence on every page is at most this late
 # A flush writes to this many members per turn of the event loop: in a room of 10,000 a
