@@ -2,7 +2,7 @@
 modules, never from each other; the fixtures built on them are in tests/conftest.py.
 
     paths.py         ROOT, RESULTS (test-results/)
-    ports.py         free_port, free_ports, free_udp_port, port_open
+    ports.py         free_port (TCP or UDP), free_ports, port_open
     waits.py         wait_until, async_wait_until, run_async
     node.py          NodeProcess, running_node: a real node process on a real port
     redis_server.py  RedisServer, redis_server_binary: a real redis-server, to stop, kill,

@@ -14,7 +14,7 @@ from dnslib.dns import DNSError
 from dnslib.server import DNSLogger, DNSServer
 
 from tests.helpers.node import NodeProcess
-from tests.helpers.ports import free_port, free_udp_port
+from tests.helpers.ports import free_port
 
 SERVICE = "chat-nodes"
 
@@ -56,7 +56,7 @@ class HeadlessService:
         self._lock = threading.Lock()
         self._ips: list[str] = []
         self.mode = "answer"
-        self.port = free_udp_port()
+        self.port = free_port(kind=socket.SOCK_DGRAM)
         quiet = DNSLogger(logf=lambda _line: None)
         self.server = DNSServer(self, port=self.port, address="127.0.0.1", logger=quiet)
 

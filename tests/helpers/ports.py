@@ -6,8 +6,9 @@ import contextlib
 import socket
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port nothing is bound to on `host`, for TCP or (`socket.SOCK_DGRAM`) UDP."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -35,9 +36,3 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
