@@ -5,6 +5,7 @@ fan-out of messages was slow (SLOW_FAN_OUT)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,10 @@ def make_hub() -> Hub:
 
 def event(user: str, exclude: object = None) -> Delivery:
     return Delivery(LOBBY, f'[null,null,"{LOBBY}","user:entered",{{"user":"{user}"}}]', exclude=exclude)
+
+
+def flushed(member: Recorder, count: int) -> bool:
+    return len(member.calls) == count
 
 
 def fire_at_once(monkeypatch: pytest.MonkeyPatch, timer: Callable[[str], None]) -> list[float]:
@@ -140,7 +145,7 @@ async def test_the_window_grows_to_a_multiple_of_what_the_last_flush_cost(monkey
 
     for flushes in range(1, 5):
         hub.deliver(event("x"))
-        await async_wait_until(lambda n=flushes: len(member.calls) == n, what="the flush")
+        await async_wait_until(functools.partial(flushed, member, flushes), what="the flush")
 
     assert delays[0] == shared.hub.EVENT_BATCH_SECONDS  # a room with no flush yet
     assert delays[1] == pytest.approx(shared.hub.FLUSH_COST_FACTOR * 0.05)
