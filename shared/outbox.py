@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from shared.transport import HIGH_WATER, Spliced, Transport, text_frame
@@ -18,13 +19,40 @@ Send = Callable[[str], Awaitable[None]]
 
 
 class Budget:
-    """The bytes every served socket of one node may hold queued, all together."""
+    """The bytes every served socket of one node may hold queued, all together.
 
-    __slots__ = ("limit", "used")
+    A broadcast queued for many slow sockets is one string that every queue refers to, so
+    it is counted once, while any queue holds it: the budget is the memory the queues
+    take, and a room a slow client falls behind in together does not pass it N times."""
+
+    __slots__ = ("_held", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._held: dict[int, int] = {}  # id() of a queued frame -> how many queues hold it
+
+    def take(self, frame: str, size: int, *, force: bool = False) -> bool:
+        """Count one more queue holding `frame` of `size` bytes; False, and nothing counted,
+        when its bytes are new and would pass the limit (unless `force`)."""
+        key = id(frame)
+        held = self._held.get(key, 0)
+        if not held:
+            if self.used + size > self.limit and not force:
+                return False
+            self.used += size
+        self._held[key] = held + 1
+        return True
+
+    def give(self, frame: str, size: int) -> None:
+        """One queue let go of `frame`: its bytes leave the budget with the last."""
+        key = id(frame)
+        held = self._held[key] - 1
+        if held:
+            self._held[key] = held
+        else:
+            del self._held[key]
+            self.used -= size
 
 
 class Outbox:
@@ -54,12 +82,13 @@ class Outbox:
         self._on_error = on_error  # the writer broke
         self._send: Send | None = None  # the ASGI way out, once served
         self._writer: asyncio.Task[None] | None = None  # while the queue is being sent
-        self._sending = False  # a frame from the queue is on its way through ASGI
+        self._sending: deque[str] = deque()  # taken from the queue by the writer, until each is sent
 
     def serve(self, send: Send, transport: Transport | None) -> None:
         """Start sending; from here on the node's budget counts this queue."""
         self._send, self.transport = send, transport
-        self.budget.used += self.bytes
+        for frame in self.frames:
+            self.budget.take(frame, sys.getsizeof(frame), force=True)
         self.flush_soon()
 
     def put(self, frame: str, wire: bytes | None = None, *, burst: bool = False) -> bool:
@@ -71,14 +100,11 @@ class Outbox:
             if self.write_now(wire if wire is not None else text_frame(frame)):
                 return True
         size = sys.getsizeof(frame)
-        budget = self.budget
-        if (self.bytes + size > self.limit and not burst) or (
-            self._send is not None and budget.used + size > budget.limit
-        ):
+        if self.bytes + size > self.limit and not burst:
+            return False
+        if self._send is not None and not self.budget.take(frame, size):
             return False
         self.bytes += size
-        if self._send is not None:
-            budget.used += size
         self.frames.append(frame)
         self.flush_soon()
         return True
@@ -163,19 +189,23 @@ class Outbox:
         if self._writer is not None:
             self._writer.cancel()
         if self._send is not None:
-            self.budget.used -= self.bytes
+            for frame in (*self._sending, *self.frames):
+                self.budget.give(frame, sys.getsizeof(frame))
         self.frames, self.bytes = [], 0
+        self._sending.clear()
 
     async def _write_loop(self, send: Send) -> None:
+        sending = self._sending
         while self.frames:
-            frames, self.frames = self.frames, []
-            self._sending = True
-            for frame in frames:
+            sending.extend(self.frames)
+            self.frames = []
+            while sending:
+                frame = sending[0]
                 await send(frame)  # returns once Hypercorn's transport has drained below its mark
+                sending.popleft()
                 size = sys.getsizeof(frame)  # counted until then: a stalled client's frame is still here
                 self.bytes -= size
-                self.budget.used -= size
-            self._sending = False
+                self.budget.give(frame, size)
         self._writer = None  # from here on, a new frame starts a new writer
         self._on_flushed()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 
 import h2.config
 import h2.connection
@@ -180,3 +181,49 @@ def test_a_burst_whose_own_bytes_pass_high_water_is_queued_not_written() -> None
     frames = [f'["1",null,"t","x","{"€" * 30_000}"]', *burst(b"{" + b"x" * (2 * HIGH_WATER))]
     assert box.put_all(frames)
     assert transport.writes == [] and len(box.frames) == 4
+
+
+async def stalled_outboxes(budget: Budget, count: int) -> list[Outbox]:
+    """Served outboxes of clients that read nothing: each transport is full, each send waits."""
+    never = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        await never.wait()
+
+    boxes = [Outbox(budget, 10**9, lambda: None, lambda error: None) for _ in range(count)]
+    for box in boxes:
+        box.serve(send, RecordingTransport(buffered=HIGH_WATER))
+    return boxes
+
+
+async def test_a_broadcast_queued_for_many_slow_sockets_counts_once_in_the_node_budget() -> None:
+    budget = Budget(10**9)
+    boxes = await stalled_outboxes(budget, 3)
+    broadcast = "x" * 1000  # one string, handed to every socket, as Hub.deliver does
+    size = sys.getsizeof(broadcast)
+
+    for box in boxes:
+        assert box.put(broadcast, text_frame(broadcast))
+    await asyncio.sleep(0)  # each writer takes it and waits in send
+    assert budget.used == size
+    assert boxes[0].put("".join(["x"] * 1000))  # equal text, another string: its own bytes
+    assert budget.used == 2 * size
+
+    boxes[0].stop()
+    assert budget.used == size, "the others still hold the broadcast"
+    boxes[1].stop()
+    boxes[2].stop()
+    assert budget.used == 0
+
+
+async def test_the_budget_refuses_new_bytes_past_it_but_not_another_queue_of_what_it_holds() -> None:
+    broadcast = "y" * 1000
+    budget = Budget(sys.getsizeof(broadcast) + 10)
+    first, second = await stalled_outboxes(budget, 2)
+
+    assert first.put(broadcast)
+    assert not first.put("z" * 1000), "new bytes past the budget"
+    assert second.put(broadcast), "the same string again costs nothing more"
+    first.stop()
+    second.stop()
+    assert budget.used == 0
