@@ -47,8 +47,9 @@ def entry(k8s: Cluster) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
-def mapped_browser(entry: tuple[str, int]) -> Iterator[Browser]:
-    """Chromium resolving test.com to the entry point, as /etc/hosts would have it."""
+def browser(entry: tuple[str, int]) -> Iterator[Browser]:
+    """Chromium resolving test.com to the entry point, as /etc/hosts would have it; the
+    `pages` fixture (tests/conftest.py) opens its chat pages in this one."""
     rule = f"--host-resolver-rules=MAP {HOST_NAME} {entry[0]}"
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=chromium_path(), args=[*CHROMIUM_ARGS, rule])
@@ -56,15 +57,6 @@ def mapped_browser(entry: tuple[str, int]) -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
-
-
-@pytest.fixture
-def tabs(mapped_browser: Browser) -> Iterator[ChatPages]:
-    opened = ChatPages(mapped_browser)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def url(entry: tuple[str, int]) -> str:
@@ -82,14 +74,14 @@ def socket_pod(page: Page, user: str) -> str:
     return found[0]
 
 
-def test_two_tabs_on_different_pods_chat_through_the_entry_point(tabs: ChatPages, entry: tuple[str, int]) -> None:
-    alice = tabs.open(url(entry), "alice")
+def test_two_tabs_on_different_pods_chat_through_the_entry_point(pages: ChatPages, entry: tuple[str, int]) -> None:
+    alice = pages.open(url(entry), "alice")
     expect(alice.locator("#self")).to_contain_text("chat@")
     expect(alice.locator("#nodes")).to_have_text(re.compile(r"^\[chat@[^,]+(, chat@[^,]+){2}\]$"))
     alice_pod = socket_pod(alice, "alice")
     # Each connection may go to any ready pod: open tabs until one's socket is elsewhere.
     for attempt in range(12):
-        bob = tabs.open(url(entry), f"bob{attempt}")
+        bob = pages.open(url(entry), f"bob{attempt}")
         if socket_pod(bob, f"bob{attempt}") != alice_pod:
             break
         bob.context.close()
@@ -100,17 +92,17 @@ def test_two_tabs_on_different_pods_chat_through_the_entry_point(tabs: ChatPages
     for page in (alice, bob):
         for body in ("hello from one pod", "and back from another"):
             expect(page.locator("#messages li.msg .body", has_text=body)).to_have_count(1)
-    assert tabs.errors == []
+    assert pages.errors == []
 
 
-def test_the_navbar_lists_ten_nodes_after_scaling(tabs: ChatPages, entry: tuple[str, int], k8s: Cluster) -> None:
+def test_the_navbar_lists_ten_nodes_after_scaling(pages: ChatPages, entry: tuple[str, int], k8s: Cluster) -> None:
     """After `make stage3-scale REPLICAS=10`: the page, through the entry point, shows the ten."""
     assert len(chat_pods(k8s)) == 10
-    page = tabs.open(url(entry), "watcher")
+    page = pages.open(url(entry), "watcher")
     expect(page.locator("#nodes")).to_have_text(
         re.compile(r"^\[chat@[^,]+(, chat@[^,]+){9}\]$"), timeout=NAVBAR_DEADLINE_MS
     )
-    assert tabs.errors == []
+    assert pages.errors == []
 
 
 class Sender:
