@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench import loadgen, systems
-from bench.workloads import settle
+from bench.workloads import join_subscribers, settle
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 RATE = 200  # samples a second
@@ -54,14 +54,7 @@ async def storm(clients: int, out: Path) -> float:
         if spy.returncode is not None:
             raise RuntimeError(f"py-spy could not attach to pid {node.proc.pid} (exit {spy.returncode})")
         started = time.monotonic()
-        await loadgen.connect_and_join(
-            gen,
-            cluster.protocol,
-            cluster.targets[:1],
-            [f"s{i}" for i in range(clients)],
-            subscriber=True,
-            deadline=started + JOIN_CAP,
-        )
+        await join_subscribers(gen, cluster, range(clients), cluster.targets[:1], JOIN_CAP)  # as W3 joins
         took = time.monotonic() - started
         await settle(gen, cluster, SETTLE_CAP)
         return took

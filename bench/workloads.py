@@ -115,21 +115,18 @@ async def join_publishers(
     gen: Generator, cluster: systems.Cluster, count: int, targets: list[tuple[str, int]], seconds: float
 ) -> list[loadgen.Client]:
     """The publishers p0, p1, ..: they join to push, and read only their replies."""
-    return await join(gen, cluster, [f"p{i}" for i in range(count)], targets, subscriber=False, seconds=seconds)
+    users = [f"p{i}" for i in range(count)]
+    deadline = time.monotonic() + seconds
+    return await loadgen.connect_and_join(gen, cluster.protocol, targets, users, subscriber=False, deadline=deadline)
 
 
-async def join(
-    gen: Generator,
-    cluster: systems.Cluster,
-    users: list[str],
-    targets: list[tuple[str, int]],
-    *,
-    subscriber: bool,
-    seconds: float,
+async def join_subscribers(
+    gen: Generator, cluster: systems.Cluster, users: range, targets: list[tuple[str, int]], seconds: float
 ) -> list[loadgen.Client]:
-    return await loadgen.connect_and_join(
-        gen, cluster.protocol, targets, users, subscriber=subscriber, deadline=time.monotonic() + seconds
-    )
+    """The subscribers s<n> for each n of `users`: they count what they receive."""
+    names = [f"s{i}" for i in users]
+    deadline = time.monotonic() + seconds
+    return await loadgen.connect_and_join(gen, cluster.protocol, targets, names, subscriber=True, deadline=deadline)
 
 
 async def traffic_phase(
@@ -213,13 +210,8 @@ async def fan_out(cluster: systems.Cluster, out: Outcome, load: FanOut, sizes: S
         started = time.monotonic()
         try:
             pubs = await join_publishers(gen, cluster, load.publishers, cluster.targets, load.join_cap)
-            subs = await join(
-                gen,
-                cluster,
-                [f"s{i}" for i in range(load.subscribers)],
-                cluster.targets,
-                subscriber=True,
-                seconds=load.join_cap - (time.monotonic() - started),
+            subs = await join_subscribers(
+                gen, cluster, range(load.subscribers), cluster.targets, load.join_cap - (time.monotonic() - started)
             )
         except JoinTimeout as timeout:
             out.error = f"join did not finish: {timeout}"
@@ -263,14 +255,7 @@ async def w3(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         started = time.monotonic()
         n = sizes.w3_connections
         try:
-            await join(
-                gen,
-                cluster,
-                [f"s{i}" for i in range(n)],
-                cluster.targets[:1],
-                subscriber=True,
-                seconds=sizes.w3_join_cap,
-            )
+            await join_subscribers(gen, cluster, range(n), cluster.targets[:1], sizes.w3_join_cap)
         except JoinTimeout as timeout:
             out.error = f"join did not finish: {timeout}"
             return
@@ -316,14 +301,7 @@ async def w4(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
                 break
             started = time.monotonic()
             try:
-                subs += await join(
-                    gen,
-                    cluster,
-                    [f"s{i}" for i in range(len(subs), target)],
-                    cluster.targets[:1],
-                    subscriber=True,
-                    seconds=join_time,
-                )
+                subs += await join_subscribers(gen, cluster, range(len(subs), target), cluster.targets[:1], join_time)
             except JoinTimeout as timeout:
                 step["result"] = (
                     f"join did not finish within the time budget: {len(subs) + timeout.joined} of {target}"
@@ -402,13 +380,8 @@ async def w5(cluster: systems.Cluster, out: Outcome, sizes: Sizes, budget: float
         started = time.monotonic()
         try:
             pubs = await join_publishers(gen, cluster, load.publishers, [(host_b, port_b)], load.join_cap)
-            subs = await join(
-                gen,
-                cluster,
-                [f"s{i}" for i in range(load.clients)],
-                cluster.targets[:1],
-                subscriber=True,
-                seconds=load.join_cap - (time.monotonic() - started),
+            subs = await join_subscribers(
+                gen, cluster, range(load.clients), cluster.targets[:1], load.join_cap - (time.monotonic() - started)
             )
         except JoinTimeout as timeout:
             out.error = f"join did not finish: {timeout}"
